@@ -1,0 +1,19 @@
+"""The record every loader produces and every consumer (prompts, rollouts, SFT, GRPO, evaluation) takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class XraySample:
+    """One image with its gold labels, already mapped to a label schema."""
+
+    image_path: str  # absolute path to the image file
+    labels: tuple[str, ...]  # canonical labels of `schema` that are positive; ("No Finding",) when none
+    patient_id: str
+    study_id: str
+    dataset: str  # "mimic" | "chexpert" | "nih"
+    split: str  # the dataset's own split name: "train", "validate", "valid", "test", ...
+    schema: str  # "chexpert14" | "nih9" | "nih10"
+    view: str = ""  # "PA", "AP", "LATERAL", ... when known

@@ -1,0 +1,43 @@
+"""Score one completion with the hard or nuanced reward: parse, measure, reward. Shared by the evaluator's
+/score route and the trainer so both compute exactly the same number."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from chexrl.core.config import RewardConfig
+from chexrl.core.parsing import ParsedCompletion, parse_completion
+from chexrl.core.rewards import PredictionWindow, Reward, completion_length, hard_reward, nuanced_reward
+from chexrl.core.schemas import SCHEMAS
+
+RewardKind = Literal["hard", "nuanced"]
+
+
+@dataclass(frozen=True)
+class ScoredCompletion:
+    parsed: ParsedCompletion
+    reward: Reward
+
+
+def score_completion(
+    text: str,
+    gold: frozenset[str],
+    kind: RewardKind,
+    cfg: RewardConfig,
+    window: PredictionWindow | None = None,
+    num_tokens: int | None = None,
+) -> ScoredCompletion:
+    """Reward one completion. For the nuanced reward, `window` is read and then updated with this
+    prediction, so call it in the run's order. Labels are always parsed against CheXpert's 14 (the
+    paper filters predictions to them before scoring)."""
+    parsed = parse_completion(text, SCHEMAS["chexpert14"])
+    if kind == "hard":
+        length = completion_length(text, num_tokens, cfg.hard.length_unit)
+        return ScoredCompletion(parsed, hard_reward(parsed, gold, length, cfg.hard))
+    if window is None:
+        raise ValueError("the nuanced reward needs the run's prediction window")
+    reward = nuanced_reward(parsed, gold, window, cfg.nuanced)
+    if parsed.valid:
+        window.push(parsed.labels)
+    return ScoredCompletion(parsed, reward)
