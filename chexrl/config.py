@@ -1,0 +1,94 @@
+"""Configuration of every component, as pydantic models nested under one root (`ChexrlConfig`).
+
+Defaults live only here and are the paper's settings where it gives them. Every model rejects unknown
+keys, so a misspelt YAML key is an error that names it. Load YAML with `load_config`, once, at the edge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from chexrl.core.config import RewardConfig, StrictModel
+
+
+class SamplingConfig(StrictModel):
+    """How the rollout engine samples; defaults are the paper's GRPO settings."""
+
+    n: int = Field(4, ge=1, description="Completions per prompt (GRPO group size).")
+    temperature: float = Field(0.8, ge=0, description="Paper: 0.8.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Paper: 0.95.")
+    max_tokens: int = Field(512, ge=1, description="Completion token budget.")
+    greedy: bool = Field(False, description="Greedy decoding (evaluation): one completion, temperature 0.")
+    seed: int | None = Field(None, description="Per-request sampling seed; None draws a fresh one.")
+    ignore_eos: bool = Field(
+        False, description="Always generate max_tokens (benchmarks: equal work per engine)."
+    )
+
+
+class RolloutConfig(StrictModel):
+    """The vLLM engine each rollout worker hosts."""
+
+    model: str = Field(
+        ..., description="Local Hugging Face checkpoint directory (the base, or the merged SFT model)."
+    )
+    num_workers: int = Field(
+        1, ge=1, description="Rollout workers (data parallel); a batch is split across them."
+    )
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank the engine accepts (paper: rank 16).")
+    max_model_len: int = Field(4096, ge=128, description="Prompt + completion tokens per sequence.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    seed: int = 0
+    enforce_eager: bool = Field(
+        True, description="Skip CUDA graph capture (faster start, a little slower decode)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.35, gt=0, le=1, description="GPU share vLLM may take when colocated with the trainer (GPU only)."
+    )
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="KV cache size on the CPU backend (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    sleep_between_phases: bool | None = Field(
+        None,
+        description="Sleep (level 1) during training and wake for rollouts; None = on when a GPU is present.",
+    )
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
+        "processed_logprobs",
+        description="Returned logprobs before or after temperature/top-p: 'processed' is the sampling policy itself.",
+    )
+    mm_processor_kwargs: dict[str, int] = Field(
+        default_factory=dict,
+        description="Processor overrides, e.g. min_pixels/max_pixels for the visual-token budget.",
+    )
+    adapter_dir: str = Field(
+        "/dev/shm/chexrl-adapters",
+        description="Node-local scratch where pushed adapters are written for vLLM.",
+    )
+    max_restarts: int = Field(-1, description="Ray restarts of a dead worker process (-1: unlimited).")
+    max_task_retries: int = Field(
+        3, ge=0, description="Ray retries of a call in flight when its worker dies."
+    )
+
+
+class ChexrlConfig(StrictModel):
+    """The root: one file configures a whole run."""
+
+    rollout: RolloutConfig | None = None
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+
+
+def load_config(path: str | Path) -> ChexrlConfig:
+    """Read and validate a YAML config; errors name the file and every bad key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    try:
+        return ChexrlConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid config {path}:\n{exc}") from exc

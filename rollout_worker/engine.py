@@ -1,0 +1,195 @@
+"""The vLLM engine behind a rollout worker, without Ray: render prompts, sample groups, swap adapters.
+
+Kept free of Ray so it can be benchmarked in-process against the actor (`chexrl bench rollout`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+
+from chexrl.config import RolloutConfig, SamplingConfig
+from rollout_worker.adapter_sync import AdapterSlot
+from rollout_worker.types import AdapterWeights, Completion, RolloutGroup, RolloutPrompt
+
+log = logging.getLogger(__name__)
+
+# Decoded images above this many pixels are refused (decompression-bomb guard): 8k x 8k.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def decode_image(data: bytes):
+    """Encoded image bytes -> RGB PIL image, or ValueError saying what is wrong with them."""
+    from PIL import Image
+
+    if not data:
+        raise ValueError("image is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"image of {img.width}x{img.height} pixels exceeds {MAX_IMAGE_PIXELS} pixels"
+                )
+            img.load()
+            return img.convert("RGB")
+    except ValueError:
+        raise
+    except Exception as exc:  # PIL raises many types for undecodable data
+        raise ValueError(f"image cannot be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+class RolloutEngine:
+    """One vLLM engine for one base checkpoint, with at most one live LoRA adapter version."""
+
+    def __init__(self, cfg: RolloutConfig) -> None:
+        from transformers import AutoProcessor
+        from vllm import LLM
+
+        self.cfg = cfg
+        cuda = has_cuda()
+        if not cuda:
+            # On the CPU backend the KV cache is sized by this variable, not by gpu_memory_utilization.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        self.sleep_enabled = cuda if cfg.sleep_between_phases is None else cfg.sleep_between_phases
+        started = time.perf_counter()
+        self.processor = AutoProcessor.from_pretrained(cfg.model)
+        kwargs = dict(
+            model=cfg.model,
+            enable_lora=True,
+            max_lora_rank=cfg.max_lora_rank,
+            max_loras=1,
+            max_model_len=cfg.max_model_len,
+            dtype=cfg.dtype,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            limit_mm_per_prompt={"image": 1},
+            logprobs_mode=cfg.logprobs_mode,
+            enable_prefix_caching=True,
+        )
+        if cfg.mm_processor_kwargs:
+            kwargs["mm_processor_kwargs"] = dict(cfg.mm_processor_kwargs)
+        if cuda:
+            kwargs.update(
+                gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled
+            )
+        self.llm = LLM(**kwargs)
+        self.adapter = AdapterSlot(self.llm, cfg.adapter_dir)
+        self.asleep = False
+        self.start_seconds = time.perf_counter() - started
+        log.info("rollout engine for %s ready in %.1fs", cfg.model, self.start_seconds)
+
+    # ---- adapters -------------------------------------------------------------------------------
+    @property
+    def adapter_version(self) -> int:
+        return self.adapter.version
+
+    def load_adapter(self, adapter: AdapterWeights) -> int:
+        self.adapter.install(adapter)
+        return self.adapter.version
+
+    # ---- colocation ---------------------------------------------------------------------------
+    def sleep(self) -> bool:
+        """Free accelerator memory for the training phase (level 1: weights kept in host memory)."""
+        if self.sleep_enabled and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return self.asleep
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    # ---- generation ---------------------------------------------------------------------------
+    def render(self, prompt: RolloutPrompt) -> str:
+        return self.processor.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+
+    def sampling_params(self, sampling: SamplingConfig):
+        from vllm import SamplingParams
+
+        if sampling.greedy:
+            return SamplingParams(
+                n=1,
+                temperature=0.0,
+                max_tokens=sampling.max_tokens,
+                logprobs=0,
+                ignore_eos=sampling.ignore_eos,
+            )
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            logprobs=0,
+            seed=sampling.seed,
+            ignore_eos=sampling.ignore_eos,
+        )
+
+    def _prepare(self, prompt: RolloutPrompt) -> tuple[str, dict]:
+        n_parts = sum(
+            1
+            for m in prompt.messages
+            for part in (m.get("content") if isinstance(m.get("content"), list) else [])
+            if isinstance(part, dict) and part.get("type") == "image"
+        )
+        if n_parts != len(prompt.images):
+            raise ValueError(
+                f"messages have {n_parts} image part(s) but {len(prompt.images)} image(s) were sent"
+            )
+        text = self.render(prompt)
+        request: dict = {"prompt": text}
+        if prompt.images:
+            request["multi_modal_data"] = {"image": [decode_image(b) for b in prompt.images]}
+        return text, request
+
+    def generate(self, prompts: list[RolloutPrompt], sampling: SamplingConfig) -> list[RolloutGroup]:
+        """Sample a group per prompt with the live adapter. A bad prompt fails alone, with its error."""
+        if self.asleep:
+            self.wake_up()
+        version, lora = self.adapter.version, self.adapter.request
+        params = self.sampling_params(sampling)
+        groups: list[RolloutGroup | None] = [None] * len(prompts)
+        ready: list[tuple[int, str, dict]] = []
+        for i, prompt in enumerate(prompts):
+            try:
+                text, request = self._prepare(prompt)
+                ready.append((i, text, request))
+            except Exception as exc:
+                groups[i] = RolloutGroup(prompt.prompt_id, "", [], version, error=str(exc))
+        try:
+            outputs = self._run([r for _, _, r in ready], params, lora)
+        except Exception as exc:  # one bad item (e.g. over the context length) fails the batch: isolate it
+            log.warning("batch failed (%s); retrying item by item", exc)
+            outputs = []
+            for _, _, request in ready:
+                try:
+                    outputs.append(self._run([request], params, lora)[0])
+                except Exception as item_exc:
+                    outputs.append(item_exc)
+        for (i, text, _), out in zip(ready, outputs, strict=True):
+            pid = prompts[i].prompt_id
+            if isinstance(out, Exception):
+                groups[i] = RolloutGroup(pid, text, [], version, error=f"{type(out).__name__}: {out}")
+            else:
+                groups[i] = RolloutGroup(pid, text, [_completion(c) for c in out.outputs], version)
+        return groups  # type: ignore[return-value]
+
+    def _run(self, requests: list[dict], params, lora):
+        return self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+def _completion(output) -> Completion:
+    token_ids = list(output.token_ids)
+    logprobs = [entry[tok].logprob for tok, entry in zip(token_ids, output.logprobs or [], strict=False)]
+    return Completion(output.text, token_ids, logprobs, str(output.finish_reason))

@@ -1,0 +1,77 @@
+"""Several rollout workers behind one call: split a batch across them, push every adapter to all."""
+
+from __future__ import annotations
+
+import ray
+
+from chexrl.config import RolloutConfig, SamplingConfig
+from rollout_worker.actor import AdapterRegistry, RolloutWorker
+from rollout_worker.types import AdapterWeights, RolloutError, RolloutGroup, RolloutPrompt
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """Contiguous chunks whose sizes differ by at most one.
+
+    >>> split_evenly([1, 2, 3, 4, 5], 2)
+    [[1, 2, 3], [4, 5]]
+    """
+    q, r = divmod(len(items), parts)
+    chunks, start = [], 0
+    for i in range(parts):
+        end = start + q + (1 if i < r else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
+class RolloutRouter:
+    """The trainer's handle on its rollout workers (one by default)."""
+
+    def __init__(self, cfg: RolloutConfig, *, num_cpus: float = 1, num_gpus: float = 0) -> None:
+        self.cfg = cfg
+        self.registry = AdapterRegistry.remote()
+        self.workers = [
+            RolloutWorker.spawn(cfg, self.registry, num_cpus=num_cpus, num_gpus=num_gpus)
+            for _ in range(cfg.num_workers)
+        ]
+        self.version = 0
+        ray.get([w.info.remote() for w in self.workers])  # wait until every engine is up
+
+    def generate(self, prompts: list[RolloutPrompt], sampling: SamplingConfig) -> list[RolloutGroup]:
+        chunks = split_evenly(prompts, len(self.workers))
+        futures = [
+            w.generate.remote(chunk, sampling, self.version)
+            for w, chunk in zip(self.workers, chunks, strict=True)
+            if chunk
+        ]
+        groups = [g for part in ray.get(futures) for g in part]
+        stale = [g.prompt_id for g in groups if g.adapter_version != self.version]
+        if stale:
+            raise RolloutError(
+                f"completions for {stale} came from a stale adapter (expected v{self.version})"
+            )
+        return groups
+
+    def push_adapter(self, adapter: AdapterWeights) -> int:
+        """Install `adapter` on every worker; returns when all serve it."""
+        ref = ray.put(adapter)  # one copy in the object store, read by every worker
+        ray.get(self.registry.publish.remote(adapter.version, [ref]))
+        versions = ray.get([w.load_adapter.remote(ref) for w in self.workers])
+        if any(v != adapter.version for v in versions):
+            raise RolloutError(f"workers report versions {versions} after pushing v{adapter.version}")
+        self.version = adapter.version
+        return self.version
+
+    def sleep(self) -> None:
+        ray.get([w.sleep.remote() for w in self.workers])
+
+    def wake_up(self) -> None:
+        ray.get([w.wake_up.remote() for w in self.workers])
+
+    def info(self) -> list[dict]:
+        return ray.get([w.info.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        ray.kill(self.registry)

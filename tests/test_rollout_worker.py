@@ -1,0 +1,117 @@
+"""The rollout worker with the real vLLM engine inside a real Ray actor, on the tiny Gemma3 model."""
+
+import os
+import signal
+import time
+
+import pytest
+import ray
+import torch
+
+from chexrl.config import SamplingConfig
+from rollout_worker.router import split_evenly
+from rollout_worker.types import RolloutError
+from tests.fixtures.rollout import image_prompt, png_bytes
+
+pytestmark = pytest.mark.slow
+
+GREEDY = SamplingConfig(greedy=True, max_tokens=12)
+
+
+def make_adapter(model_dir, version: int, *, zero: bool = False, seed: int = 0):
+    """A PEFT LoRA adapter (the paper's config) on the HF model, with random or zero B matrices."""
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from trainer.lora import export_adapter, language_lora_config
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(model_dir), language_lora_config())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.zeros_like(param) if zero else torch.randn_like(param) * 0.5)
+    return export_adapter(model, version)
+
+
+def test_split_evenly():
+    assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_evenly([1], 3) == [[1], [], []]
+
+
+def test_groups_of_sampled_completions(rollout_router):
+    prompts = [image_prompt(f"p{i}", png_bytes(i)) for i in range(3)]
+    groups = rollout_router.generate(prompts, SamplingConfig(max_tokens=16))
+    assert [g.prompt_id for g in groups] == ["p0", "p1", "p2"]
+    for g in groups:
+        assert g.error is None and g.adapter_version == rollout_router.version
+        assert len(g.completions) == 4  # the paper's group size is the default
+        assert "<start_of_image>" in g.prompt_text
+        for c in g.completions:
+            assert 0 < len(c.token_ids) <= 16
+            assert len(c.logprobs) == len(c.token_ids)
+            assert all(lp <= 0.0 for lp in c.logprobs)
+            assert c.finish_reason in {"stop", "length"}
+
+
+def test_bad_items_fail_alone_and_engine_survives(rollout_router):
+    good = image_prompt("good", png_bytes(7))
+    missing = image_prompt("missing", png_bytes(7))
+    missing = type(missing)("missing", missing.messages, [])
+    garbage = image_prompt("garbage", b"this is not an image")
+    too_long = image_prompt("too-long", png_bytes(8), text="lung " * 5000)
+    groups = rollout_router.generate([good, missing, garbage, too_long], GREEDY)
+    by_id = {g.prompt_id: g for g in groups}
+    assert by_id["good"].error is None and len(by_id["good"].completions) == 1
+    assert "1 image part(s) but 0 image(s)" in by_id["missing"].error
+    assert "cannot be decoded" in by_id["garbage"].error
+    assert by_id["too-long"].error and by_id["too-long"].completions == []
+    assert "length" in by_id["too-long"].error.lower() or "token" in by_id["too-long"].error.lower()
+    # the engine is still up and serves the next batch
+    assert rollout_router.generate([good], GREEDY)[0].error is None
+
+
+def test_adapter_versions_swap_live_and_never_serve_stale(rollout_router, rollout_config):
+    prompts = [image_prompt(f"s{i}", png_bytes(100 + i)) for i in range(2)]
+    base_version = rollout_router.version
+    before = [g.completions[0].token_ids for g in rollout_router.generate(prompts, GREEDY)]
+
+    v = base_version + 1
+    rollout_router.push_adapter(make_adapter(rollout_config.model, v, seed=1))
+    tuned = rollout_router.generate(prompts, GREEDY)
+    assert all(g.adapter_version == v for g in tuned)
+    assert [g.completions[0].token_ids for g in tuned] != before, "the adapter should change greedy outputs"
+
+    # A zero adapter equals the base model: if any prefix-cache entry or loaded weights of v were
+    # reused, the outputs would still be v's, not the base's.
+    rollout_router.push_adapter(make_adapter(rollout_config.model, v + 1, zero=True))
+    after = rollout_router.generate(prompts, GREEDY)
+    assert all(g.adapter_version == v + 1 for g in after)
+    assert [g.completions[0].token_ids for g in after] == before
+
+
+def test_caller_can_assert_the_version(rollout_router):
+    worker = rollout_router.workers[0]
+    with pytest.raises(RolloutError, match="caller expects v999"):
+        ray.get(worker.generate.remote([image_prompt("x", png_bytes(1))], GREEDY, 999))
+
+
+def test_killed_worker_restarts_restores_adapter_and_retries_in_flight(rollout_router, rollout_config):
+    v = rollout_router.version + 1
+    rollout_router.push_adapter(make_adapter(rollout_config.model, v, seed=3))
+    prompts = [image_prompt(f"k{i}", png_bytes(200 + i)) for i in range(2)]
+    expected = [g.completions[0].token_ids for g in rollout_router.generate(prompts, GREEDY)]
+
+    old_pid = rollout_router.info()[0]["pid"]
+    slow = SamplingConfig(max_tokens=256, n=4)
+    in_flight = rollout_router.workers[0].generate.remote(prompts * 8, slow, v)
+    time.sleep(1.0)
+    os.kill(old_pid, signal.SIGKILL)
+
+    groups = ray.get(in_flight, timeout=300)  # retried on the restarted worker, not lost
+    assert len(groups) == 16 and all(g.error is None and g.adapter_version == v for g in groups)
+    info = rollout_router.info()[0]
+    assert info["pid"] != old_pid
+    assert info["restored_version"] == v  # restored from the registry before serving
+    again = rollout_router.generate(prompts, GREEDY)
+    assert [g.completions[0].token_ids for g in again] == expected
