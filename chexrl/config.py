@@ -73,12 +73,52 @@ class RolloutConfig(StrictModel):
     )
 
 
+class LoraSettings(StrictModel):
+    """The adapter: the paper's rank 16, alpha 32, dropout 0.1 on the language model's projections."""
+
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class GRPOConfig(StrictModel):
+    """GRPO on the LoRA adapter (names follow TRL's GRPOConfig where the knob is the same)."""
+
+    reward: Literal["hard", "nuanced"] = Field(
+        "hard", description="Which of the paper's rewards /score computes."
+    )
+    evaluator_url: str = Field("http://127.0.0.1:8000", description="Base URL of the evaluator service.")
+    max_steps: int = Field(
+        250, ge=1, description="GRPO steps (paper: 1,000 RL samples; steps x prompts_per_step)."
+    )
+    prompts_per_step: int = Field(
+        4, ge=1, description="Prompts per step; each yields sampling.n completions."
+    )
+    learning_rate: float = Field(
+        1e-5, gt=0, description="AdamW learning rate of the adapter (paper gives none)."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    beta: float = Field(0.15, ge=0, description="Paper: KL weight to the reference (SFT) policy.")
+    epsilon: float = Field(0.15, ge=0, description="Paper: lower clip, ratio >= 1 - epsilon.")
+    epsilon_high: float = Field(0.22, ge=0, description="Paper: upper clip, ratio <= 1 + epsilon_high.")
+    num_iterations: int = Field(1, ge=1, description="Optimizer passes over each batch of rollouts (mu).")
+    micro_batch_size: int = Field(
+        4, ge=1, description="Completions per forward/backward (gradient accumulation)."
+    )
+    save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (atomically).")
+    eval_steps: int = Field(25, ge=1, description="Evaluate in and out of distribution every N steps.")
+    seed: int = 0
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
 class ChexrlConfig(StrictModel):
     """The root: one file configures a whole run."""
 
     rollout: RolloutConfig | None = None
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
 
 
 def load_config(path: str | Path) -> ChexrlConfig:

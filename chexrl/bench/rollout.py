@@ -7,7 +7,6 @@ sync: time from handing an adapter to the router until the first completion prod
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 
@@ -38,17 +37,15 @@ def bench_prompts(count: int, image_size: int = 64):
     return prompts
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: compile, caches, first-touch allocations
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def _timed_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int, repeats: int) -> dict:
+    """Runs the three paths in rounds (actor, in-process, HF, actor, ...) so that load from other processes
+    on a shared machine hits all three alike; ratios are medians of per-round ratios."""
     import ray
 
     from rollout_worker.engine import RolloutEngine
@@ -59,21 +56,35 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     tokens = num_prompts * n * max_tokens
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # same engine layout as inside the actor
-    inproc = _inprocess_times(RolloutEngine(cfg), prompts, sampling, repeats)
-    gc.collect()
-
     ray.init(num_cpus=max(2, os.cpu_count() or 2), object_store_memory=512 * 1024**2, include_dashboard=False)
+    engine = router = None
     try:
         router = RolloutRouter(cfg)
-        actor = _timed(lambda: router.generate(prompts, sampling), repeats)
-        router.shutdown()
+        engine = RolloutEngine(cfg)
+        hf_generate = _hf_generate(cfg.model, prompts, n, max_tokens)
+        paths = {
+            "actor": lambda: router.generate(prompts, sampling),
+            "inprocess": lambda: engine.generate(prompts, sampling),
+            "hf": hf_generate,
+        }
+        for fn in paths.values():
+            fn()  # warm-up: compilation, caches, first-touch allocations
+        walls: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(repeats):
+            for name, fn in paths.items():
+                walls[name].append(_timed_once(fn))
     finally:
+        if engine is not None:
+            engine.close()
+        if router is not None:
+            router.shutdown()
         ray.shutdown()
 
-    hf = _hf_generate_times(cfg.model, prompts, n, max_tokens, repeats)
-    med = {
-        name: sorted(ts)[len(ts) // 2] for name, ts in (("actor", actor), ("inprocess", inproc), ("hf", hf))
-    }
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    ratio = [a / i for a, i in zip(walls["actor"], walls["inprocess"], strict=True)]
+    hf_ratio = [h / a for h, a in zip(walls["hf"], walls["actor"], strict=True)]
     return {
         "prompts": num_prompts,
         "group_size": n,
@@ -81,24 +92,18 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
         "tokens_per_batch": tokens,
         "repeats": repeats,
         "model": cfg.model,
-        "actor_tokens_per_s": tokens / med["actor"],
-        "inprocess_tokens_per_s": tokens / med["inprocess"],
-        "hf_generate_tokens_per_s": tokens / med["hf"],
-        "actor_over_inprocess": med["actor"] / med["inprocess"],
-        "hf_over_actor": med["hf"] / med["actor"],
-        "wall_s": {"actor": actor, "inprocess": inproc, "hf": hf},
+        "actor_tokens_per_s": tokens / median(walls["actor"]),
+        "inprocess_tokens_per_s": tokens / median(walls["inprocess"]),
+        "hf_generate_tokens_per_s": tokens / median(walls["hf"]),
+        "actor_over_inprocess": median(ratio),
+        "hf_over_actor": median(hf_ratio),
+        "wall_s": walls,
         **device_description(),
     }
 
 
-def _inprocess_times(engine, prompts, sampling: SamplingConfig, repeats: int) -> list[float]:
-    try:
-        return _timed(lambda: engine.generate(prompts, sampling), repeats)
-    finally:
-        engine.close()
-
-
-def _hf_generate_times(model_dir: str, prompts, n: int, max_tokens: int, repeats: int) -> list[float]:
+def _hf_generate(model_dir: str, prompts, n: int, max_tokens: int):
+    """A closure running Hugging Face `generate` on the same prompts and sampling."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -125,7 +130,7 @@ def _hf_generate_times(model_dir: str, prompts, n: int, max_tokens: int, repeats
                 min_new_tokens=max_tokens,
             )
 
-    return _timed(run, repeats)
+    return run
 
 
 def bench_sync(cfg: RolloutConfig, iterations: int) -> dict:

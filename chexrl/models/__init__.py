@@ -1,0 +1,13 @@
+"""Model checkpoints: random-weight builds of the real architectures (tiny for CPU tests, real-size for
+GPU benchmarks) and the one place that loads any local Hugging Face directory.
+
+- `presets.py`   the architectures' settings (tiny and published sizes), pure data
+- `tokenizer.py` the locally trained tokenizers and the families' chat templates
+- `tiny.py`      builds a checkpoint directory (`build_model_dir`)
+- `loading.py`   family detection, processor and model loading, published key layouts
+- `vllm_check.py` a script that loads a directory in vLLM with an image and a LoRA adapter
+"""
+
+from chexrl.models.presets import FAMILIES, PRESETS
+
+__all__ = ["FAMILIES", "PRESETS"]
