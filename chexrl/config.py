@@ -84,6 +84,20 @@ class LoraSettings(StrictModel):
 class GRPOConfig(StrictModel):
     """GRPO on the LoRA adapter (names follow TRL's GRPOConfig where the knob is the same)."""
 
+    model: str | None = Field(
+        None, description="Policy base and KL reference: the merged SFT checkpoint directory."
+    )
+    data: str | None = Field(
+        None, description="RL prompts: a dataset spec (docs/data.md), e.g. 'mimic:DIR:train'."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Use the first N samples of `data` (paper: 1,000 RL samples)."
+    )
+    run_dir: str = Field("runs/grpo", description="Where metrics, TensorBoard scalars and checkpoints go.")
+    run_id: str | None = Field(None, description="The run's name at the evaluator; default: run_dir's name.")
+    prompt: str = Field(
+        "free_reasoning", description="Prompt variant (chexrl/core/prompts.py) the policy sees."
+    )
     reward: Literal["hard", "nuanced"] = Field(
         "hard", description="Which of the paper's rewards /score computes."
     )

@@ -1,0 +1,1 @@
+"""Teacher traces for SFT: the template teacher, the OpenAI-compatible pipeline, and the JSONL store."""
