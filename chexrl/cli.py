@@ -35,3 +35,10 @@ def _register() -> None:
 
 
 _register()
+
+if __name__ == "__main__":
+    # Run as `python -m chexrl.cli`: commands registered themselves on the `chexrl.cli` module's apps,
+    # not on this `__main__` copy, so dispatch through that module.
+    from chexrl.cli import app as registered_app
+
+    registered_app()

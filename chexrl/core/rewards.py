@@ -137,7 +137,7 @@ def nuanced_reward(
         c["partial_precision"] = cfg.precision_weight * correct / len(predicted)
 
     peak = max(cfg.label_frequencies.values(), default=0.0) or 1.0
-    c["false_positive"] = -sum(
+    c["false_positive"] = 0.0 - sum(
         cfg.fp_base_penalty + cfg.fp_frequency_penalty * cfg.label_frequencies.get(label, 0.0) / peak
         for label in predicted - gold
     )
@@ -147,7 +147,7 @@ def nuanced_reward(
         c["repetition"] = -cfg.repetition_penalty * len(dominant)
         c["mode_collapse"] = -cfg.mode_collapse_penalty if dominant else 0.0
 
-    c["invalid_label"] = -cfg.invalid_label_penalty * len(parsed.unknown)
-    c["duplicate_label"] = -cfg.duplicate_label_penalty * len(parsed.duplicates)
+    c["invalid_label"] = -cfg.invalid_label_penalty * len(parsed.unknown) if parsed.unknown else 0.0
+    c["duplicate_label"] = -cfg.duplicate_label_penalty * len(parsed.duplicates) if parsed.duplicates else 0.0
     c["outside_text"] = -cfg.outside_text_penalty if parsed.outside_text else 0.0
     return Reward(sum(c.values()), c)

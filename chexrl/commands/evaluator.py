@@ -1,0 +1,59 @@
+"""`chexrl serve-evaluator` and `chexrl bench score`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from chexrl.cli import app, bench_app
+
+
+@app.command("serve-evaluator")
+def serve_evaluator(
+    host: str = typer.Option(None, help="Bind address (default 127.0.0.1: loopback only)."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
+    state_dir: Path = typer.Option(
+        None, envvar="CHEXRL_EVALUATOR_STATE_DIR", help="Where nuanced-reward windows persist."
+    ),
+    config: Path = typer.Option(None, help="YAML settings (services/evaluator/settings.py)."),
+    log_level: str = typer.Option("warning", help="uvicorn log level."),
+) -> None:
+    """Serve /score, /evaluate, /healthz and /metrics with uvicorn. Set CHEXRL_EVALUATOR_TOKEN to require
+    a bearer token on every route but /healthz."""
+    import uvicorn
+
+    from services.evaluator.app import create_app
+    from services.evaluator.settings import load_settings
+
+    try:
+        settings = load_settings(
+            config, host=host, port=port, state_dir=str(state_dir) if state_dir else None
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from exc
+    # One process: the nuanced windows are serialised per run in this process (SQLite is their durable copy).
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False
+    )
+
+
+@bench_app.command("score")
+def bench_score_cmd(
+    json_path: Path = typer.Option(..., "--json", help="Where to write the figures."),
+    clients: int = typer.Option(8, help="Concurrent clients."),
+    items: int = typer.Option(64, help="Completions per request."),
+    completion_bytes: int = typer.Option(1024, help="Approximate size of each completion."),
+    seconds: float = typer.Option(10.0, help="Measurement duration (after a warm-up)."),
+    reward: str = typer.Option("hard", help="hard or nuanced."),
+) -> None:
+    """Drive a real evaluator process from concurrent clients over loopback; write throughput and latency."""
+    from chexrl.bench.common import write_json
+    from chexrl.bench.score import bench_score
+
+    figures = bench_score(clients, items, completion_bytes, seconds, reward)
+    write_json(json_path, figures)
+    typer.echo(
+        f"{figures['completions_per_s']:.0f} completions/s, p50 {figures['p50_ms']:.1f} ms, "
+        f"p99 {figures['p99_ms']:.1f} ms -> {json_path}"
+    )
