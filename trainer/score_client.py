@@ -82,11 +82,15 @@ class EvaluatorClient:
                 if response.status_code < 400:
                     return response.json()
                 if response.status_code < 500:
-                    raise ScoringError(f"evaluator refused {path}: {response.status_code} {response.text[:500]}")
+                    raise ScoringError(
+                        f"evaluator refused {path}: {response.status_code} {response.text[:500]}"
+                    )
                 problem = f"HTTP {response.status_code}"
             if attempt == self._retries:
                 raise ScoringError(f"evaluator {path} failed {attempt + 1} times; last: {problem}")
-            log.warning("evaluator %s attempt %d failed (%s); retrying in %.1fs", path, attempt + 1, problem, delay)
+            log.warning(
+                "evaluator %s attempt %d failed (%s); retrying in %.1fs", path, attempt + 1, problem, delay
+            )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")

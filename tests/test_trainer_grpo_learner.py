@@ -1,0 +1,71 @@
+"""The GRPO learner on the tiny Gemma3: one update moves the adapter in the direction of the advantages."""
+
+import pytest
+import torch
+
+from chexrl.config import GRPOConfig
+from chexrl.core.parsing import format_completion
+from chexrl.core.prompts import build_messages
+from tests.fixtures.rollout import png_bytes
+from trainer.grpo import GRPOLearner, TrainingExample
+
+
+def _examples(learner, completions):
+    messages = build_messages()
+    prompt = learner.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    tok = learner.processor.tokenizer
+    image = png_bytes(0)
+    return [
+        TrainingExample(prompt, image, tok(text, add_special_tokens=False)["input_ids"], [])
+        for text in completions
+    ]
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_gemma3_dir):
+    cfg = GRPOConfig(learning_rate=1e-2, micro_batch_size=2, lora={"dropout": 0.0})
+    return GRPOLearner(str(tiny_gemma3_dir), cfg, temperature=0.8, max_completion_tokens=64)
+
+
+def _sequence_logp(learner, examples):
+    from trainer.collate import build_policy_batch, completion_logprobs
+
+    learner.model.eval()
+    with torch.no_grad():
+        logp, mask = completion_logprobs(learner.model, build_policy_batch(learner.processor, examples), 0.8)
+    learner.model.train()
+    return (logp * mask).sum(dim=1)
+
+
+def test_update_raises_the_likelihood_of_rewarded_completions(learner):
+    good = format_completion("Enlarged heart.", ["Cardiomegaly"])
+    bad = format_completion("Clear.", ["No Finding"])
+    examples = _examples(learner, [good, bad, good, bad])
+    before = _sequence_logp(learner, examples)
+    metrics = learner.step(examples, rewards=[1.0, 0.0, 1.0, 0.0], group_size=4)
+    after = _sequence_logp(learner, examples)
+    # the first step starts from the reference (LoRA B = 0): KL is exactly zero
+    assert metrics["loss/kl"] == pytest.approx(0.0, abs=1e-7)
+    assert metrics["loss/clip_frac"] == 0.0  # one pass: ratio == 1
+    assert (after[0] - before[0]) > 0 and (after[1] - before[1]) < 0
+    assert metrics["loss/grad_norm"] > 0
+
+
+def test_zero_advantage_and_zero_kl_leave_the_policy(learner, tiny_gemma3_dir):
+    fresh = GRPOLearner(
+        str(tiny_gemma3_dir), GRPOConfig(lora={"dropout": 0.0}), temperature=1.0, max_completion_tokens=8
+    )
+    examples = _examples(fresh, [format_completion("x", ["Edema"])] * 4)
+    state = {k: v.clone() for k, v in fresh.state()["adapter"].items()}
+    metrics = fresh.step(examples, rewards=[0.5] * 4, group_size=4)
+    assert metrics["loss/total"] == pytest.approx(0.0, abs=1e-7)
+    after = fresh.state()["adapter"]
+    assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+def test_state_round_trip(learner):
+    saved = learner.state()
+    adapter = learner.export(version=7)
+    assert adapter.version == 7 and adapter.nbytes > 0
+    learner.load_state(saved)
+    assert all(torch.equal(saved["adapter"][k], v) for k, v in learner.state()["adapter"].items())
