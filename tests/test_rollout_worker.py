@@ -115,3 +115,22 @@ def test_killed_worker_restarts_restores_adapter_and_retries_in_flight(rollout_r
     assert info["restored_version"] == v  # restored from the registry before serving
     again = rollout_router.generate(prompts, GREEDY)
     assert [g.completions[0].token_ids for g in again] == expected
+
+
+def test_router_splits_batches_and_pushes_to_every_worker(ray_session, rollout_config):
+    from rollout_worker.router import RolloutRouter
+
+    router = RolloutRouter(rollout_config.model_copy(update={"num_workers": 2}))
+    try:
+        prompts = [image_prompt(f"m{i}", png_bytes(300 + i)) for i in range(5)]
+        base = router.generate(prompts, GREEDY)
+        assert [g.prompt_id for g in base] == [f"m{i}" for i in range(5)]
+        router.push_adapter(make_adapter(rollout_config.model, 1, seed=5))
+        infos = router.info()
+        assert len({i["pid"] for i in infos}) == 2 and all(i["adapter_version"] == 1 for i in infos)
+        # the same prompt gives the same greedy answer on either worker: both hold the same adapter
+        same = [image_prompt(f"d{i}", png_bytes(400)) for i in range(2)]
+        a, b = router.generate(same, GREEDY)
+        assert a.completions[0].token_ids == b.completions[0].token_ids and a.adapter_version == 1
+    finally:
+        router.shutdown()
