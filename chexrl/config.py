@@ -126,6 +126,76 @@ class GRPOConfig(StrictModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
+class SFTConfig(StrictModel):
+    """LoRA SFT on teacher traces (paper Sec. 3.2.1); every default is the paper's setting."""
+
+    model: str | None = Field(None, description="Base checkpoint directory the adapter trains on.")
+    traces: str | None = Field(
+        None, description="Teacher-trace JSONL (chexrl traces generate/template) to train on."
+    )
+    val_traces: str | None = Field(
+        None,
+        description="Validation trace JSONL; None holds out val_fraction of `traces` (grouped by study).",
+    )
+    out: str = Field(
+        "runs/sft", description="Run directory: adapter, merged checkpoint, history, TensorBoard."
+    )
+    prompt: str = Field(
+        "free_reasoning", description="Prompt variant the student is trained with (and later prompted with)."
+    )
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings,
+        description="Paper: rank 16, alpha 32, dropout 0.1, language model only.",
+    )
+    learning_rate: float = Field(5e-5, gt=0, description="Paper: AdamW at 5e-5.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Paper: cosine schedule with 5% warmup.")
+    weight_decay: float = Field(0.01, ge=0, description="Paper: 0.01.")
+    max_grad_norm: float = Field(5.0, gt=0, description="Paper: gradient clipping at norm 5.0.")
+    per_device_batch_size: int = Field(1, ge=1, description="Paper: 1 example per forward/backward.")
+    gradient_accumulation_steps: int = Field(
+        8, ge=1, description="Paper: 8 (effective batch = per_device_batch_size x this = 8)."
+    )
+    num_epochs: int = Field(6, ge=1, description="Paper: up to 6 epochs.")
+    early_stopping_patience: int = Field(
+        2, ge=1, description="Paper: stop after this many epochs without a lower validation loss."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Paper: 10% held out when no separate validation set is given."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Paper: bf16; 'auto' = bf16 autocast where the device has it, else fp32."
+    )
+    gradient_checkpointing: bool = Field(True, description="Paper: on (memory for compute).")
+    max_length: int = Field(
+        4096, ge=16, description="Longest prompt + completion in tokens; longer examples are skipped."
+    )
+    merge: bool = Field(
+        True, description="Merge the adapter into a new base checkpoint (vLLM serves it; GRPO's reference)."
+    )
+    seed: int = Field(0, description="Seed of the shuffling, the validation split and LoRA init.")
+
+
+class PretrainConfig(StrictModel):
+    """Emulated medical pretraining (demo only): full fine-tuning of a tiny random model on a separate
+    synthetic pool, with a generic prompt and a plain 'Findings: ...' target (no chexrl output contract)."""
+
+    model: str | None = Field(
+        None, description="The random-weight checkpoint to pretrain (chexrl make-tiny-model)."
+    )
+    data: str | None = Field(
+        None,
+        description="Pretraining pool: a dataset spec (docs/data.md) disjoint from SFT, RL and test data.",
+    )
+    out: str = Field("runs/base", description="Where the pretrained base checkpoint is written.")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate (full fine-tuning).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer step.")
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps (cycles over the pool).")
+    warmup_steps: int = Field(50, ge=0, description="Linear warmup, then cosine decay to 10%.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(0, description="Seed of the batch order.")
+
+
 class ChexrlConfig(StrictModel):
     """The root: one file configures a whole run."""
 
@@ -133,6 +203,8 @@ class ChexrlConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
 
 def load_config(path: str | Path) -> ChexrlConfig:

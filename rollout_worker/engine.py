@@ -5,7 +5,6 @@ Kept free of Ray so it can be benchmarked in-process against the actor (`chexrl 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -16,9 +15,6 @@ from rollout_worker.types import AdapterWeights, Completion, RolloutGroup, Rollo
 
 log = logging.getLogger(__name__)
 
-# Decoded images above this many pixels are refused (decompression-bomb guard): 8k x 8k.
-MAX_IMAGE_PIXELS = 64_000_000
-
 
 def has_cuda() -> bool:
     import torch
@@ -27,23 +23,10 @@ def has_cuda() -> bool:
 
 
 def decode_image(data: bytes):
-    """Encoded image bytes -> RGB PIL image, or ValueError saying what is wrong with them."""
-    from PIL import Image
+    """Encoded image bytes -> RGB PIL image; `ImageError` (a ValueError) says what is wrong with them."""
+    from chexrl.data.images import open_image
 
-    if not data:
-        raise ValueError("image is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise ValueError(
-                    f"image of {img.width}x{img.height} pixels exceeds {MAX_IMAGE_PIXELS} pixels"
-                )
-            img.load()
-            return img.convert("RGB")
-    except ValueError:
-        raise
-    except Exception as exc:  # PIL raises many types for undecodable data
-        raise ValueError(f"image cannot be decoded: {type(exc).__name__}: {exc}") from exc
+    return open_image(data)
 
 
 class RolloutEngine:

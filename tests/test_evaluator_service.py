@@ -60,7 +60,12 @@ def test_concurrent_requests_of_one_run_lose_no_update(evaluator):
     item = {"completion": completion(["Edema"]), "labels": ["Edema"]}
 
     def send():
-        assert post(evaluator, "/score", {"reward": "nuanced", "run_id": "run-conc", "items": [item] * 4}).status_code == 200
+        assert (
+            post(
+                evaluator, "/score", {"reward": "nuanced", "run_id": "run-conc", "items": [item] * 4}
+            ).status_code
+            == 200
+        )
 
     threads = [threading.Thread(target=send) for _ in range(10)]
     for t in threads:
@@ -72,9 +77,14 @@ def test_concurrent_requests_of_one_run_lose_no_update(evaluator):
 
 
 def test_window_put_and_get(evaluator):
-    r = httpx.put(f"{evaluator.url}/runs/run-put/window", json={"window": [["Edema"], ["Cardiomegaly", "Edema"]]})
+    r = httpx.put(
+        f"{evaluator.url}/runs/run-put/window", json={"window": [["Edema"], ["Cardiomegaly", "Edema"]]}
+    )
     assert r.status_code == 200
-    assert httpx.get(f"{evaluator.url}/runs/run-put/window").json()["window"] == [["Edema"], ["Cardiomegaly", "Edema"]]
+    assert httpx.get(f"{evaluator.url}/runs/run-put/window").json()["window"] == [
+        ["Edema"],
+        ["Cardiomegaly", "Edema"],
+    ]
     bad = httpx.put(f"{evaluator.url}/runs/run-put/window", json={"window": [["Infiltration"]]})
     assert bad.status_code == 422
 
@@ -84,12 +94,17 @@ def test_evaluate_matches_the_core_metrics(evaluator):
         {"completion": completion(["Edema", "Pneumothorax"]), "labels": ["Edema"]},
         {"completion": completion(["No Finding"]), "labels": ["No Finding"]},
         {"completion": "garbage", "labels": ["Cardiomegaly"]},
-        {"completion": completion(["Support Devices", "Lung Lesion"]), "labels": ["Lung Lesion", "Pleural Other"]},
+        {
+            "completion": completion(["Support Devices", "Lung Lesion"]),
+            "labels": ["Lung Lesion", "Pleural Other"],
+        },
     ]
     r = post(evaluator, "/evaluate", {"schema": "nih9", "items": items})
     assert r.status_code == 200, r.text
     got = r.json()
-    expected = completion_metrics([i["completion"] for i in items], [i["labels"] for i in items], SCHEMAS["nih9"])
+    expected = completion_metrics(
+        [i["completion"] for i in items], [i["labels"] for i in items], SCHEMAS["nih9"]
+    )
     assert got == expected.as_dict()  # JSON round-trips floats exactly
     assert got["fail_rate"] == pytest.approx(0.25) and set(got["per_label"]) == set(SCHEMAS["nih9"].labels)
 
@@ -98,13 +113,22 @@ def test_evaluate_matches_the_core_metrics(evaluator):
     ("body", "loc"),
     [
         ({"reward": "hard", "items": []}, ["body", "items"]),
-        ({"reward": "hard", "items": [{"completion": "x", "labels": ["Infiltration"]}]}, ["body", "items", 0, "labels", 0]),
+        (
+            {"reward": "hard", "items": [{"completion": "x", "labels": ["Infiltration"]}]},
+            ["body", "items", 0, "labels", 0],
+        ),
         ({"reward": "hard", "items": [{"completion": 3, "labels": []}]}, ["body", "items", 0, "completion"]),
         ({"reward": "soft", "items": [{"completion": "x", "labels": []}]}, ["body", "reward"]),
         ({"reward": "nuanced", "items": [{"completion": "x", "labels": []}]}, ["body", "run_id"]),
-        ({"reward": "hard", "items": [{"completion": "x" * 20000, "labels": []}]}, ["body", "items", 0, "completion"]),
+        (
+            {"reward": "hard", "items": [{"completion": "x" * 20000, "labels": []}]},
+            ["body", "items", 0, "completion"],
+        ),
         ({"reward": "hard", "items": [{"completion": "x", "labels": []}] * 1025}, ["body", "items"]),
-        ({"reward": "hard", "items": [{"completion": "x", "labels": [], "extra": 1}]}, ["body", "items", 0, "extra"]),
+        (
+            {"reward": "hard", "items": [{"completion": "x", "labels": [], "extra": 1}]},
+            ["body", "items", 0, "extra"],
+        ),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(evaluator, body, loc):
@@ -157,7 +181,12 @@ def test_window_survives_a_killed_server(tmp_path):
     item = {"completion": completion(gold), "labels": gold}
     server = EvaluatorProcess(tmp_path).start()
     try:
-        assert post(server, "/score", {"reward": "nuanced", "run_id": "persist", "items": [item] * 20}).status_code == 200
+        assert (
+            post(
+                server, "/score", {"reward": "nuanced", "run_id": "persist", "items": [item] * 20}
+            ).status_code
+            == 200
+        )
         server.kill()  # SIGKILL: no shutdown hook runs
         server.start()
         r = post(server, "/score", {"reward": "nuanced", "run_id": "persist", "items": [item]})

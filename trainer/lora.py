@@ -5,21 +5,21 @@ from __future__ import annotations
 
 from peft import LoraConfig, get_peft_model_state_dict
 
+from chexrl.models.loading import lora_target_modules
+from chexrl.models.presets import FAMILIES
 from rollout_worker.types import AdapterWeights
 
-# Attention and feed-forward projections of both families' language models. The vision towers use other
-# names or sit outside `language_model`, and the regex anchors on it, so they stay frozen.
-LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LANGUAGE_MODEL_TARGETS = rf".*language_model.*\.({'|'.join(LANGUAGE_PROJECTIONS)})"
 
-
-def language_lora_config(rank: int = 16, alpha: int = 32, dropout: float = 0.1) -> LoraConfig:
-    """The paper's adapter: rank 16, alpha 32, dropout 0.1 on the language model's projections."""
+def language_lora_config(
+    rank: int = 16, alpha: int = 32, dropout: float = 0.1, family: str = FAMILIES[0]
+) -> LoraConfig:
+    """The paper's adapter: rank 16, alpha 32, dropout 0.1 on the language model's attention and
+    feed-forward projections (`chexrl.models.loading.lora_target_modules`); the vision tower stays frozen."""
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=LANGUAGE_MODEL_TARGETS,
+        target_modules=lora_target_modules(family),
         bias="none",
         task_type="CAUSAL_LM",
     )

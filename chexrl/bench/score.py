@@ -81,7 +81,9 @@ def bench_score(clients: int, items: int, completion_bytes: int, seconds: float,
             queue = ctx.Queue()
             begin = time.perf_counter() + 3.0  # every client is up and connected before the clock runs
             stop_at = begin + seconds
-            procs = [ctx.Process(target=_client, args=(url, body, begin, stop_at, queue)) for _ in range(clients)]
+            procs = [
+                ctx.Process(target=_client, args=(url, body, begin, stop_at, queue)) for _ in range(clients)
+            ]
             for p in procs:
                 p.start()
             latencies = [lat for _ in procs for lat in queue.get()]

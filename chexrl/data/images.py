@@ -11,6 +11,7 @@ synthetic ones.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -44,31 +45,37 @@ def _family(family: str) -> str:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}") from None
 
 
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open, fully decode and convert to RGB, or raise `ImageError` naming `path`.
+def open_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a file (path) or encoded image (bytes), fully decode it and convert to RGB, or raise
+    `ImageError` naming the file.
 
     The declared size is checked from the header before any pixel is decoded, so a file claiming
     100,000 x 100,000 pixels costs nothing.
     """
-    path = Path(path)
+    if isinstance(source, bytes):
+        name, stream = "image bytes", io.BytesIO(source)
+        if not source:
+            raise ImageError("image bytes: empty")
+    else:
+        name = stream = Path(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(stream)
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: image too large: {w}x{h} = {w * h:,} pixels, limit {max_pixels:,}")
+                raise ImageError(f"{name}: image too large: {w}x{h} = {w * h:,} pixels, limit {max_pixels:,}")
             img.load()
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(f"{name}: file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(
-            f"{path}: image too large, refused as a possible decompression bomb ({err})"
+            f"{name}: image too large, refused as a possible decompression bomb ({err})"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated, corrupt, not an image
-        raise ImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
+        raise ImageError(f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
     return to_rgb(img)
 
 

@@ -1,0 +1,27 @@
+"""`chexrl demo`: the main job on the embedded default (see chexrl/demo.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from chexrl.cli import app
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory (models, data, checkpoints, summary)."),
+    config: Path | None = typer.Option(None, help="Override the embedded chexrl/configs/demo.yaml."),
+) -> None:
+    """Pretrain (emulated), SFT, GRPO and evaluate a tiny model on synthetic X-rays, end to end."""
+    from chexrl.demo import results_table, run_demo, transfer_warnings
+
+    summary = run_demo(out, config)
+    typer.echo("\n" + results_table(summary))
+    typer.echo(
+        f"\nGRPO mean reward: first step {summary['grpo_reward_first']:.3f} -> last step {summary['grpo_reward_last']:.3f}"
+    )
+    for line in transfer_warnings(summary):
+        typer.secho(line, fg="red", bold=True)
+    typer.echo(f"\nsummary: {(out / 'summary.json').resolve()}")

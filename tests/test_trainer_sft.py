@@ -1,0 +1,99 @@
+"""LoRA SFT: a short run lowers the loss and writes adapter, history and TensorBoard scalars; early
+stopping with patience stops a run whose validation loss only rises; config errors name the bad key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chexrl.config import SFTConfig, load_config
+from trainer.sft import should_stop, split_validation
+
+
+def test_short_sft_run_lowers_loss_and_writes_outputs(sft_run):
+    result, out = sft_run
+    history = json.loads((out / "history.json").read_text())
+    epochs = history["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and history["steps"] == 8  # 16 examples / 4 per step
+    assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
+    assert min(e["val_loss"] for e in epochs) < history["initial_val_loss"]
+    assert 0 <= epochs[-1]["val_token_accuracy"] <= 1 and history["best_epoch"] in (1, 2)
+    assert history["n_train"] == 16 and history["n_val"] == 4
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    adapter_cfg = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 16 and adapter_cfg["lora_alpha"] == 32 and adapter_cfg["lora_dropout"] == 0.1
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "metrics.jsonl").read_text().count("loss/train") == 8
+
+
+def test_early_stopping_on_rising_validation_loss(tiny_gemma3_dir, tmp_path):
+    """Train on one answer, validate on another that shares no token with it but the end of turn: the
+    training pushes the validation answer down, so its loss never beats epoch 1 and, with patience 2,
+    the run stops after epoch 3 and keeps epoch 1's adapter."""
+    from chexrl.models.vllm_check import synthetic_image
+    from trainer.sft import run_sft
+
+    path = tmp_path / "x.png"
+    synthetic_image().save(path)
+    train = [
+        {"image": str(path), "trace": " ".join(["Edema"] * 20), "sample_id": f"s:{i}:v"} for i in range(4)
+    ]
+    val = [{"image": str(path), "trace": " ".join(["Fracture"] * 20), "sample_id": "v:0:v"}]
+    cfg = SFTConfig(
+        learning_rate=5e-3,
+        gradient_accumulation_steps=2,
+        warmup_ratio=0.0,
+        early_stopping_patience=2,
+        merge=False,
+        gradient_checkpointing=False,
+    )
+    history = run_sft(cfg, train, val, tiny_gemma3_dir, tmp_path / "run").history
+    losses = [e["val_loss"] for e in history["epochs"]]
+    assert len(losses) == 3 and losses[0] > history["initial_val_loss"] and min(losses) == losses[0]
+    assert history["early_stop_epoch"] == 3 and history["best_epoch"] == 1
+
+
+def test_should_stop_and_split():
+    assert not should_stop([3.0, 2.0, 1.0], 2)
+    assert should_stop([3.0, 2.0, 2.5, 2.0], 2)  # equal is not an improvement
+    assert not should_stop([3.0, 2.0, 2.5, 1.9], 2)
+    assert should_stop([1.0, 1.5], 1)
+    records = [{"image": f"/x/{i}.png", "sample_id": f"mimic:s{i // 2}:v{i}"} for i in range(40)]
+    train, val = split_validation(records, 0.1, seed=0)
+    assert len(val) == 4 and len(train) == 36
+    assert not {r["sample_id"].split(":")[1] for r in train} & {r["sample_id"].split(":")[1] for r in val}
+    assert split_validation(records, 0.1, seed=0) == (train, val)
+
+
+def test_config_defaults_are_the_papers():
+    cfg = SFTConfig()
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.1)
+    assert (cfg.learning_rate, cfg.warmup_ratio, cfg.weight_decay, cfg.max_grad_norm) == (
+        5e-5,
+        0.05,
+        0.01,
+        5.0,
+    )
+    assert cfg.per_device_batch_size * cfg.gradient_accumulation_steps == 8
+    assert (cfg.num_epochs, cfg.early_stopping_patience, cfg.val_fraction) == (6, 2, 0.1)
+    assert cfg.precision == "auto" and cfg.gradient_checkpointing
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "names"),
+    [
+        ("sft:\n  learning_rte: 0.1\n", ["learning_rte"]),
+        ("sft:\n  lora:\n    rank: 0\n", ["rank"]),
+        ("sft:\n  precision: fp8\n", ["precision"]),
+        ("pretrain:\n  max_step: 3\n", ["max_step"]),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, yaml_text, names):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    for name in names:
+        assert name in str(err.value)

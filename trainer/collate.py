@@ -1,0 +1,250 @@
+"""Model inputs for (prompt + image, completion) pairs, and the per-token log-probabilities of the
+completion: the one place SFT and GRPO turn examples into tensors.
+
+A sequence is `prompt_ids + completion_ids`, where `prompt_ids` is the processor's tokenization of the
+rendered prompt with its image (placeholder tokens expanded) and `completion_ids` are the tokens the
+model would generate: for SFT the completion text tokenized on its own plus the end-of-turn token, for
+GRPO the engine's sampled ids as they are. Only completion positions carry loss; the prompt, the image
+placeholders and the padding never do (the paper's assistant-only loss). Building the sequence this way
+makes the mask exact by construction; `tests/test_trainer_collate.py` checks that it equals the chat
+template's own rendering of the whole conversation.
+
+Batch layout (right padding, B rows, T = longest row):
+  input_ids, attention_mask (B, T); token_type_ids / mm_token_type_ids (B, T) where the family has them;
+  pixel_values (Gemma3: (B, 3, H, W); Qwen2.5-VL: (sum of patches, D)) and image_grid_thw (B, 3);
+  labels (B, T): the input id at completion positions, -100 elsewhere;
+  completion_start, completion_len (B,): where each row's completion sits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+# Keys the processor returns per token (padded), as opposed to per image (concatenated).
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+# Keys the model's forward takes.
+_MODEL_KEYS = (*_TOKEN_KEYS, "pixel_values", "image_grid_thw")
+
+
+_EOT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised example: chat messages (image part first), the image, the target completion."""
+
+    messages: list[dict]
+    image: Any  # PIL image
+    completion: str
+
+
+def end_of_turn_token(processor: Any) -> str:
+    """The token that closes the assistant turn (cached per processor); see `_end_of_turn_token`."""
+    try:
+        return _EOT_CACHE[processor]
+    except (KeyError, TypeError):
+        pass
+    token = _end_of_turn_token(processor)
+    with contextlib.suppress(TypeError):  # a processor that cannot be weakly referenced: no cache
+        _EOT_CACHE[processor] = token
+    return token
+
+
+def _end_of_turn_token(processor: Any) -> str:
+    """The token that closes the assistant turn in the family's chat template: what the suffix after
+    the completion starts with (`<end_of_turn>` for Gemma3, `<|im_end|>` for Qwen2.5-VL)."""
+    from chexrl.traces.render import render_prompt, render_training_text
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    marker = "\x00COMPLETION\x00"
+    full = render_training_text(processor, messages, marker)
+    prompt = render_prompt(processor, messages)
+    if not full.startswith(prompt) or marker not in full:
+        raise ValueError("chat template: the training rendering does not extend the prompt rendering")
+    suffix = full.split(marker, 1)[1]
+    tokenizer = _tokenizer(processor)
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError("chat template closes the assistant turn with nothing")
+    return tokenizer.convert_ids_to_tokens(ids[0])
+
+
+def completion_token_ids(processor: Any, completion: str) -> list[int]:
+    """An SFT target as the model generates it: the completion's tokens then the end-of-turn token."""
+    tokenizer = _tokenizer(processor)
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return [*ids, tokenizer.convert_tokens_to_ids(end_of_turn_token(processor))]
+
+
+def encode_prompt(processor: Any, prompt_text: str, image: Any) -> dict[str, torch.Tensor]:
+    """The processor's encoding of one rendered prompt with its image (rows of batch size 1).
+
+    The sequence starts with exactly one BOS where the tokenizer uses one (Gemma3), whether or not the
+    rendered text holds it (chat templates write it; prompts sent to vLLM have it stripped).
+    """
+    tokenizer = _tokenizer(processor)
+    bos = tokenizer.bos_token
+    if bos and prompt_text.startswith(bos):
+        prompt_text = prompt_text[len(bos) :]
+    if bos and tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id:
+        prompt_text = bos + prompt_text
+    enc = processor(text=[prompt_text], images=[[image]], return_tensors="pt", add_special_tokens=False)
+    return {k: v for k, v in enc.items() if k in _MODEL_KEYS}
+
+
+def encode_row(processor: Any, prompt_text: str, image: Any, completion: list[int]) -> dict[str, Any]:
+    """One sequence (batch size 1): the prompt's encoding with `completion` appended, its labels and
+    its completion span. Rows can be cached and collated later (`collate_rows`)."""
+    enc = encode_prompt(processor, prompt_text, image)
+    n_prompt = enc["input_ids"].shape[1]
+    comp = torch.tensor([completion], dtype=torch.long)
+    row: dict[str, Any] = {"input_ids": torch.cat([enc["input_ids"], comp], dim=1)}
+    row["attention_mask"] = torch.ones_like(row["input_ids"])
+    for key in ("token_type_ids", "mm_token_type_ids"):  # completion tokens are text (type 0)
+        if key in enc:
+            row[key] = torch.cat([enc[key], torch.zeros_like(comp)], dim=1)
+    row["labels"] = torch.cat([torch.full((1, n_prompt), IGNORE_INDEX), comp], dim=1)
+    row["completion_start"], row["completion_len"] = n_prompt, len(completion)
+    for key in ("pixel_values", "image_grid_thw"):
+        if key in enc:
+            row[key] = enc[key]
+    return row
+
+
+def collate_rows(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of `encode_row` -> one right-padded batch (per-image tensors concatenated)."""
+    if not rows:
+        raise ValueError("need at least one row")
+    longest = max(r["input_ids"].shape[1] for r in rows)
+    pad_values = {"input_ids": pad_id, "labels": IGNORE_INDEX}
+    batch: dict[str, torch.Tensor] = {}
+    for key in (*_TOKEN_KEYS, "labels"):
+        if key in rows[0]:
+            batch[key] = torch.cat([_pad_right(r[key], longest, pad_values.get(key, 0)) for r in rows])
+    for key in ("pixel_values", "image_grid_thw"):
+        if key in rows[0]:
+            batch[key] = torch.cat([r[key] for r in rows])
+    batch["completion_start"] = torch.tensor([r["completion_start"] for r in rows])
+    batch["completion_len"] = torch.tensor([r["completion_len"] for r in rows])
+    return batch
+
+
+def assemble(
+    processor: Any, prompt_texts: Sequence[str], images: Sequence[Any], completions: Sequence[list[int]]
+) -> dict[str, torch.Tensor]:
+    """Prompt encodings + completion ids -> one right-padded batch with labels and completion spans."""
+    if not (len(prompt_texts) == len(images) == len(completions)) or not prompt_texts:
+        raise ValueError("need equally many (>= 1) prompts, images and completions")
+    rows = [
+        encode_row(processor, text, image, list(comp))
+        for text, image, comp in zip(prompt_texts, images, completions, strict=True)
+    ]
+    return collate_rows(rows, _tokenizer(processor).pad_token_id)
+
+
+def encode_sft_example(processor: Any, example: SFTExample) -> dict[str, Any]:
+    """An SFT example as one row (prompt rendered by the chat template, completion + end-of-turn)."""
+    from chexrl.traces.render import render_prompt
+
+    return encode_row(
+        processor,
+        render_prompt(processor, example.messages),
+        example.image,
+        completion_token_ids(processor, example.completion),
+    )
+
+
+def build_batch(processor: Any, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+    """SFT examples -> a batch whose labels are exactly the completion tokens plus end-of-turn."""
+    rows = [encode_sft_example(processor, ex) for ex in examples]
+    return collate_rows(rows, _tokenizer(processor).pad_token_id)
+
+
+def build_policy_batch(processor: Any, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """GRPO examples (`prompt_text`, `image` as encoded bytes or a PIL image, sampled `completion_ids`)
+    -> a batch; the completion is the engine's token ids exactly as sampled."""
+    from PIL import Image
+
+    images = [
+        Image.open(io.BytesIO(ex.image)).convert("RGB") if isinstance(ex.image, bytes) else ex.image
+        for ex in examples
+    ]
+    return assemble(
+        processor, [ex.prompt_text for ex in examples], images, [list(ex.completion_ids) for ex in examples]
+    )
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: Any = None) -> dict[str, torch.Tensor]:
+    """The subset of a batch the model's forward takes, moved to `device`."""
+    return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in _MODEL_KEYS}
+
+
+def completion_logits(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits that predict each completion token, left-aligned per row.
+
+    Returns (logits (B, Tc, V), targets (B, Tc), mask (B, Tc)) with Tc the longest completion; column j
+    of row i predicts completion token j of row i. Only the tail of the sequence that holds completions
+    is projected onto the vocabulary (`logits_to_keep`).
+    """
+    device = next(model.parameters()).device
+    starts = batch["completion_start"].to(device)
+    lens = batch["completion_len"].to(device)
+    seq_len = batch["input_ids"].shape[1]
+    keep = seq_len - int(starts.min()) + 1  # positions start-1 .. T-1 predict the completions
+    out = model(**model_inputs(batch, device), logits_to_keep=keep, use_cache=False)
+    logits = out.logits  # (B, keep, V): positions T-keep .. T-1
+    width = int(lens.max())
+    cols = torch.arange(width, device=device)
+    mask = cols[None, :] < lens[:, None]  # (B, Tc)
+    # Position of the logit that predicts completion token j: start + j - 1, offset into the kept tail.
+    pos = (starts[:, None] + cols[None, :] - 1 - (seq_len - keep)).clamp(0, keep - 1)
+    picked = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Tc, V)
+    target_pos = (starts[:, None] + cols[None, :]).clamp(max=seq_len - 1)
+    targets = torch.gather(batch["input_ids"].to(device), 1, target_pos)
+    return picked, torch.where(mask, targets, 0), mask
+
+
+def completion_logprobs(
+    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(token | prompt, image, earlier completion tokens) of every completion token.
+
+    Returns (logp (B, Tc) float32, zero where masked; mask (B, Tc) bool), left-aligned as in
+    `completion_logits`. Logits are divided by `temperature` first, so the result is the log-prob
+    under the sampling distribution the engine used (before top-p).
+    """
+    logits, targets, mask = completion_logits(model, batch)
+    logits = logits.float() / temperature
+    logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return logp * mask, mask
+
+
+def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Summed negative log-likelihood of the completion tokens (equation 1) and token counts.
+
+    Returns (nll_sum, {"tokens", "correct"}): divide by the tokens of the whole accumulated batch for
+    the token mean; `correct` counts argmax hits (token accuracy).
+    """
+    logits, targets, mask = completion_logits(model, batch)
+    logits = logits.float()
+    nll = torch.logsumexp(logits, -1) - torch.gather(logits, -1, targets[..., None]).squeeze(-1)
+    correct = ((logits.argmax(-1) == targets) & mask).sum().item()
+    return (nll * mask).sum(), {"tokens": float(mask.sum().item()), "correct": float(correct)}
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)

@@ -1,0 +1,314 @@
+"""LoRA supervised fine-tuning on teacher traces (paper Sec. 3.2.1), as one transparent loop.
+
+Steps of `run_sft`:
+  1. load the base checkpoint and wrap it in the paper's adapter (LoRA rank 16 / alpha 32 / dropout 0.1
+     on the language model's projections; everything else, the vision tower included, frozen);
+  2. train with AdamW (lr 5e-5, weight decay 0.01), a cosine schedule with 5% warmup, clipping at 5.0,
+     effective batch 8 (1 per forward, 8 accumulated), the loss the token mean of the completion's
+     negative log-likelihood (assistant-only: `trainer.collate`), bf16 autocast where the device has it,
+     gradient checkpointing;
+  3. after each epoch, the validation loss: the best epoch's adapter is kept, and training stops after
+     `early_stopping_patience` epochs without improvement (at most 6 epochs);
+  4. write the best adapter, `history.json` and TensorBoard scalars, then merge the adapter into a new
+     base checkpoint (`trainer.merge`) that vLLM serves and GRPO uses as its reference policy.
+
+Every setting is a field of `chexrl.config.SFTConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chexrl.config import SFTConfig
+from trainer.collate import SFTExample, build_batch, sft_loss
+
+log = logging.getLogger(__name__)
+EVAL_BATCH_SIZE = 8  # validation forward passes (no gradients): padding does not change the loss
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """What `run_sft` wrote."""
+
+    adapter_dir: Path  # the best epoch's PEFT adapter (adapter_config.json + safetensors)
+    merged_dir: Path | None  # base + adapter as a full checkpoint (None when cfg.merge is off)
+    history: dict[str, Any]  # also in <out>/history.json
+
+
+# ---- pure helpers --------------------------------------------------------------------------------------
+def should_stop(val_losses: Sequence[float], patience: int) -> bool:
+    """True when none of the last `patience` epochs lowered the best validation loss before them.
+
+    >>> should_stop([1.0, 0.9, 0.95, 0.93], 2)
+    True
+    >>> should_stop([1.0, 0.9, 0.95, 0.85], 2)
+    False
+    >>> should_stop([1.0, 1.1], 2)
+    False
+    """
+    if len(val_losses) <= patience:
+        return False
+    best_before = min(val_losses[:-patience])
+    return min(val_losses[-patience:]) >= best_before
+
+
+def split_validation(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out `fraction` of the records (at least one when fraction > 0), grouped by study so that two
+    views of one study never straddle the split. Deterministic for a seed."""
+    if fraction <= 0 or len(records) < 2:
+        return list(records), []
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(_study_key(rec), []).append(rec)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n_val = max(1, round(fraction * len(records)))
+    val: list[dict] = []
+    for key in keys:
+        if len(val) >= n_val:
+            break
+        val.extend(groups[key])
+    held = {id(r) for r in val}
+    return [r for r in records if id(r) not in held], val
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
+    """Linear warmup over `warmup` steps, then cosine annealing to 0 at `total` (as transformers')."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def records_to_examples(records: Sequence[dict], prompt: str) -> list[SFTExample]:
+    """Trace records ({"image", "labels", "trace", "schema"}) -> SFT examples with images opened."""
+    from chexrl.core.prompts import build_messages
+    from chexrl.data.images import open_image
+
+    return [
+        SFTExample(
+            build_messages(prompt, schema=r.get("schema", "chexpert14")), open_image(r["image"]), r["trace"]
+        )
+        for r in records
+    ]
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+def autocast_context(precision: str, device: torch.device) -> Any:
+    """bf16 autocast where asked for and the device has it ('auto': a GPU with bf16), else a no-op."""
+    has_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not has_bf16 and device.type != "cpu":
+        raise ValueError(f"precision bf16 requested but {device} has no bfloat16 support")
+    if precision == "bf16" or (precision == "auto" and has_bf16):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def evaluate_loss(
+    model: Any, processor: Any, examples: Sequence[SFTExample], precision: str
+) -> dict[str, float]:
+    """Token-mean completion NLL and token accuracy over `examples` (eval mode, no gradients)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll = tokens = correct = 0.0
+    with torch.no_grad(), autocast_context(precision, device):
+        for i in range(0, len(examples), EVAL_BATCH_SIZE):
+            loss_sum, counts = sft_loss(model, build_batch(processor, examples[i : i + EVAL_BATCH_SIZE]))
+            nll += loss_sum.item()
+            tokens += counts["tokens"]
+            correct += counts["correct"]
+    model.train(was_training)
+    return {"loss": nll / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+
+
+def train_sft(
+    model: Any,
+    processor: Any,
+    train: Sequence[SFTExample],
+    val: Sequence[SFTExample],
+    cfg: SFTConfig,
+    out: Path,
+) -> dict[str, Any]:
+    """Train the PEFT `model` in place; keep the best epoch's adapter in `out/adapter`. Returns history."""
+    from trainer.run_log import RunLog
+
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train) / per_step)
+    total_steps = steps_per_epoch * cfg.num_epochs
+    scheduler = cosine_schedule(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    rng = random.Random(cfg.seed)
+    run_log = RunLog(out)
+    history: dict[str, Any] = {"epochs": [], "best_epoch": None, "early_stop_epoch": None}
+    if val:  # the untrained adapter's validation loss: the reference the epochs are compared with
+        history["initial_val_loss"] = evaluate_loss(model, processor, val, cfg.precision)["loss"]
+    step = 0
+    model.train()
+    try:
+        for epoch in range(1, cfg.num_epochs + 1):
+            start = time.perf_counter()
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            sums = {"nll": 0.0, "tokens": 0.0, "correct": 0.0}
+            for s in range(0, len(order), per_step):
+                group = [train[i] for i in order[s : s + per_step]]
+                metrics = _optimizer_step(model, processor, group, cfg, optimizer, params, device)
+                scheduler.step()
+                step += 1
+                for key in sums:
+                    sums[key] += metrics.pop("_" + key)
+                run_log.log(step, {**metrics, "loss/learning_rate": scheduler.get_last_lr()[0]})
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": sums["nll"] / max(sums["tokens"], 1.0),
+                "train_token_accuracy": sums["correct"] / max(sums["tokens"], 1.0),
+            }
+            if val:
+                v = evaluate_loss(model, processor, val, cfg.precision)
+                record.update(val_loss=v["loss"], val_token_accuracy=v["token_accuracy"])
+            record["seconds"] = time.perf_counter() - start
+            history["epochs"].append(record)
+            run_log.log(step, {f"epoch/{k}": v for k, v in record.items() if k not in ("epoch", "step")})
+            log.info("sft epoch %d: %s", epoch, json.dumps(record))
+            val_losses = [e["val_loss"] for e in history["epochs"] if "val_loss" in e]
+            if not val or record["val_loss"] <= min(val_losses):
+                history["best_epoch"] = epoch
+                _save_adapter(model, out / "adapter")
+            if val and should_stop(val_losses, cfg.early_stopping_patience):
+                history["early_stop_epoch"] = epoch
+                break
+    finally:
+        run_log.close()
+    history["steps"] = step
+    return history
+
+
+def _optimizer_step(model, processor, group, cfg, optimizer, params, device) -> dict[str, float]:
+    """One optimizer step over `group` (the effective batch): the token mean over all its completions."""
+    batches = [
+        build_batch(processor, group[i : i + cfg.per_device_batch_size])
+        for i in range(0, len(group), cfg.per_device_batch_size)
+    ]
+    total_tokens = float(sum(int(b["completion_len"].sum()) for b in batches))
+    nll = correct = 0.0
+    for batch in batches:
+        with autocast_context(cfg.precision, device):
+            loss_sum, counts = sft_loss(model, batch)
+        (loss_sum / total_tokens).backward()
+        nll += loss_sum.item()
+        correct += counts["correct"]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss/train": nll / total_tokens,
+        "loss/token_accuracy": correct / total_tokens,
+        "loss/grad_norm": float(grad_norm),
+        "_nll": nll,
+        "_tokens": total_tokens,
+        "_correct": correct,
+    }
+
+
+def _save_adapter(model: Any, path: Path) -> None:
+    """Write the adapter atomically (a temp sibling, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _study_key(record: dict) -> str:
+    parts = str(record.get("sample_id", record["image"])).split(":")
+    return ":".join(parts[:2]) if len(parts) >= 3 else str(record.get("sample_id", record["image"]))
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+def prepare_model(base_dir: str | Path, cfg: SFTConfig, device: str | None = None) -> tuple[Any, Any]:
+    """(PEFT model on `device`, processor): fp32 master weights, the paper's adapter, vision frozen."""
+    from peft import get_peft_model
+
+    from chexrl.models.loading import detect_family, load_model, load_processor
+    from trainer.lora import language_lora_config
+
+    torch.manual_seed(cfg.seed)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(base_dir, dtype=torch.float32, device=device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = language_lora_config(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, detect_family(base_dir))
+    return get_peft_model(model, lora), load_processor(base_dir)
+
+
+def run_sft(
+    cfg: SFTConfig,
+    train_records: Sequence[dict],
+    val_records: Sequence[dict] | None,
+    base_dir: str | Path,
+    out: str | Path,
+) -> SFTResult:
+    """Fine-tune `base_dir` on trace records; write adapter, history, TensorBoard and the merged model.
+
+    `val_records` None holds out `cfg.val_fraction` of `train_records` (grouped by study).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if val_records is None:
+        train_records, val_records = split_validation(train_records, cfg.val_fraction, cfg.seed)
+    if not train_records:
+        raise ValueError("no SFT training records")
+    start = time.perf_counter()
+    model, processor = prepare_model(base_dir, cfg)
+    train, skipped = _fit_length(records_to_examples(train_records, cfg.prompt), processor, cfg.max_length)
+    val, _ = _fit_length(records_to_examples(val_records, cfg.prompt), processor, cfg.max_length)
+    history = train_sft(model, processor, train, val, cfg, out)
+    history.update(
+        n_train=len(train),
+        n_val=len(val),
+        skipped_too_long=skipped,
+        base=str(base_dir),
+        train_seconds=time.perf_counter() - start,
+        config=cfg.model_dump(),
+    )
+    merged = None
+    if cfg.merge:
+        from trainer.merge import merge_adapter
+
+        merged = merge_adapter(base_dir, out / "adapter", out / "merged")
+        history["merged"] = str(merged)
+    history["seconds"] = time.perf_counter() - start
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    return SFTResult(adapter_dir=out / "adapter", merged_dir=merged, history=history)
+
+
+def _fit_length(examples: list[SFTExample], processor: Any, max_length: int) -> tuple[list[SFTExample], int]:
+    """Drop examples longer than `max_length` tokens (prompt, image tokens and completion)."""
+    kept = []
+    for ex in examples:
+        batch = build_batch(processor, [ex])
+        if batch["input_ids"].shape[1] <= max_length:
+            kept.append(ex)
+    if len(kept) < len(examples):
+        log.warning("sft: skipped %d examples longer than %d tokens", len(examples) - len(kept), max_length)
+    return kept, len(examples) - len(kept)
