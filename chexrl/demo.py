@@ -29,11 +29,11 @@ from chexrl.core.config import StrictModel
 
 class DemoSizes(StrictModel):
     image_size: int = Field(64, ge=32)
-    mimic_images: int = Field(1400, ge=10)
+    mimic_images: int = Field(1800, ge=10)
     chexpert_images: int = Field(160, ge=10)
     nih_images: int = Field(200, ge=10)
-    pretrain_images: int = Field(700, ge=1)
-    sft_images: int = Field(260, ge=2)
+    pretrain_images: int = Field(600, ge=1)
+    sft_images: int = Field(400, ge=2)
     rl_images: int = Field(120, ge=1)
     eval_images: int = Field(100, ge=1)
 
@@ -162,6 +162,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
         evaluator.wait(timeout=30)
     summary = {
         **results,
+        "transfer_gap": {name: transfer_gap(r["id"], r["ood"]) for name, r in results.items()},
         "grpo_reward_first": history[0]["reward/total"],
         "grpo_reward_last": history[-1]["reward/total"],
         "grpo_steps": len(history),
@@ -205,13 +206,23 @@ def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, id_test, ood_tes
 
 
 def results_table(summary: dict) -> str:
-    rows = ["| model | ID macro-F1 | OOD macro-F1 | ID fail | OOD fail |", "|---|---|---|---|---|"]
+    rows = [
+        "| model | ID macro-F1 | OOD macro-F1 | transfer gap | ID fail | OOD fail |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in ("base", "sft", "grpo"):
         r = summary[name]
+        gap = transfer_gap(r["id"], r["ood"])
+        gap_text = f"{gap:+.0%}" if gap is not None else "n/a"
         rows.append(
-            f"| {name} | {r['id']:.3f} | {r['ood']:.3f} | {r['id_fail_rate']:.2f} | {r['ood_fail_rate']:.2f} |"
+            f"| {name} | {r['id']:.3f} | {r['ood']:.3f} | {gap_text} | {r['id_fail_rate']:.2f} | {r['ood_fail_rate']:.2f} |"
         )
     return "\n".join(rows)
+
+
+def transfer_gap(id_f1: float, ood_f1: float) -> float | None:
+    """Relative change of macro-F1 from the in-distribution to the out-of-distribution set (None if ID is 0)."""
+    return (ood_f1 - id_f1) / id_f1 if id_f1 else None
 
 
 def transfer_warnings(summary: dict) -> list[str]:

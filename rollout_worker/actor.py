@@ -89,6 +89,9 @@ class RolloutWorker:
             # orphaned engine process holding memory, and Ray's restart brings back the whole engine.
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
             "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.kv_cache_gib))),
+            # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1); vLLM's CPU kernels would then run on
+            # one thread while an in-process engine uses every core.
+            "OMP_NUM_THREADS": str(cfg.num_threads or os.cpu_count() or 1),
         }
         actor = ray.remote(RolloutWorker).options(
             num_cpus=num_cpus,

@@ -22,6 +22,14 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def multimodal_token_ids(processor) -> list[int]:
+    """Ids of the special tokens that stand for image or video input (never valid in a completion)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    names = [t for t in tokenizer.all_special_tokens if any(k in t for k in ("image", "vision", "video"))]
+    names += [t for t in ("<start_of_image>", "<image_soft_token>", "<end_of_image>") if t in tokenizer.get_vocab()]
+    return sorted({tokenizer.convert_tokens_to_ids(t) for t in names})
+
+
 def decode_image(data: bytes):
     """Encoded image bytes -> RGB PIL image; `ImageError` (a ValueError) says what is wrong with them."""
     from chexrl.data.images import open_image
@@ -64,6 +72,9 @@ class RolloutEngine:
                 gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled
             )
         self.llm = LLM(**kwargs)
+        # A sampled image/video placeholder token would make the completion unusable for training (the
+        # model would expect image features for it): such tokens can never be generated.
+        self.banned_token_bias = {tok: -100.0 for tok in multimodal_token_ids(self.processor)}
         self.adapter = AdapterSlot(self.llm, cfg.adapter_dir)
         self.asleep = False
         self.start_seconds = time.perf_counter() - started
@@ -114,6 +125,7 @@ class RolloutEngine:
             logprobs=0,
             seed=sampling.seed,
             ignore_eos=sampling.ignore_eos,
+            logit_bias=self.banned_token_bias or None,
         )
 
     def _prepare(self, prompt: RolloutPrompt) -> tuple[str, dict]:

@@ -42,6 +42,11 @@ def test_split_evenly():
 def test_groups_of_sampled_completions(rollout_router):
     prompts = [image_prompt(f"p{i}", png_bytes(i)) for i in range(3)]
     groups = rollout_router.generate(prompts, SamplingConfig(max_tokens=16))
+    from chexrl.models.loading import load_processor
+    from rollout_worker.engine import multimodal_token_ids
+
+    banned = set(multimodal_token_ids(load_processor(rollout_router.cfg.model)))
+    assert banned
     assert [g.prompt_id for g in groups] == ["p0", "p1", "p2"]
     for g in groups:
         assert g.error is None and g.adapter_version == rollout_router.version
@@ -49,6 +54,7 @@ def test_groups_of_sampled_completions(rollout_router):
         assert "<start_of_image>" in g.prompt_text
         for c in g.completions:
             assert 0 < len(c.token_ids) <= 16
+            assert not set(c.token_ids) & banned  # image placeholders are never sampled
             assert len(c.logprobs) == len(c.token_ids)
             assert all(lp <= 0.0 for lp in c.logprobs)
             assert c.finish_reason in {"stop", "length"}
