@@ -19,7 +19,14 @@ if [ -f "$STAMP" ]; then exit 0; fi
 
 echo "chexrl: installing the $STACK stack into $VENV (one time)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip install --quiet --disable-pip-version-check"
+pip_install() {
+    # This machine's pip config lists local index folders that may not exist; pip warns once per
+    # package about them. Those lines are noise; everything else (errors included) is shown.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "^WARNING: Location 'file://" || true; }
+    return "${PIPESTATUS[0]}"
+}
+PIP=pip_install
 
 if [ "$STACK" = cpu ]; then
     LOCK=requirements/lock-cpu.txt
