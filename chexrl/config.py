@@ -67,7 +67,9 @@ class RolloutConfig(StrictModel):
         "/dev/shm/chexrl-adapters",
         description="Node-local scratch where pushed adapters are written for vLLM.",
     )
-    num_threads: int | None = Field(None, ge=1, description="CPU threads of a worker's engine (None: all cores).")
+    num_threads: int | None = Field(
+        None, ge=1, description="CPU threads of a worker's engine (None: all cores)."
+    )
     max_restarts: int = Field(-1, description="Ray restarts of a dead worker process (-1: unlimited).")
     max_task_retries: int = Field(
         3, ge=0, description="Ray retries of a call in flight when its worker dies."

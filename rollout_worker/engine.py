@@ -26,7 +26,9 @@ def multimodal_token_ids(processor) -> list[int]:
     """Ids of the special tokens that stand for image or video input (never valid in a completion)."""
     tokenizer = getattr(processor, "tokenizer", processor)
     names = [t for t in tokenizer.all_special_tokens if any(k in t for k in ("image", "vision", "video"))]
-    names += [t for t in ("<start_of_image>", "<image_soft_token>", "<end_of_image>") if t in tokenizer.get_vocab()]
+    names += [
+        t for t in ("<start_of_image>", "<image_soft_token>", "<end_of_image>") if t in tokenizer.get_vocab()
+    ]
     return sorted({tokenizer.convert_tokens_to_ids(t) for t in names})
 
 
