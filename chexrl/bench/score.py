@@ -62,16 +62,15 @@ def bench_score(clients: int, items: int, completion_bytes: int, seconds: float,
 
     import httpx
 
-    from chexrl.demo import free_port, start_evaluator
+    from services.evaluator.process import EvaluatorProcess
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     payload = {"reward": reward, "items": realistic_items(items, completion_bytes)}
     if reward == "nuanced":
         payload["run_id"] = "bench"
     body = json.dumps(payload).encode()
     with tempfile.TemporaryDirectory() as state:
-        server = start_evaluator(Path(state), port, Path(state) / "server.log")
+        server = EvaluatorProcess(state, log=Path(state) / "server.log").start()
+        url = server.url
         try:
             for _ in range(20):  # warm-up
                 httpx.post(
@@ -90,8 +89,7 @@ def bench_score(clients: int, items: int, completion_bytes: int, seconds: float,
             for p in procs:
                 p.join()
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     elapsed = seconds
     ms = [x * 1000 for x in latencies]
     return {

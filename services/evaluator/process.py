@@ -1,0 +1,76 @@
+"""Run the evaluator as its own process (as deployed) and wait until it is healthy. Used by the demo,
+the benchmark and the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TOKEN_ENV = "CHEXRL_EVALUATOR_TOKEN"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EvaluatorProcess:
+    """`chexrl serve-evaluator` on a free loopback port, with start / stop / kill."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        token: str | None = None,
+        config: Path | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.state_dir, self.token, self.config, self.log = Path(state_dir), token, config, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> EvaluatorProcess:
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        if self.token:
+            env[TOKEN_ENV] = self.token
+        cmd = [sys.executable, "-m", "chexrl.cli", "serve-evaluator", "--port", str(self.port)]
+        cmd += ["--state-dir", str(self.state_dir)]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"evaluator exited with {self.proc.returncode} (log: {self.log})")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"evaluator not healthy after {timeout_s:.0f} s (log: {self.log})")
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
