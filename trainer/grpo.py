@@ -68,10 +68,11 @@ class GRPOLearner:
         batches = [build_policy_batch(self.processor, [examples[i] for i in idx]) for idx in chunks]
 
         with torch.no_grad():
-            ref = []
-            old = []
-            with self.model.disable_adapter():
-                ref = [completion_logprobs(self.model, b, self.temperature)[0] for b in batches]
+            ref: list[torch.Tensor] = []
+            if cfg.beta:
+                with self.model.disable_adapter():  # the reference: the SFT checkpoint without the adapter
+                    ref = [completion_logprobs(self.model, b, self.temperature)[0] for b in batches]
+            old: list[torch.Tensor] = []
             if cfg.num_iterations > 1:
                 self.model.eval()  # dropout off: old log-probs are the policy as it sampled
                 old = [completion_logprobs(self.model, b, self.temperature)[0] for b in batches]
