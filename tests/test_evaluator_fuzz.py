@@ -3,7 +3,9 @@ documented and conforming to its schema, schema-violating input refused.
 
 Two checks are left out on purpose: `positive_data_acceptance` (gold labels are checked against the
 schema case-insensitively, which JSON Schema cannot state, so schema-valid but unknown labels get 422 by
-design) and `allow_header_conformance` (OPTIONS is not served)."""
+design) and `allow_header_conformance` (OPTIONS is not served). The `coverage` phase is skipped: in
+schemathesis 4.32 it reports the optional, nullable `run_id` of /score as a missing *required* property
+(the document's `required` is only `reward` and `items`), a false positive."""
 
 import subprocess
 import sys
@@ -23,6 +25,7 @@ def test_openapi_fuzz_finds_no_failure(evaluator):
             "--checks", "all",
             "--exclude-checks", "positive_data_acceptance,allow_header_conformance",
             "--seed", "20261122",
+            "--phases", "examples,fuzzing,stateful",
         ],
         capture_output=True,
         text=True,

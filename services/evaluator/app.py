@@ -12,11 +12,11 @@ import time
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from chexrl.core.metrics import completion_metrics
 from chexrl.core.schemas import SCHEMAS, get_schema
@@ -26,7 +26,11 @@ from services.evaluator.settings import EvaluatorSettings
 from services.evaluator.window_store import WindowStore
 
 TOKEN_ENV = "CHEXRL_EVALUATOR_TOKEN"
-RUN_ID = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/-]+$")
+RUN_ID_PATTERN = r"^[A-Za-z0-9._:@/-]+$"
+# Separate objects for the body and the path: FastAPI marks a path parameter's FieldInfo required in
+# place, which would make the (optional) body field required in the OpenAPI document too.
+RunIdBody = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=RUN_ID_PATTERN)]
+RunIdPath = Annotated[str, Path(min_length=1, max_length=200, pattern=RUN_ID_PATTERN)]
 
 
 def _models(settings: EvaluatorSettings):
@@ -46,7 +50,7 @@ def _models(settings: EvaluatorSettings):
 
     class ScoreRequest(Strict):
         reward: Literal["hard", "nuanced"]
-        run_id: Annotated[str, RUN_ID] | None = None
+        run_id: RunIdBody | None = None
         request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
         items: Annotated[list[ScoreItem], Field(min_length=1, max_length=settings.max_items_per_request)]
 
@@ -267,14 +271,12 @@ def create_app(settings: EvaluatorSettings) -> FastAPI:
         m = completion_metrics([i.completion for i in body.items], golds, get_schema(body.schema_))
         return Response(orjson.dumps(m.as_dict()), media_type="application/json")
 
-    @app.get(
-        "/runs/{run_id}/window", dependencies=auth, response_model=WindowOut, responses={401: errors[401]}
-    )
-    def get_window(run_id: Annotated[str, RUN_ID]) -> dict:
-        return {"run_id": run_id, "window": store.get(run_id)}
+    @app.get("/runs/{run}/window", dependencies=auth, response_model=WindowOut, responses={401: errors[401]})
+    def get_window(run: RunIdPath) -> dict:
+        return {"run_id": run, "window": store.get(run)}
 
-    @app.put("/runs/{run_id}/window", dependencies=auth, response_model=WindowOut, responses=errors)
-    def put_window(run_id: Annotated[str, RUN_ID], body: WindowBody) -> dict:
+    @app.put("/runs/{run}/window", dependencies=auth, response_model=WindowOut, responses=errors)
+    def put_window(run: RunIdPath, body: WindowBody) -> dict:
         cx = SCHEMAS["chexpert14"]
         bad = [(i, lab) for i, labels in enumerate(body.window) for lab in labels if lab not in cx]
         if bad:
@@ -289,8 +291,8 @@ def create_app(settings: EvaluatorSettings) -> FastAPI:
                     }
                 ]
             )
-        store.put(run_id, body.window)
-        return {"run_id": run_id, "window": store.get(run_id)}
+        store.put(run, body.window)
+        return {"run_id": run, "window": store.get(run)}
 
     @app.on_event("shutdown")
     def _close() -> None:
