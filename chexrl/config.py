@@ -125,6 +125,26 @@ class GRPOConfig(StrictModel):
     )
     save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (atomically).")
     eval_steps: int = Field(25, ge=1, description="Evaluate in and out of distribution every N steps.")
+    eval_id_data: str | None = Field(
+        None,
+        description="Held-out in-distribution set (a dataset spec, e.g. 'chexpert:DIR:valid'); evaluation "
+        "during training needs both this and eval_ood_data.",
+    )
+    eval_ood_data: str | None = Field(
+        None, description="Out-of-distribution set (a dataset spec, e.g. 'nih:DIR:test')."
+    )
+    eval_limit: int | None = Field(
+        200, ge=1, description="Evaluate on the first N samples of each set (None: all of them)."
+    )
+    eval_max_tokens: int | None = Field(
+        None, ge=1, description="Greedy completion length in evaluations; default sampling.max_tokens."
+    )
+    tradeoff_margin: float = Field(
+        0.05,
+        ge=0,
+        description="Warn when in-distribution macro-F1 rises while out-of-distribution macro-F1 falls "
+        "by more than this (absolute macro-F1) against the start of the run.",
+    )
     seed: int = 0
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
@@ -171,6 +191,14 @@ class SFTConfig(StrictModel):
     gradient_checkpointing: bool = Field(True, description="Paper: on (memory for compute).")
     max_length: int = Field(
         4096, ge=16, description="Longest prompt + completion in tokens; longer examples are skipped."
+    )
+    trainable_tokens: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Tokens whose embedding rows train with the adapter (PEFT trainable_token_indices), e.g. tags "
+            "the base vocabulary holds as single tokens it never saw in use. Each must be one token of "
+            "the tokenizer. Off in the paper's recipe; the demo trains its four answer tags."
+        ),
     )
     merge: bool = Field(
         True, description="Merge the adapter into a new base checkpoint (vLLM serves it; GRPO's reference)."

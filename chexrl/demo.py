@@ -81,8 +81,17 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
         },
         seed=0,
     )
-    id_test = load_dataset(f"chexpert:{data / 'chexpert'}")[: sizes.eval_images]
-    ood_test = load_dataset(f"nih:{data / 'nih-site-b'}")[: sizes.eval_images]
+    id_all = load_dataset(f"chexpert:{data / 'chexpert'}")
+    ood_all = load_dataset(f"nih:{data / 'nih-site-b'}")
+    id_test, ood_test = id_all[: sizes.eval_images], ood_all[: sizes.eval_images]
+    # evaluation during GRPO uses other images of the same two sets, so the final table stays held out
+    during = cfg.grpo.eval_limit or 0
+    if sizes.eval_images + during > min(len(id_all), len(ood_all)):
+        raise ValueError(
+            f"demo: eval_images ({sizes.eval_images}) + grpo.eval_limit ({during}) exceed the test sets "
+            f"({len(id_all)} CheXpert, {len(ood_all)} NIH images)"
+        )
+    id_during, ood_during = id_all[len(id_all) - during :], ood_all[len(ood_all) - during :]
     print({k: len(v) for k, v in split.items()}, "id test", len(id_test), "ood test", len(ood_test))
     timings["data"] = time.perf_counter() - t
 
@@ -104,7 +113,14 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
         grpo_cfg = cfg.model_copy(
             update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator.url})}
         )
-        run = GRPORun(str(sft.merged_dir), split["rl"], str(out / "grpo"), run_id="demo-grpo")
+        run = GRPORun(
+            str(sft.merged_dir),
+            split["rl"],
+            str(out / "grpo"),
+            run_id="demo-grpo",
+            id_eval=("chexpert (held out)", id_during) if during else None,
+            ood_eval=("nih site-b (held out)", ood_during) if during else None,
+        )
         history = run_grpo(grpo_cfg, run)
         timings["grpo"] = time.perf_counter() - t
 

@@ -69,3 +69,28 @@ def test_state_round_trip(learner):
     assert adapter.version == 7 and adapter.nbytes > 0
     learner.load_state(saved)
     assert all(torch.equal(saved["adapter"][k], v) for k, v in learner.state()["adapter"].items())
+
+
+def test_entropy_is_the_masked_token_mean(learner):
+    """`loss/entropy` equals the entropy of softmax(logits / T) at each completion position, averaged over
+    every completion token of the step (micro-batches of unequal lengths weighted by tokens, padding
+    excluded), computed here from a plain full-sequence forward."""
+    from trainer.collate import build_policy_batch, model_inputs
+
+    short, long = format_completion("x", ["Edema"]), format_completion("A long finding. " * 4, ["Edema"])
+    # micro_batch_size 2: chunk 1 pads its short row, chunk 2 has more tokens than chunk 1
+    examples = _examples(learner, [short, long, long, long])
+    batch = build_policy_batch(learner.processor, examples)
+    assert len({len(e.completion_ids) for e in examples}) == 2
+    with torch.no_grad():  # lora dropout is 0: train mode is deterministic
+        logits = learner.model(**model_inputs(batch)).logits  # every position, no logits_to_keep
+    entropies = []
+    for row, ex in enumerate(examples):
+        start = int(batch["completion_start"][row])
+        picked = logits[row, start - 1 : start - 1 + len(ex.completion_ids)].float() / learner.temperature
+        entropies.append(torch.distributions.Categorical(logits=picked).entropy())
+    expected = float(torch.cat(entropies).mean())
+
+    metrics = learner.step(examples, rewards=[1.0, 0.0, 0.0, 1.0], group_size=2)
+    assert metrics["loss/entropy"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["loss/entropy"] > 0.0

@@ -1,14 +1,18 @@
 """GRPO end to end with the real parts: vLLM worker actor, evaluator over HTTP, trainer actor, Ray."""
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from chexrl.config import ChexrlConfig
+from chexrl.core.schemas import get_schema
 from chexrl.data.loaders import load_dataset
 from trainer.checkpoint import latest_checkpoint
 from trainer.loop import GRPORun, run_grpo
+from trainer.periodic_eval import read_evals
 from trainer.run_log import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -23,6 +27,7 @@ def _config(evaluator_url: str, max_steps: int, reward: str = "nuanced") -> Chex
                 "max_steps": max_steps,
                 "prompts_per_step": 2,
                 "save_steps": 2,
+                "eval_steps": 2,
                 "reward": reward,
                 "micro_batch_size": 8,
             },
@@ -30,9 +35,21 @@ def _config(evaluator_url: str, max_steps: int, reward: str = "nuanced") -> Chex
     )
 
 
-def test_grpo_steps_checkpoint_and_resume(ray_session, evaluator, tiny_gemma3_dir, synth_mimic_dir, tmp_path):
+def test_grpo_steps_checkpoint_and_resume(
+    ray_session,
+    evaluator,
+    tiny_gemma3_dir,
+    synth_mimic_dir,
+    synth_chexpert_dir,
+    synth_nih_shift_dir,
+    tmp_path,
+):
     samples = load_dataset(f"mimic:{synth_mimic_dir}")[:12]
-    run = GRPORun(str(tiny_gemma3_dir), samples, str(tmp_path / "run"), run_id="grpo-test")
+    id_eval = ("chexpert", load_dataset(f"chexpert:{synth_chexpert_dir}")[:3])
+    ood_eval = ("nih", load_dataset(f"nih:{synth_nih_shift_dir}")[:3])
+    run = GRPORun(
+        str(tiny_gemma3_dir), samples, str(tmp_path / "run"), "grpo-test", id_eval=id_eval, ood_eval=ood_eval
+    )
     history = run_grpo(_config(evaluator.url, 3), run, progress=False)
 
     assert [h["step"] for h in history] == [1, 2, 3]
@@ -56,9 +73,90 @@ def test_grpo_steps_checkpoint_and_resume(ray_session, evaluator, tiny_gemma3_di
     assert (tmp_path / "run" / "adapter-final" / "adapter_model.safetensors").exists()
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000003"
 
+    # evaluated at the start, every eval_steps (2) and at the end; the selection names kept adapters only
+    evals = read_evals(tmp_path / "run")
+    assert [e["step"] for e in evals] == [0, 2, 3]
+    assert {e["id_name"] for e in evals} == {"chexpert"} and evals[0]["ood"]["n"] == 3
+    assert set(evals[0]["ood"]["per_label"]) == set(get_schema(ood_eval[1][0].schema).labels)
+    assert (
+        history[1]["eval/id_macro_f1"] == evals[1]["id"]["macro"]["f1"]
+        and "eval/id_macro_f1" not in history[0]
+    )
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert set(selection) == {"best_id", "final", "best_ood", "best_worst_case"}
+    assert selection["final"]["step"] == 3 and selection["final"]["checkpoint"] == "adapters/step-000003"
+    kept = {p.name for p in (tmp_path / "run" / "adapters").iterdir()}
+    assert kept == {Path(s["checkpoint"]).name for s in selection.values() if s["checkpoint"]}
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["grpo"]["run_id"] == "grpo-test"
+
     # resume from step 3 to 5: numbering continues, the log holds each step once
     resumed = run_grpo(_config(evaluator.url, 5), run, resume=True, progress=False)
     assert [h["step"] for h in resumed] == [4, 5]
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
     meta = json.loads((latest_checkpoint(tmp_path / "run" / "checkpoints") / "meta.json").read_text())
     assert meta["step"] == 5 and meta["cursor"]["index"] == (5 * 2) % 12
+    assert [e["step"] for e in read_evals(tmp_path / "run")] == [0, 2, 3, 4, 5]
+
+    # resuming a finished run does nothing: no step, no evaluation, no error
+    assert run_grpo(_config(evaluator.url, 5), run, resume=True, progress=False) == []
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    assert [e["step"] for e in read_evals(tmp_path / "run")] == [0, 2, 3, 4, 5]
+
+
+def test_evaluator_killed_mid_run_delays_the_step(ray_session, tiny_gemma3_dir, synth_mimic_dir, tmp_path):
+    """SIGKILL the evaluator while a step is in flight and bring it back: the step's scoring is retried
+    (the client saw a failure), every step is logged exactly once and the persisted window counts each
+    valid prediction once."""
+    import logging
+    import threading
+    import time
+
+    from services.evaluator.process import EvaluatorProcess
+
+    server = EvaluatorProcess(tmp_path / "evaluator-state", log=tmp_path / "evaluator.log").start()
+    failed = threading.Event()
+
+    class SeeRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "failed" in record.getMessage():
+                failed.set()
+
+    handler = SeeRetry(level=logging.WARNING)
+    client_log = logging.getLogger("trainer.score_client")
+    client_log.addHandler(handler)
+    run_dir = tmp_path / "run"
+    problems: list[str] = []
+
+    def crash_and_restart() -> None:
+        deadline = time.monotonic() + 300
+        while not read_metrics(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()  # step 2 is now in flight: its /score meets a dead server
+        if not failed.wait(timeout=120):
+            problems.append("the trainer never saw the evaluator fail")
+        server.start()
+
+    watcher = threading.Thread(target=crash_and_restart, daemon=True)
+    watcher.start()
+    try:
+        samples = load_dataset(f"mimic:{synth_mimic_dir}")[:12]
+        run = GRPORun(str(tiny_gemma3_dir), samples, str(run_dir), run_id="evaluator-crash")
+        history = run_grpo(_config(server.url, 3), run, progress=False)
+        watcher.join(timeout=60)
+        assert not problems, problems
+        assert failed.is_set()
+        assert [h["step"] for h in history] == [1, 2, 3]
+        assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
+        window = httpx.get(f"{server.url}/runs/evaluator-crash/window").json()["window"]
+        assert len(window) == sum(round(h["reward/valid_fraction"] * 8) for h in history)
+        # one stored answer per step: the retried step reused its request id instead of scoring twice
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "evaluator-state" / "windows.sqlite3") as db:
+            (answers,) = db.execute(
+                "SELECT COUNT(*) FROM answers WHERE run_id = 'evaluator-crash'"
+            ).fetchone()
+        assert answers == 3
+    finally:
+        client_log.removeHandler(handler)
+        server.stop()

@@ -18,6 +18,13 @@ from chexrl.models.vllm_check import synthetic_image
 from trainer.collate import SFTExample, build_batch, model_inputs
 
 
+def trainable_tag_ids(tokenizer) -> list[int]:
+    from chexrl.models.tokenizer import TAGS
+    from trainer.lora import single_token_ids
+
+    return single_token_ids(tokenizer, list(TAGS))
+
+
 def test_merged_checkpoint_equals_peft_model(sft_run, tiny_gemma3_dir):
     from peft import PeftModel
 
@@ -35,6 +42,15 @@ def test_merged_checkpoint_equals_peft_model(sft_run, tiny_gemma3_dir):
         )
     for name in ("config.json", "generation_config.json", "tokenizer.json", "processor_config.json"):
         assert (merged_dir / name).is_file(), name
+    # the trained tag rows of the (tied) embedding are merged in; every other row is the base's
+    embed_key = "language_model.model.embed_tokens.weight"
+    with safe_open(str(merged_dir / "model.safetensors"), "pt") as f:
+        merged_embed = f.get_tensor(embed_key)
+    with safe_open(str(tiny_gemma3_dir / "model.safetensors"), "pt") as f:
+        base_embed = f.get_tensor(embed_key)
+    tag_ids = trainable_tag_ids(load_processor(merged_dir).tokenizer)
+    changed = (merged_embed != base_embed).any(dim=1).nonzero().flatten().tolist()
+    assert changed == sorted(tag_ids)
 
     processor = load_processor(merged_dir)
     batch = build_batch(processor, [SFTExample(build_messages(), synthetic_image(), "<think>x</think>")])

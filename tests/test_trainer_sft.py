@@ -55,6 +55,16 @@ def test_early_stopping_on_rising_validation_loss(tiny_gemma3_dir, tmp_path):
     assert history["early_stop_epoch"] == 3 and history["best_epoch"] == 1
 
 
+def test_trainable_tokens_must_be_single_tokens(tiny_gemma3_dir):
+    from chexrl.models.loading import load_processor
+    from trainer.lora import single_token_ids
+
+    tokenizer = load_processor(tiny_gemma3_dir).tokenizer
+    assert len(set(single_token_ids(tokenizer, ["<think>", "</solution>"]))) == 2
+    with pytest.raises(ValueError, match=r"'Pleural Effusion' is [0-9]+ tokens"):
+        single_token_ids(tokenizer, ["<think>", "Pleural Effusion"])
+
+
 def test_should_stop_and_split():
     assert not should_stop([3.0, 2.0, 1.0], 2)
     assert should_stop([3.0, 2.0, 2.5, 2.0], 2)  # equal is not an improvement

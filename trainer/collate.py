@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from chexrl.core.grpo import token_entropy
+
 IGNORE_INDEX = -100
 # Keys the processor returns per token (padded), as opposed to per image (concatenated).
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -215,18 +217,23 @@ def completion_logits(
 
 
 def completion_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, *, entropy: bool = False
+) -> tuple[torch.Tensor, ...]:
     """log pi(token | prompt, image, earlier completion tokens) of every completion token.
 
     Returns (logp (B, Tc) float32, zero where masked; mask (B, Tc) bool), left-aligned as in
     `completion_logits`. Logits are divided by `temperature` first, so the result is the log-prob
-    under the sampling distribution the engine used (before top-p).
+    under the sampling distribution the engine used (before top-p). With `entropy`, also the entropy of
+    that distribution at each completion position (detached; zero where masked), a third element.
     """
     logits, targets, mask = completion_logits(model, batch)
     logits = logits.float() / temperature
     logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return logp * mask, mask
+    if not entropy:
+        return logp * mask, mask
+    with torch.no_grad():
+        ent = token_entropy(logits) * mask
+    return logp * mask, mask, ent
 
 
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -5,12 +5,15 @@ starts from (the paper's KL anchor). Old log-probabilities (the importance-ratio
 trainer's own, taken before the update: with `num_iterations == 1` the ratio is exactly 1 and only the
 KL term and advantages shape the gradient, as in TRL; with more passes the ratio and clipping act. The
 engine's sampling log-probs are compared with the trainer's and logged (`rollout/logp_abs_diff`) to
-expose engine/trainer mismatch.
+expose engine/trainer mismatch. `loss/entropy` is the token mean of the policy's entropy at the sampling
+temperature, taken in the first pass's forward (no extra forward).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,19 +35,32 @@ class TrainingExample:
 
 class GRPOLearner:
     def __init__(
-        self, model_dir: str, cfg: GRPOConfig, *, temperature: float, max_completion_tokens: int
+        self,
+        model_dir: str,
+        cfg: GRPOConfig,
+        *,
+        temperature: float,
+        max_completion_tokens: int,
+        num_threads: int | None = None,
     ) -> None:
         from peft import get_peft_model
 
         from chexrl.models.loading import load_model, load_processor
         from trainer.lora import language_lora_config
 
+        # Ray sets OMP_NUM_THREADS to an actor's num_cpus (1), so the learner actor would train on one
+        # thread while generation (a separate phase of the step) uses every core: take all cores back.
+        threads = num_threads or os.cpu_count() or 1
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
         self.temperature = temperature
         self.max_completion_tokens = max_completion_tokens
         self.processor = load_processor(model_dir)
-        base = load_model(model_dir)
+        # Train where the model can see an accelerator (batches are built on the CPU and moved per forward).
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        base = load_model(model_dir, device="cuda" if self.device.type == "cuda" else None)
         self.model = get_peft_model(
             base, language_lora_config(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
         )
@@ -59,14 +75,21 @@ class GRPOLearner:
         from trainer.collate import build_policy_batch, completion_logprobs
 
         cfg = self.cfg
-        advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), group_size)
+        clock = _synchronized_clock
+        t_start = clock()
+        advantages = group_advantages(
+            torch.tensor(rewards, dtype=torch.float32, device=self.device), group_size
+        )
         norm = float(len(examples) * self.max_completion_tokens)  # Dr. GRPO's constant divisor
         chunks = [
             list(range(i, min(i + cfg.micro_batch_size, len(examples))))
             for i in range(0, len(examples), cfg.micro_batch_size)
         ]
         batches = [build_policy_batch(self.processor, [examples[i] for i in idx]) for idx in chunks]
+        t_collated = clock()
+        forward_backward = optimizer = 0.0
 
+        t0 = clock()
         with torch.no_grad():
             ref: list[torch.Tensor] = []
             if cfg.beta:
@@ -77,12 +100,20 @@ class GRPOLearner:
                 self.model.eval()  # dropout off: old log-probs are the policy as it sampled
                 old = [completion_logprobs(self.model, b, self.temperature)[0] for b in batches]
                 self.model.train()
+        forward_backward += clock() - t0
 
         sums: dict[str, float] = {}
         engine_diff = []
+        entropy_sum = entropy_tokens = 0.0
         for iteration in range(cfg.num_iterations):
             for k, (idx, batch) in enumerate(zip(chunks, batches, strict=True)):
-                logp, mask = completion_logprobs(self.model, batch, self.temperature)
+                t0 = clock()
+                if iteration == 0:  # also the policy's per-token entropy (detached), for the log
+                    logp, mask, ent = completion_logprobs(self.model, batch, self.temperature, entropy=True)
+                    entropy_sum += float(ent.sum())  # zero where masked
+                    entropy_tokens += float(mask.sum())
+                else:
+                    logp, mask = completion_logprobs(self.model, batch, self.temperature)
                 old_logp = old[k] if old else logp.detach()
                 loss, metrics = grpo_loss(
                     logp,
@@ -96,23 +127,35 @@ class GRPOLearner:
                     norm_constant=norm,
                 )
                 loss.backward()
+                forward_backward += clock() - t0
                 weight = mask.sum().item()
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value * (1.0 if key.startswith("loss/total") else weight)
                 sums["_tokens"] = sums.get("_tokens", 0.0) + weight
                 if iteration == 0:
                     engine_diff.append(_engine_mismatch(logp.detach(), mask, [examples[i] for i in idx]))
+            t0 = clock()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm
             )
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            optimizer += clock() - t0
 
         tokens = max(sums.pop("_tokens"), 1.0)
         out = {k: (v / cfg.num_iterations if k == "loss/total" else v / tokens) for k, v in sums.items()}
+        # token mean over the completions of the policy's entropy at the sampling temperature (first pass,
+        # before the update): a collapsing entropy is the usual sign of a policy losing its exploration
+        out["loss/entropy"] = entropy_sum / max(entropy_tokens, 1.0)
         out["loss/grad_norm"] = float(grad_norm)
         out["loss/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         out["rollout/logp_abs_diff"] = float(np.mean(engine_diff)) if engine_diff else 0.0
+        # Wall time inside this call: building the batches (processor), the forward and backward passes
+        # (reference, old-policy and policy), and gradient clipping + optimizer step + zero_grad.
+        out["time/collate"] = t_collated - t_start
+        out["time/forward_backward"] = forward_backward
+        out["time/optimizer"] = optimizer
+        out["time/learner_step"] = clock() - t_start
         return out
 
     # ---- adapter and state -----------------------------------------------------------------------
@@ -146,11 +189,19 @@ class GRPOLearner:
         torch.set_rng_state(state["rng"]["torch"])
 
 
+def _synchronized_clock() -> float:
+    """perf_counter after the accelerator's queued work has finished (CUDA runs kernels asynchronously,
+    so an unsynchronized clock would charge them to whatever waits on them next)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def _engine_mismatch(logp: torch.Tensor, mask: torch.Tensor, examples: list[TrainingExample]) -> float:
     diffs = []
     for row, ex in enumerate(examples):
         n = min(len(ex.engine_logprobs), int(mask[row].sum()))
         if n:
-            engine = torch.tensor(ex.engine_logprobs[:n], dtype=logp.dtype)
+            engine = torch.tensor(ex.engine_logprobs[:n], dtype=logp.dtype, device=logp.device)
             diffs.append((logp[row, :n] - engine).abs().mean().item())
     return float(np.mean(diffs)) if diffs else 0.0

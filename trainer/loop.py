@@ -40,6 +40,9 @@ class GRPORun:
     run_id: str  # names the run at the evaluator (its nuanced-reward window)
     prompt_name: str = DEFAULT_PROMPT
     evaluator_token: str | None = None
+    # (name, samples) of the held-out in-distribution and the out-of-distribution set: both or neither
+    id_eval: tuple[str, list[XraySample]] | None = None
+    ood_eval: tuple[str, list[XraySample]] | None = None
 
 
 def image_bytes(path: str, max_side: int = 1024) -> bytes:
@@ -60,10 +63,11 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
     messages = build_messages(run.prompt_name)
     images = [image_bytes(s.image_path) for s in run.samples]
     # The engine serves the same base the learner trains on, unless the config points it elsewhere.
-    router = RolloutRouter(cfg.rollout or RolloutConfig(model=run.model_dir))
+    gpu_share = colocated_gpu_share(ray.cluster_resources().get("GPU", 0.0))
+    router = RolloutRouter(cfg.rollout or RolloutConfig(model=run.model_dir), num_gpus=gpu_share)
     learner = (
         ray.remote(GRPOLearner)
-        .options(num_cpus=1)
+        .options(num_cpus=1, num_gpus=gpu_share)
         .remote(run.model_dir, g, temperature=sampling.temperature, max_completion_tokens=sampling.max_tokens)
     )
     client = EvaluatorClient(g.evaluator_url, token=run.evaluator_token)
@@ -79,6 +83,10 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
     if start > 0:
         router.push_adapter(ray.get(learner.export.remote(start)))
     runlog = RunLog(run.run_dir, resume_step=start if resume else None)
+    write_run_config(cfg, run)
+    periodic = _periodic_evaluator(cfg, run, resume_step=start if resume else None)
+    if periodic is not None and start == 0:  # the starting (SFT) policy: what the trade-off is measured from
+        _log_eval(periodic.evaluate(router, 0, None), progress)
     history = []
     steps = range(start, g.max_steps)
     if progress:
@@ -107,7 +115,8 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
             t2 = time.perf_counter()
             metrics = ray.get(learner.step.remote(examples, rewards, sampling.n))
             t3 = time.perf_counter()
-            router.push_adapter(ray.get(learner.export.remote(step + 1)))
+            adapter = ray.get(learner.export.remote(step + 1))
+            router.push_adapter(adapter)
             t4 = time.perf_counter()
             metrics.update(_reward_metrics(scored, examples))
             metrics.update(
@@ -119,6 +128,9 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
                     "time/step": t4 - t0,
                 }
             )
+            if periodic is not None and ((step + 1) % g.eval_steps == 0 or step + 1 == g.max_steps):
+                metrics.update(_log_eval(periodic.evaluate(router, step + 1, adapter), progress))
+                metrics["time/eval"] = time.perf_counter() - t4
             if (step + 1) % g.save_steps == 0 or step + 1 == g.max_steps:
                 state = ray.get(learner.state.remote())
                 meta = {
@@ -127,7 +139,7 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
                     "run_id": run.run_id,
                 }
                 save_checkpoint(ckpt_root, step + 1, state, meta)
-                metrics["time/checkpoint"] = time.perf_counter() - t4
+                metrics["time/checkpoint"] = time.perf_counter() - t4 - metrics.get("time/eval", 0.0)
             runlog.log(step + 1, metrics)
             history.append({"step": step + 1, **metrics})
         save_adapter_dir(ray.get(learner.export.remote(g.max_steps)), Path(run.run_dir) / "adapter-final")
@@ -137,6 +149,63 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
         router.shutdown()
         ray.kill(learner)
     return history
+
+
+def colocated_gpu_share(cluster_gpus: float) -> float:
+    """The GPU fraction each rollout worker and the learner request: half a GPU each when the cluster has
+    GPUs, so that Ray places one engine and the learner on the same device (the paper's single-A100
+    colocation; vLLM's `gpu_memory_utilization` and sleep mode share its memory), none on a CPU cluster."""
+    return 0.5 if cluster_gpus >= 1 else 0.0
+
+
+def write_run_config(cfg: ChexrlConfig, run: GRPORun) -> None:
+    """`RUN_DIR/config.yaml`: the resolved configuration this run trains with (the report shows it)."""
+    import yaml
+
+    from trainer.checkpoint import atomic_write_text
+
+    data = cfg.model_dump(mode="json")
+    data["grpo"].update(model=run.model_dir, run_dir=run.run_dir, run_id=run.run_id, prompt=run.prompt_name)
+    atomic_write_text(Path(run.run_dir) / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None):
+    if (run.id_eval is None) != (run.ood_eval is None):
+        raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
+    if run.id_eval is None:
+        return None
+    from trainer.periodic_eval import PeriodicEvaluator
+
+    g = cfg.grpo
+    return PeriodicEvaluator(
+        run.run_dir,
+        run.id_eval,
+        run.ood_eval,
+        prompt_name=run.prompt_name,
+        max_tokens=g.eval_max_tokens or cfg.sampling.max_tokens,
+        margin=g.tradeoff_margin,
+        resume_step=resume_step,
+    )
+
+
+def _log_eval(record: dict, progress: bool) -> dict[str, float]:
+    """Scalars for the run log; the trade-off warning printed where the user is looking."""
+    for warning in record["warnings"]:
+        text = f"\033[1;31mWARNING step {record['step']}: {warning}\033[0m"
+        if progress:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+        else:
+            log.warning(text)
+    return {
+        "eval/id_macro_f1": record["id"]["macro"]["f1"],
+        "eval/ood_macro_f1": record["ood"]["macro"]["f1"],
+        "eval/id_micro_f1": record["id"]["micro"]["f1"],
+        "eval/ood_micro_f1": record["ood"]["micro"]["f1"],
+        "eval/id_fail_rate": record["id"]["fail_rate"],
+        "eval/ood_fail_rate": record["ood"]["fail_rate"],
+    }
 
 
 def _reward_metrics(scored, examples: list[TrainingExample]) -> dict[str, float]:

@@ -11,10 +11,18 @@ from rollout_worker.types import AdapterWeights
 
 
 def language_lora_config(
-    rank: int = 16, alpha: int = 32, dropout: float = 0.1, family: str = FAMILIES[0]
+    rank: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.1,
+    family: str = FAMILIES[0],
+    trainable_token_ids: list[int] | None = None,
 ) -> LoraConfig:
     """The paper's adapter: rank 16, alpha 32, dropout 0.1 on the language model's attention and
-    feed-forward projections (`chexrl.models.loading.lora_target_modules`); the vision tower stays frozen."""
+    feed-forward projections (`chexrl.models.loading.lora_target_modules`); the vision tower stays frozen.
+
+    `trainable_token_ids` also trains those rows of the input embedding (PEFT ties them into the output
+    head when the model ties the two): LoRA on the projections cannot raise the logit of a token whose embedding pretraining
+    pushed down, such as a tag the base never emitted."""
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -22,7 +30,19 @@ def language_lora_config(
         target_modules=lora_target_modules(family),
         bias="none",
         task_type="CAUSAL_LM",
+        trainable_token_indices=list(trainable_token_ids) if trainable_token_ids else None,
     )
+
+
+def single_token_ids(tokenizer, tokens: list[str]) -> list[int]:
+    """The vocabulary id of each token string; a string that is not exactly one token is an error."""
+    ids = []
+    for token in tokens:
+        encoded = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"trainable token {token!r} is {len(encoded)} tokens of this tokenizer, not one")
+        ids.append(encoded[0])
+    return ids
 
 
 def export_adapter(peft_model, version: int) -> AdapterWeights:

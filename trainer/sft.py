@@ -250,15 +250,19 @@ def prepare_model(base_dir: str | Path, cfg: SFTConfig, device: str | None = Non
     from peft import get_peft_model
 
     from chexrl.models.loading import detect_family, load_model, load_processor
-    from trainer.lora import language_lora_config
+    from trainer.lora import language_lora_config, single_token_ids
 
     torch.manual_seed(cfg.seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processor = load_processor(base_dir)
+    token_ids = single_token_ids(processor.tokenizer, cfg.trainable_tokens)
     model = load_model(base_dir, dtype=torch.float32, device=device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = language_lora_config(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, detect_family(base_dir))
-    return get_peft_model(model, lora), load_processor(base_dir)
+    lora = language_lora_config(
+        cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, detect_family(base_dir), token_ids
+    )
+    return get_peft_model(model, lora), processor
 
 
 def run_sft(

@@ -1,0 +1,142 @@
+"""Which in-training checkpoint to keep, when to warn, and how to smooth a curve. Pure functions, no I/O.
+
+An *evaluation record* is one line of `RUN_DIR/evals.jsonl`: {"step", "id", "ood", "id_name", "ood_name",
+"warnings"}, where "id" and "ood" are /evaluate's metrics (`Metrics.as_dict()`). The functions here read
+only the macro-F1 of each side, and also accept a plain number in place of a metrics dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+# The selection policies, in the order reports list them, with what each one means.
+POLICIES: dict[str, str] = {
+    "best_id": "best in-distribution macro-F1 (the paper's 'Best F1-Score' row)",
+    "final": "the last evaluated step (the paper's 'Maximum' row)",
+    "best_ood": "best out-of-distribution macro-F1",
+    "best_worst_case": "best min(in-distribution, out-of-distribution) macro-F1",
+}
+
+
+def macro_f1(side: Mapping | float) -> float:
+    """The macro-F1 of one side of a record: a metrics dict (/evaluate's shape) or already a number."""
+    if isinstance(side, Mapping):
+        return float(side["macro"]["f1"])
+    return float(side)
+
+
+def _scores(record: Mapping) -> tuple[float, float]:
+    return macro_f1(record["id"]), macro_f1(record["ood"])
+
+
+def select_checkpoints(evals: Iterable[Mapping]) -> dict[str, dict]:
+    """The step each policy of `POLICIES` picks: {policy: {"step", "id_macro_f1", "ood_macro_f1"}}.
+
+    Ties go to the earliest step (the cheaper checkpoint, and the one closer to the starting policy);
+    "final" is the highest step. The caller adds where the step's adapter lives ("checkpoint").
+    No records give {}.
+
+    >>> evals = [{"step": 0, "id": 0.30, "ood": 0.30}, {"step": 8, "id": 0.40, "ood": 0.20},
+    ...          {"step": 16, "id": 0.40, "ood": 0.25}, {"step": 24, "id": 0.35, "ood": 0.33}]
+    >>> {name: pick["step"] for name, pick in select_checkpoints(evals).items()}
+    {'best_id': 8, 'final': 24, 'best_ood': 24, 'best_worst_case': 24}
+    """
+    ordered = sorted(evals, key=lambda e: int(e["step"]))
+    if not ordered:
+        return {}
+
+    def best(key: Callable[[Mapping], float]) -> Mapping:
+        chosen = ordered[0]
+        for record in ordered[1:]:
+            if key(record) > key(chosen):  # strictly better: a tie keeps the earlier step
+                chosen = record
+        return chosen
+
+    picks = {
+        "best_id": best(lambda e: _scores(e)[0]),
+        "final": ordered[-1],
+        "best_ood": best(lambda e: _scores(e)[1]),
+        "best_worst_case": best(lambda e: min(_scores(e))),
+    }
+    out = {}
+    for name, record in picks.items():
+        id_f1, ood_f1 = _scores(record)
+        out[name] = {"step": int(record["step"]), "id_macro_f1": id_f1, "ood_macro_f1": ood_f1}
+    return out
+
+
+def _label(record: Mapping) -> str:
+    if "name" in record:
+        return str(record["name"])
+    return f"step {record['step']}" if "step" in record else "?"
+
+
+def tradeoff_warning(prev: Mapping, cur: Mapping, margin: float, *, relative: bool = False) -> str | None:
+    """The paper's benchmark-versus-transfer trade-off between two evaluation records, or None.
+
+    Warns when in-distribution macro-F1 rose (any amount) from `prev` to `cur` while out-of-distribution
+    macro-F1 fell by more than `margin`: an absolute drop in macro-F1 points by default
+    (`prev_ood - cur_ood > margin`), or a relative one with `relative=True`
+    (`(prev_ood - cur_ood) / prev_ood > margin`; nothing can fall from 0). Absolute is the default because
+    the small evaluation sets used during training make relative changes of a low macro-F1 jumpy.
+    A record names itself by "name", else by "step"; "id_name"/"ood_name" name its test sets.
+
+    >>> tradeoff_warning({"step": 0, "id": 0.282, "ood": 0.299}, {"step": 24, "id": 0.346, "ood": 0.243},
+    ...                  0.05) is not None
+    True
+    >>> tradeoff_warning({"step": 0, "id": 0.282, "ood": 0.299}, {"step": 24, "id": 0.346, "ood": 0.27},
+    ...                  0.05) is None
+    True
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    (id_prev, ood_prev), (id_cur, ood_cur) = _scores(prev), _scores(cur)
+    drop = ood_prev - ood_cur
+    if relative:
+        drop = drop / ood_prev if ood_prev > 0 else 0.0
+    if not (id_cur > id_prev and drop > margin):
+        return None
+    id_name = cur.get("id_name") or prev.get("id_name") or "in-distribution set"
+    ood_name = cur.get("ood_name") or prev.get("ood_name") or "out-of-distribution set"
+    threshold = f"{margin:.0%} (relative)" if relative else f"{margin:.3f} (absolute)"
+    return (
+        f"{_label(prev)} -> {_label(cur)}: in-distribution macro-F1 rose {id_prev:.3f} -> {id_cur:.3f} "
+        f"({_pct(id_cur, id_prev)}, {id_name}) while out-of-distribution macro-F1 fell "
+        f"{ood_prev:.3f} -> {ood_cur:.3f} ({_pct(ood_cur, ood_prev)}, {ood_name}), more than the margin "
+        f"{threshold}: the paper's benchmark-versus-transfer trade-off"
+    )
+
+
+def _pct(new: float, old: float) -> str:
+    return f"{(new - old) / old:+.1%}" if old else f"{new - old:+.3f}"
+
+
+def ema(values: Iterable[float | None], smoothing: float = 0.95, *, debias: bool = True) -> list[float]:
+    """Exponential moving average, as TensorBoard's scalar smoothing (the paper's figures: 0.95).
+
+    `debias=True` (default) is TensorBoard's current smoother: `last = w * last + (1 - w) * x` started from
+    0 and divided by `1 - w**n` (n = finite points so far), so the first points are not pulled toward 0.
+    `debias=False` is the plain EMA seeded with the first value. Both give a constant series back
+    unchanged. A missing or non-finite value is passed through as NaN and does not move the average.
+
+    >>> ema([1.0, 0.0], 0.5)
+    [1.0, 0.3333333333333333]
+    >>> ema([1.0, 0.0], 0.5, debias=False)
+    [1.0, 0.5]
+    """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    out: list[float] = []
+    last, n = 0.0, 0
+    for value in values:
+        if value is None or not math.isfinite(value):
+            out.append(math.nan)
+            continue
+        if not debias and n == 0:
+            last = float(value)
+        else:
+            last = smoothing * last + (1 - smoothing) * float(value)
+        n += 1
+        out.append(last / (1 - smoothing**n) if debias else last)
+    return out

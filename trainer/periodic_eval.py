@@ -1,0 +1,105 @@
+"""Evaluation during GRPO: every `eval_steps`, the live policy on a held-out in-distribution set and an
+out-of-distribution set, and the checkpoints the selection policies keep.
+
+Each evaluation appends one line to `RUN_DIR/evals.jsonl` ({"step", "id", "ood", "id_name", "ood_name",
+"warnings"}, the metrics in /evaluate's shape), keeps that step's adapter under `RUN_DIR/adapters/`, and
+rewrites `RUN_DIR/selection.json`: which step each policy picks (best in-distribution macro-F1, the paper's
+"Best F1-Score"; final, the paper's "Maximum"; best out-of-distribution; best worst-case). Adapters no
+policy picks are deleted. Step 0 is the starting (SFT) checkpoint itself, with no adapter: a policy that
+picks it says GRPO did not beat its start on that criterion, which is the paper's NIH finding.
+
+The warning is the paper's trade-off, flagged while it happens: in-distribution macro-F1 up and
+out-of-distribution macro-F1 down by more than `margin` against the start (chexrl.evaluation.selection).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from chexrl.core.samples import XraySample
+from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
+from rollout_worker.types import AdapterWeights
+from trainer.adapter_io import save_adapter_dir
+from trainer.checkpoint import atomic_write_text
+from trainer.evaluation import evaluate_samples
+
+log = logging.getLogger(__name__)
+EVALS = "evals.jsonl"
+SELECTION = "selection.json"
+ADAPTERS = "adapters"
+
+
+class PeriodicEvaluator:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        id_set: tuple[str, list[XraySample]],
+        ood_set: tuple[str, list[XraySample]],
+        *,
+        prompt_name: str,
+        max_tokens: int,
+        margin: float,
+        resume_step: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        (self.id_name, self.id_samples), (self.ood_name, self.ood_samples) = id_set, ood_set
+        self.prompt_name, self.max_tokens, self.margin = prompt_name, max_tokens, margin
+        self.path = self.run_dir / EVALS
+        self.evals = [e for e in read_evals(self.run_dir) if resume_step is None or e["step"] <= resume_step]
+        if resume_step is None and self.evals:
+            raise FileExistsError(f"{self.path} exists: resume the run or use a new run_dir")
+        atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in self.evals))
+
+    def done(self, step: int) -> bool:
+        return any(e["step"] == step for e in self.evals)
+
+    def evaluate(self, router, step: int, adapter: AdapterWeights | None) -> dict:
+        """Evaluate the router's live policy (which must be `adapter`), log, keep and select."""
+        kwargs = {"prompt_name": self.prompt_name, "max_tokens": self.max_tokens}
+        id_m = _without_completions(evaluate_samples(router, self.id_samples, **kwargs))
+        ood_m = _without_completions(evaluate_samples(router, self.ood_samples, **kwargs))
+        record = {"step": step, "id": id_m, "ood": ood_m, "id_name": self.id_name, "ood_name": self.ood_name}
+        warning = tradeoff_warning(self.evals[0], record, self.margin) if self.evals else None
+        record["warnings"] = [warning] if warning else []
+        if warning:
+            log.warning("step %d: %s", step, warning)
+        if adapter is not None:
+            save_adapter_dir(adapter, self.run_dir / ADAPTERS / _name(step))
+        self.evals.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._select()
+        return record
+
+    def _select(self) -> None:
+        selection = select_checkpoints(self.evals)
+        for pick in selection.values():
+            pick["checkpoint"] = f"{ADAPTERS}/{_name(pick['step'])}" if pick["step"] > 0 else None
+        atomic_write_text(self.run_dir / SELECTION, json.dumps(selection, indent=2) + "\n")
+        kept = {pick["checkpoint"] for pick in selection.values()}
+        for path in sorted((self.run_dir / ADAPTERS).glob("step-*")):
+            if f"{ADAPTERS}/{path.name}" not in kept:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def read_evals(run_dir: str | Path) -> list[dict]:
+    """The run's in-training evaluations (a line torn by a kill is skipped)."""
+    path = Path(run_dir) / EVALS
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def _name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _without_completions(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "completions"}
