@@ -28,7 +28,13 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
                 "pretrain": {"max_steps": 5, "batch_size": 4},
                 "sft": {"num_epochs": 1, "gradient_accumulation_steps": 4, "gradient_checkpointing": False},
                 "sampling": {"max_tokens": 24},
-                "grpo": {"max_steps": 2, "prompts_per_step": 2, "save_steps": 1, "eval_steps": 2, "eval_limit": 4},
+                "grpo": {
+                    "max_steps": 2,
+                    "prompts_per_step": 2,
+                    "save_steps": 1,
+                    "eval_steps": 2,
+                    "eval_limit": 4,
+                },
             }
         )
     )
