@@ -54,6 +54,8 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from chexrl.data.loaders import load_dataset
     from chexrl.data.sampling import stratified_budget_split
     from chexrl.data.synth import synthesize
+    from chexrl.evaluation.report import write_report
+    from chexrl.evaluation.runner import TestSet
     from chexrl.models.tiny import build_model_dir
     from chexrl.traces.generate import template_traces
     from chexrl.traces.store import jobs_from_samples, read_jsonl
@@ -107,7 +109,12 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     timings["sft"] = time.perf_counter() - t
 
     t = _stage("4/5 GRPO through the rollout worker and the evaluator")
-    evaluator = EvaluatorProcess(out / "evaluator-state", log=out / "evaluator.log").start()
+    # The evaluator owns the reward settings (a deployed one reads its own --config): hand it this config's
+    evaluator_config = out / "evaluator.yaml"
+    evaluator_config.write_text(yaml.safe_dump({"reward": cfg.reward.model_dump(mode="json")}))
+    evaluator = EvaluatorProcess(
+        out / "evaluator-state", config=evaluator_config, log=out / "evaluator.log"
+    ).start()
     ray.init(num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False)
     try:
         grpo_cfg = cfg.model_copy(
@@ -125,7 +132,11 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
         timings["grpo"] = time.perf_counter() - t
 
         t = _stage("5/5 evaluation in and out of distribution")
-        results = evaluate_checkpoints(base_dir, sft.merged_dir, out / "grpo", id_test, ood_test, cfg)
+        test_sets = [
+            TestSet("chexpert", f"chexpert:{data / 'chexpert'}", tuple(id_test)),
+            TestSet("nih-site-b", f"nih:{data / 'nih-site-b'}", tuple(ood_test)),
+        ]
+        results = evaluate_checkpoints(base_dir, sft.merged_dir, out / "grpo", test_sets, cfg)
         timings["evaluation"] = time.perf_counter() - t
     finally:
         ray.shutdown()
@@ -133,38 +144,57 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     summary = {
         **results,
         "transfer_gap": {name: transfer_gap(r["id"], r["ood"]) for name, r in results.items()},
-        "grpo_reward_first": history[0]["reward/total"],
-        "grpo_reward_last": history[-1]["reward/total"],
+        **reward_first_last(history),
         "grpo_steps": len(history),
+        "report": str(write_report(out / "grpo")),
         "seconds": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, id_test, ood_test, cfg: ChexrlConfig) -> dict:
-    """Greedy evaluation of base, SFT and GRPO (the SFT checkpoint plus the final GRPO adapter)."""
-    from chexrl.config import RolloutConfig
-    from rollout_worker.router import RolloutRouter
-    from trainer.adapter_io import load_adapter_dir
-    from trainer.evaluation import evaluate_samples
+def reward_first_last(history: list[dict]) -> dict:
+    """Mean GRPO reward over the first and over the last quarter of the steps.
 
+    One step's mean (4 prompts x 4 samples) swings with which images were drawn far more than the policy
+    changes between neighbouring steps, so a single first and last step would mostly compare two draws.
+    """
+    rewards = [h["reward/total"] for h in history]
+    window = max(1, len(rewards) // 4)
+    return {
+        "grpo_reward_first": sum(rewards[:window]) / window,
+        "grpo_reward_last": sum(rewards[-window:]) / window,
+        "grpo_reward_window": window,
+        "grpo_reward_per_step": rewards,
+    }
+
+
+def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: ChexrlConfig) -> dict:
+    """Greedy evaluation of base, SFT and GRPO (the SFT checkpoint plus the final GRPO adapter) with
+    `chexrl evaluate`'s code; its files (results.json/.md/.csv, per-label table, chart) go to the GRPO
+    run's evaluation/ folder, where `chexrl report` finds them. Returns each model's headline figures."""
+    from chexrl.config import RolloutConfig
+    from chexrl.evaluation.runner import ModelSpec, evaluate_models, write_results
+
+    models = [
+        ModelSpec("base", str(base_dir)),
+        ModelSpec("sft", str(sft_dir), parent="base"),
+        ModelSpec("grpo", str(sft_dir), adapter=str(grpo_run_dir / "adapter-final"), parent="sft"),
+    ]
+    doc, completions = evaluate_models(
+        models,
+        test_sets,
+        max_tokens=cfg.sampling.max_tokens,
+        rollout=RolloutConfig(model=str(sft_dir), max_model_len=1024),
+        margin=cfg.grpo.tradeoff_margin,
+    )
+    write_results(doc, grpo_run_dir / "evaluation", completions)
+    metrics = {(e["model"], e["dataset"]): e["metrics"] for e in doc["entries"]}
+    id_name, ood_name = test_sets[0].name, test_sets[1].name
     results = {}
-    max_tokens = cfg.sampling.max_tokens
-    for name, model_dir, adapter in (
-        ("base", base_dir, None),
-        ("sft", sft_dir, None),
-        ("grpo", sft_dir, grpo_run_dir / "adapter-final"),
-    ):
-        router = RolloutRouter(RolloutConfig(model=str(model_dir), max_model_len=1024))
-        try:
-            if adapter is not None:
-                router.push_adapter(load_adapter_dir(adapter, version=1))
-            id_m = evaluate_samples(router, id_test, max_tokens=max_tokens)
-            ood_m = evaluate_samples(router, ood_test, max_tokens=max_tokens)
-        finally:
-            router.shutdown()
-        results[name] = {
+    for m in models:
+        id_m, ood_m = metrics[m.name, id_name], metrics[m.name, ood_name]
+        results[m.name] = {
             "id": id_m["macro"]["f1"],
             "ood": ood_m["macro"]["f1"],
             "id_micro_f1": id_m["micro"]["f1"],

@@ -50,5 +50,16 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
     for model in ("base", "sft", "grpo"):
         assert 0.0 <= summary[model]["id"] <= 1.0 and 0.0 <= summary[model]["ood"] <= 1.0
     assert summary["grpo_steps"] == 2
-    assert isinstance(summary["grpo_reward_first"], float) and isinstance(summary["grpo_reward_last"], float)
+    rewards = summary["grpo_reward_per_step"]
+    assert len(rewards) == 2 and summary["grpo_reward_window"] == 1
+    assert (summary["grpo_reward_first"], summary["grpo_reward_last"]) == (rewards[0], rewards[-1])
     assert "| base |" in result.stdout and str(out / "summary.json") in result.stdout
+    # the generalization report of the run, its path printed, with the side-by-side table of all three
+    report = out / "grpo" / "report" / "report.html"
+    assert summary["report"] == str(report) and str(report) in result.stdout
+    page = report.read_text()
+    assert all(name in page for name in ("base", "sft", "grpo", "chexpert", "nih-site-b"))
+    results = json.loads((out / "grpo" / "evaluation" / "results.json").read_text())
+    entries = {(e["model"], e["dataset"]): e["metrics"] for e in results["entries"]}
+    assert entries["grpo", "chexpert"]["macro"]["f1"] == summary["grpo"]["id"]
+    assert entries["sft", "nih-site-b"]["macro"]["f1"] == summary["sft"]["ood"]

@@ -94,3 +94,25 @@ def test_entropy_is_the_masked_token_mean(learner):
     metrics = learner.step(examples, rewards=[1.0, 0.0, 0.0, 1.0], group_size=2)
     assert metrics["loss/entropy"] == pytest.approx(expected, rel=1e-5)
     assert metrics["loss/entropy"] > 0.0
+
+
+def test_masked_truncated_completions_carry_no_gradient(tiny_gemma3_dir):
+    """mask_truncated_completions (DAPO's overlong filtering): a truncated completion with the only
+    non-zero advantage gives no gradient; unmasked, the same batch does."""
+    cfg = GRPOConfig(beta=0.0, mask_truncated_completions=True, micro_batch_size=4)
+    masked = GRPOLearner(str(tiny_gemma3_dir), cfg, temperature=1.0, max_completion_tokens=16)
+    texts = [format_completion("a", ["Edema"]), format_completion("b", ["Edema"])]
+    examples = _examples(masked, [texts[0], texts[1], texts[1], texts[1]])
+    # every completion cut off at max_tokens: nothing to learn from, the adapter stays where it was
+    truncated = [
+        TrainingExample(e.prompt_text, e.image, e.completion_ids, [], truncated=True) for e in examples
+    ]
+    before = {k: v.clone() for k, v in masked.state()["adapter"].items()}
+    metrics = masked.step(truncated, rewards=[1.0, 0.0, 0.0, 0.0], group_size=4)
+    assert metrics["loss/grad_norm"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in masked.state()["adapter"].items())
+
+    # the same rollouts with only the first one truncated: the other three still train
+    partly = [truncated[0], *examples[1:]]
+    metrics = masked.step(partly, rewards=[1.0, 0.0, 0.0, 0.0], group_size=4)
+    assert metrics["loss/grad_norm"] > 0.0

@@ -31,6 +31,7 @@ class TrainingExample:
     image: bytes
     completion_ids: list[int]
     engine_logprobs: list[float]
+    truncated: bool = False  # cut off at max_tokens (vLLM finish_reason "length")
 
 
 class GRPOLearner:
@@ -114,6 +115,9 @@ class GRPOLearner:
                     entropy_tokens += float(mask.sum())
                 else:
                     logp, mask = completion_logprobs(self.model, batch, self.temperature)
+                if cfg.mask_truncated_completions:
+                    keep = [not examples[i].truncated for i in idx]
+                    mask = mask * torch.tensor(keep, dtype=mask.dtype, device=mask.device).unsqueeze(1)
                 old_logp = old[k] if old else logp.detach()
                 loss, metrics = grpo_loss(
                     logp,

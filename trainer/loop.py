@@ -108,7 +108,13 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
                 for c in group.completions:
                     items.append({"completion": c.text, "labels": list(gold), "num_tokens": len(c.token_ids)})
                     examples.append(
-                        TrainingExample(group.prompt_text, prompt.images[0], c.token_ids, c.logprobs)
+                        TrainingExample(
+                            group.prompt_text,
+                            prompt.images[0],
+                            c.token_ids,
+                            c.logprobs,
+                            truncated=c.finish_reason == "length",
+                        )
                     )
             scored = client.score(g.reward, items, run_id=run.run_id, request_id=uuid.uuid4().hex)
             rewards = [s.reward for s in scored]
@@ -214,6 +220,7 @@ def _reward_metrics(scored, examples: list[TrainingExample]) -> dict[str, float]
         "reward/total": sum(s.reward for s in scored) / n,
         "reward/valid_fraction": sum(s.valid for s in scored) / n,
         "completion/length": sum(len(e.completion_ids) for e in examples) / n,
+        "completion/truncated_fraction": sum(e.truncated for e in examples) / n,
     }
     for key in scored[0].components:
         out[f"reward/{key}"] = sum(s.components[key] for s in scored) / n

@@ -19,9 +19,12 @@ def demo_cmd(
 
     summary = run_demo(out, config)
     typer.echo("\n" + results_table(summary))
+    n, window = summary["grpo_steps"], summary["grpo_reward_window"]
     typer.echo(
-        f"\nGRPO mean reward: first step {summary['grpo_reward_first']:.3f} -> last step {summary['grpo_reward_last']:.3f}"
+        f"\nGRPO mean reward ({n} steps; each figure averages {window}): "
+        f"first {summary['grpo_reward_first']:.3f} -> last {summary['grpo_reward_last']:.3f}"
     )
     for line in transfer_warnings(summary):
         typer.secho(line, fg="red", bold=True)
-    typer.echo(f"\nsummary: {(out / 'summary.json').resolve()}")
+    typer.echo(f"\nreport: {Path(summary['report']).resolve()}")
+    typer.echo(f"summary: {(out / 'summary.json').resolve()}")

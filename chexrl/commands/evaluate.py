@@ -1,0 +1,203 @@
+"""`chexrl evaluate` (models side by side, or a prompt ablation, in and out of distribution) and
+`chexrl report RUN_DIR` (the run's generalization report). Formats and definitions: docs/evaluation.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from chexrl.cli import app
+
+
+def _models(models: list[str], adapter: Path | None, run: Path | None, parents: list[str]):
+    from chexrl.evaluation.runner import ModelSpec, models_from_run
+
+    if adapter is not None:
+        if len(models) != 1 or "@" in models[0]:
+            raise typer.BadParameter(
+                "--adapter goes with exactly one --model DIR; for several write --model NAME=DIR@ADAPTER",
+                param_hint="--adapter",
+            )
+        models = [f"{models[0]}@{adapter}"]
+    try:
+        specs = [ModelSpec.parse(text) for text in models]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from exc
+    if run is not None:
+        try:
+            specs += models_from_run(run)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--run") from exc
+    if not specs:
+        raise typer.BadParameter("name at least one model (--model or --run)", param_hint="--model")
+    by_name = {s.name: s for s in specs}
+    for text in parents:
+        child, sep, par = text.partition("=")
+        if not sep or child not in by_name or par not in by_name:
+            raise typer.BadParameter(
+                f"{text!r}: expected CHILD=PARENT with both among the models {list(by_name)}",
+                param_hint="--parent",
+            )
+        by_name[child] = ModelSpec(child, by_name[child].model, by_name[child].adapter, par)
+    return list(by_name.values())
+
+
+def _prompts(prompt: str | None, prompts: str | None) -> list[str]:
+    from chexrl.core.prompts import DEFAULT_PROMPT, VARIANT_NAMES
+    from chexrl.evaluation.runner import check_prompts
+
+    if prompt and prompts:
+        raise typer.BadParameter(
+            "give --prompt (one) or --prompts (an ablation), not both", param_hint="--prompts"
+        )
+    if prompts:
+        names = (
+            list(VARIANT_NAMES)
+            if prompts == "table1"
+            else [p.strip() for p in prompts.split(",") if p.strip()]
+        )
+        hint = "--prompts"
+    else:
+        names, hint = [prompt or DEFAULT_PROMPT], "--prompt"
+    try:
+        check_prompts(names)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+    return names
+
+
+def _connect_ray() -> bool:
+    """Join RAY_ADDRESS's cluster, or start a small local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:  # a bounded object store: vLLM's memory check on the CPU fails next to a large one
+        ray.init(num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: list[str] | None = typer.Option(
+        None,
+        "--model",
+        help="A checkpoint: DIR, NAME=DIR, or NAME=DIR@ADAPTER_DIR (with a LoRA adapter). Repeatable.",
+    ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="LoRA adapter directory on the one --model."),
+    run: Path | None = typer.Option(
+        None,
+        "--run",
+        help="GRPO run directory: adds its start model and the checkpoints its policies selected.",
+    ),
+    parent: list[str] | None = typer.Option(
+        None,
+        "--parent",
+        help="CHILD=PARENT: CHILD was trained from PARENT (change against the parent). Repeatable.",
+    ),
+    data: list[str] = typer.Option(
+        ...,
+        "--data",
+        help="A test set: SPEC or NAME=SPEC. The first is in distribution, the others out. Repeatable.",
+    ),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt variant (default free_reasoning)."),
+    prompts: str | None = typer.Option(
+        None, "--prompts", help="Prompt ablation: comma-separated variants, or 'table1' for the paper's nine."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default RUN/evaluation or runs/evaluation)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N images of each set."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Completion token budget."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 (default): greedy decoding."),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0, help="Top-p when sampling."),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="Per-request sampling seed (with --temperature > 0).",
+    ),
+    max_model_len: int = typer.Option(4096, "--max-model-len", min=128, help="Engine context length."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per generate call."),
+    margin: float = typer.Option(
+        0.05, "--margin", min=0.0, help="Trade-off warning margin (OOD macro-F1 drop)."
+    ),
+    relative_margin: bool = typer.Option(False, "--relative-margin", help="The margin is a relative drop."),
+) -> None:
+    """Evaluate models (or prompt variants) in and out of distribution; write JSON, Markdown, CSV and a PNG."""
+    from chexrl.config import RolloutConfig, SamplingConfig
+    from chexrl.evaluation.render import markdown_table
+    from chexrl.evaluation.runner import check_model, evaluate_models, load_test_sets, write_results
+    from chexrl.evaluation.tables import ablation_table, overview_table
+
+    specs = _models(model or [], adapter, run, parent or [])
+    for spec in specs:
+        try:
+            check_model(spec)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--model") from exc
+    names = _prompts(prompt, prompts)
+    try:
+        sampling = (
+            None if temperature == 0 else SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, n=1)
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise typer.BadParameter(str(exc), param_hint="--top-p") from exc
+    try:
+        test_sets = load_test_sets(data, limit)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    out = out or (run / "evaluation" if run is not None else Path("runs/evaluation"))
+
+    started = _connect_ray()
+    try:
+        doc, completions = evaluate_models(
+            specs,
+            test_sets,
+            prompts=names,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            rollout=RolloutConfig(model=specs[0].model, max_model_len=max_model_len),
+            margin=margin,
+            relative=relative_margin,
+            log=typer.echo,
+        )
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    paths = write_results(doc, out, completions)
+    table = (
+        ablation_table(doc, test_sets[0].name) if doc["kind"] == "prompt_ablation" else overview_table(doc)
+    )
+    typer.echo("\n" + markdown_table(table))
+    for warning in doc["warnings"]:
+        typer.secho(f"WARNING: {warning}", fg="red", bold=True)
+    typer.echo("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    if run is not None:
+        typer.echo(f"\nthe run's report: chexrl report {run}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(
+        ..., help="Run directory (metrics.jsonl, evals.jsonl, selection.json, ...)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default RUN_DIR/report)."),
+    smoothing: float = typer.Option(
+        0.95, "--smoothing", min=0.0, max=0.999, help="EMA smoothing of the curves."
+    ),
+) -> None:
+    """Write the run's report (HTML and Markdown with PNG figures): curves, evaluations, selection, warnings."""
+    from chexrl.evaluation.report import write_report
+
+    try:
+        html = write_report(run_dir, out_dir=out, smoothing=smoothing)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="RUN_DIR") from exc
+    typer.echo(f"report: {html}\nmarkdown: {html.with_name('report.md')}")

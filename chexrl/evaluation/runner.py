@@ -1,0 +1,387 @@
+"""Evaluate models x prompt variants x test sets through the rollout workers, and write the results.
+
+Completions come from trainer.evaluation.evaluate_samples (the same path as evaluation during GRPO) and
+metrics from chexrl.core.metrics.completion_metrics, the function behind the evaluator's /evaluate: the
+numbers are /evaluate's. One engine per distinct base checkpoint: the models on it without an adapter are
+evaluated first, then each adapter is pushed in turn (an engine cannot drop an adapter again).
+Needs a connected Ray (ray.init) for the engines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.core.prompts import DEFAULT_PROMPT, get_prompt
+from chexrl.core.samples import XraySample
+from chexrl.evaluation.comparison import build_results, check_parents
+
+RESULTS_JSON = "results.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: a checkpoint directory, optionally with a LoRA adapter directory on top, and
+    the model it was trained from (`parent`, another ModelSpec's name) for "change against the parent"."""
+
+    name: str
+    model: str
+    adapter: str | None = None
+    parent: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """`[NAME=]DIR[@ADAPTER_DIR]`; NAME defaults to DIR's folder name (plus the adapter's).
+
+        >>> ModelSpec.parse("grpo=runs/sft/merged@runs/grpo/adapter-final")
+        ModelSpec(name='grpo', model='runs/sft/merged', adapter='runs/grpo/adapter-final', parent=None)
+        >>> ModelSpec.parse("runs/base").name
+        'base'
+        """
+        name, sep, rest = text.partition("=")
+        if not sep or "/" in name:
+            name, rest = "", text
+        model, _, adapter = rest.partition("@")
+        if not model:
+            raise ValueError(f"bad model {text!r}: expected [NAME=]DIR[@ADAPTER_DIR]")
+        if not name:
+            name = Path(model).name + (f"+{Path(adapter).name}" if adapter else "")
+        return cls(name, model, adapter or None)
+
+
+@dataclass(frozen=True)
+class TestSet:
+    name: str
+    spec: str
+    samples: tuple[XraySample, ...]
+
+    @property
+    def schema(self) -> str:
+        return self.samples[0].schema
+
+
+def check_model(m: ModelSpec) -> None:
+    """A clear error before any engine starts: the directories exist and look like what they should be."""
+    if not (Path(m.model) / "config.json").is_file():
+        raise ValueError(f"model {m.name!r}: {m.model} is not a checkpoint directory (no config.json)")
+    if m.adapter is not None:
+        missing = [f for f in ADAPTER_FILES if not (Path(m.adapter) / f).is_file()]
+        if missing:
+            raise ValueError(
+                f"model {m.name!r}: {m.adapter} is not a PEFT adapter directory (missing {', '.join(missing)})"
+            )
+
+
+def parse_data_arg(text: str) -> tuple[str | None, str]:
+    """`[NAME=]SPEC` -> (NAME or None, SPEC). A NAME comes before the spec's first ':'.
+
+    >>> parse_data_arg("id=chexpert:/data/chexpert:valid"), parse_data_arg("nih:/d?out_of_schema=drop")
+    (('id', 'chexpert:/data/chexpert:valid'), (None, 'nih:/d?out_of_schema=drop'))
+    """
+    eq, colon = text.find("="), text.find(":")
+    if eq > 0 and (colon < 0 or eq < colon):
+        return text[:eq], text[eq + 1 :]
+    return None, text
+
+
+def default_set_name(spec: str) -> str:
+    """The dataset and its splits, e.g. "chexpert-valid"."""
+    from chexrl.data.loaders import DatasetSpec
+
+    s = DatasetSpec.parse(spec)
+    return s.dataset + (f"-{'+'.join(s.splits)}" if s.splits else "")
+
+
+def load_test_sets(args: Sequence[str], limit: int | None = None) -> list[TestSet]:
+    """Load `[NAME=]SPEC` test sets (the first is the in-distribution one), the first `limit` samples of
+    each. Errors name the argument at fault."""
+    from chexrl.data.loaders import load_dataset
+
+    sets: list[TestSet] = []
+    for arg in args:
+        name, spec = parse_data_arg(arg)
+        try:
+            name = name or default_set_name(spec)
+            samples = load_dataset(spec)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"--data {arg!r}: {exc}") from exc
+        samples = samples[:limit] if limit else samples
+        if not samples:
+            raise ValueError(f"--data {arg!r}: no samples")
+        taken = {s.name for s in sets}
+        base, k = name, 2
+        while name in taken:
+            name, k = f"{base}-{k}", k + 1
+        sets.append(TestSet(name, spec, tuple(samples)))
+    return sets
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    for name in prompts:
+        get_prompt(name)  # raises with the known names
+
+
+def models_from_run(run_dir: str | Path, start_name: str = "start") -> list[ModelSpec]:
+    """The starting checkpoint of a GRPO run (config.yaml's grpo.model) and the GRPO checkpoints to compare
+    with it, each with the start as parent: those its selection policies kept (selection.json; named
+    `grpo-stepN`), or the final adapter (`grpo-final`, adapter-final) when the run evaluated nothing during
+    training."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ValueError(f"--run {run_dir}: no config.yaml (is it a GRPO run directory?)")
+    model = ((yaml.safe_load(config.read_text()) or {}).get("grpo") or {}).get("model")
+    if not model:
+        raise ValueError(f"--run {run_dir}: config.yaml sets no grpo.model")
+    specs, seen = [ModelSpec(start_name, model)], set()
+    selection = run_dir / "selection.json"
+    picks = json.loads(selection.read_text()).values() if selection.is_file() else []
+    for pick in sorted(picks, key=lambda p: p["step"]):
+        checkpoint = pick.get("checkpoint")
+        if checkpoint and checkpoint not in seen:
+            seen.add(checkpoint)
+            specs.append(ModelSpec(f"grpo-step{pick['step']}", model, str(run_dir / checkpoint), start_name))
+    if not seen and (run_dir / "adapter-final").is_dir():
+        specs.append(ModelSpec("grpo-final", model, str(run_dir / "adapter-final"), start_name))
+    if len(specs) == 1:
+        raise ValueError(
+            f"--run {run_dir}: no GRPO checkpoint to compare with the start (selection.json names none and "
+            "there is no adapter-final: has the run finished?)"
+        )
+    return specs
+
+
+@contextmanager
+def open_router(model_dir: str, rollout: RolloutConfig | None = None) -> Iterator:
+    """A rollout router serving `model_dir` with no adapter, on a whole GPU when the Ray cluster has one
+    (no learner shares it here); shut down on exit."""
+    import ray
+
+    from rollout_worker.router import RolloutRouter
+
+    cfg = (rollout or RolloutConfig(model=model_dir)).model_copy(update={"model": model_dir})
+    router = RolloutRouter(cfg, num_gpus=1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0)
+    try:
+        yield router
+    finally:
+        router.shutdown()
+
+
+class SampledRouter:
+    """A router view for sampled (not greedy) evaluation: evaluate_samples asks for greedy decoding, this
+    view substitutes the user's sampling settings, one completion per prompt, at the requested length."""
+
+    def __init__(self, router, sampling: SamplingConfig) -> None:
+        self.router, self.sampling = router, sampling
+
+    def generate(self, prompts, requested: SamplingConfig):
+        return self.router.generate(
+            prompts, self.sampling.model_copy(update={"n": 1, "max_tokens": requested.max_tokens})
+        )
+
+
+def _engine_groups(models: Sequence[ModelSpec]) -> list[list[ModelSpec]]:
+    """Models grouped by base checkpoint (first-seen order), those without an adapter first."""
+    groups: dict[str, list[ModelSpec]] = {}
+    for m in models:
+        groups.setdefault(m.model, []).append(m)
+    return [sorted(g, key=lambda m: m.adapter is not None) for g in groups.values()]
+
+
+def evaluate_models(
+    models: Sequence[ModelSpec],
+    test_sets: Sequence[TestSet],
+    *,
+    prompts: Sequence[str] = (DEFAULT_PROMPT,),
+    sampling: SamplingConfig | None = None,
+    max_tokens: int = 512,
+    batch_size: int = 32,
+    rollout: RolloutConfig | None = None,
+    margin: float = 0.05,
+    relative: bool = False,
+    router_factory: Callable[[str, RolloutConfig | None], AbstractContextManager] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[dict, list[dict]]:
+    """Every model x prompt x test set; returns (results document, completion records).
+
+    `sampling` None (default) is greedy decoding; otherwise its temperature / top-p / seed with one
+    completion per image. `router_factory(model_dir, rollout)` yields a router serving that checkpoint
+    with no adapter (default: `open_router`, a new engine each; tests pass a shared one).
+    """
+    from chexrl.core.metrics import completion_metrics
+    from chexrl.core.schemas import get_schema
+    from trainer.adapter_io import load_adapter_dir
+    from trainer.evaluation import evaluate_samples
+
+    check_parents([asdict(m) for m in models])
+    check_prompts(prompts)
+    for m in models:
+        check_model(m)
+    factory = router_factory or open_router
+    entries, completions, seconds = [], [], {}
+    for group in _engine_groups(models):
+        with factory(group[0].model, rollout) as router:
+            for m in group:
+                t0 = time.perf_counter()
+                if m.adapter is not None:
+                    router.push_adapter(load_adapter_dir(m.adapter, version=router.version + 1))
+                view = router if sampling is None else SampledRouter(router, sampling)
+                for prompt in prompts:
+                    for ts in test_sets:
+                        out = evaluate_samples(
+                            view,
+                            list(ts.samples),
+                            prompt_name=prompt,
+                            max_tokens=max_tokens,
+                            batch_size=batch_size,
+                        )
+                        texts = out["completions"]
+                        # the evaluator's own function on the same inputs /evaluate receives
+                        metrics = completion_metrics(
+                            texts, [s.labels for s in ts.samples], get_schema(ts.schema)
+                        )
+                        entries.append(
+                            {
+                                "model": m.name,
+                                "prompt": prompt,
+                                "dataset": ts.name,
+                                "metrics": metrics.as_dict(),
+                            }
+                        )
+                        completions += [
+                            {"model": m.name, "prompt": prompt, "dataset": ts.name, "index": i}
+                            | {"image_path": s.image_path, "labels": list(s.labels), "completion": text}
+                            for i, (s, text) in enumerate(zip(ts.samples, texts, strict=True))
+                        ]
+                        log(
+                            f"{m.name} | {prompt} | {ts.name}: macro-F1 {metrics.macro.f1:.3f}, "
+                            f"micro-F1 {metrics.micro.f1:.3f}, fail {metrics.fail_rate:.3f} (n={metrics.n})"
+                        )
+                seconds[m.name] = time.perf_counter() - t0
+    decoding = (
+        {"greedy": True}
+        if sampling is None
+        else sampling.model_dump(include={"temperature", "top_p", "seed"}) | {"greedy": False}
+    )
+    doc = build_results(
+        datasets=[
+            {"name": t.name, "spec": t.spec, "schema": t.schema, "n": len(t.samples)} for t in test_sets
+        ],
+        models=[asdict(m) for m in models],
+        prompts=list(prompts),
+        entries=entries,
+        margin=margin,
+        relative=relative,
+        sampling=decoding | {"max_tokens": max_tokens},
+        seconds=seconds,
+    )
+    return doc, completions
+
+
+METRIC_KEYS = ("n", "fail_rate", "micro", "macro", "per_label")  # /evaluate's response
+
+
+def schema_of(metrics: Mapping) -> str:
+    """The label schema of a metrics dict: its "schema" key (evaluate_samples' output has one), else the
+    schema whose labels its per-label table lists, in order."""
+    if metrics.get("schema"):
+        return str(metrics["schema"])
+    from chexrl.core.schemas import SCHEMAS
+
+    labels = tuple(metrics["per_label"])
+    for name, schema in SCHEMAS.items():
+        if schema.labels == labels:
+            return name
+    raise ValueError(f"no known label schema has exactly the labels {list(labels)}")
+
+
+def results_from_metrics(
+    models: Sequence[ModelSpec],
+    metrics: Mapping[str, Mapping[str, Mapping]],
+    *,
+    specs: Mapping[str, str] | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    margin: float = 0.05,
+    relative: bool = False,
+    **extra,
+) -> dict:
+    """The results document of `chexrl evaluate` from metrics computed elsewhere (the demo's own
+    evaluation, evaluation during training): `metrics[model_name][set_name]` in /evaluate's shape
+    (trainer.evaluation.evaluate_samples' output is accepted as is: its "schema" and "completions" keys are
+    not copied). Test sets come in the order of the first model's dict, the in-distribution one first;
+    `specs[set_name]` says where a set came from. `extra` (e.g. sampling={"greedy": True, "max_tokens": 64})
+    is stored as is. Write the files with `write_results`.
+    """
+    if not models:
+        raise ValueError("at least one model is needed")
+    missing = [m.name for m in models if m.name not in metrics]
+    if missing:
+        raise ValueError(f"no metrics for the models {missing}")
+    first = metrics[models[0].name]
+    datasets = []
+    for name, m in first.items():
+        sizes = {other: metrics[other][name]["n"] for other in metrics if name in metrics[other]}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"test set {name!r}: the models were evaluated on different sizes {sizes}")
+        spec = (specs or {}).get(name, "")
+        datasets.append({"name": name, "spec": spec, "schema": schema_of(m), "n": int(m["n"])})
+    entries = [
+        {
+            "model": model.name,
+            "prompt": prompt,
+            "dataset": name,
+            "metrics": {k: metrics[model.name][name][k] for k in METRIC_KEYS},
+        }
+        for model in models
+        for name in metrics[model.name]
+    ]
+    return build_results(
+        datasets=datasets,
+        models=[asdict(m) for m in models],
+        prompts=[prompt],
+        entries=entries,
+        margin=margin,
+        relative=relative,
+        **extra,
+    )
+
+
+def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = ()) -> dict[str, Path]:
+    """results.json, results.md, results.csv, per_label.csv, the chart PNG and completions.jsonl."""
+    from chexrl.evaluation.plots import ablation_png, comparison_png
+    from chexrl.evaluation.render import Image, csv_text, markdown_page
+    from chexrl.evaluation.sections import results_blocks
+    from chexrl.evaluation.tables import per_label_csv_table, results_csv_table
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / RESULTS_JSON,
+        "markdown": out / "results.md",
+        "csv": out / "results.csv",
+        "per_label_csv": out / "per_label.csv",
+    }
+    chart_name = "ablation.png" if doc["kind"] == "prompt_ablation" else "comparison.png"
+    paths["chart"] = (ablation_png if doc["kind"] == "prompt_ablation" else comparison_png)(
+        doc, out / chart_name
+    )
+    paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
+    paths["csv"].write_text(csv_text(results_csv_table(doc)))
+    paths["per_label_csv"].write_text(csv_text(per_label_csv_table(doc)))
+    chart = Image(chart_name, "chart", paths["chart"].read_bytes())
+    title = "chexrl evaluation: " + (
+        "prompt ablation" if doc["kind"] == "prompt_ablation" else "models side by side"
+    )
+    paths["markdown"].write_text(markdown_page(title, results_blocks(doc, chart)))
+    if completions:
+        paths["completions"] = out / "completions.jsonl"
+        paths["completions"].write_text("".join(json.dumps(c) + "\n" for c in completions))
+    return paths

@@ -1,0 +1,156 @@
+"""What the pages say: the blocks of `results.md` (one `chexrl evaluate`) and of the run report
+(`chexrl report`). Pure: documents and already-drawn figures in, a list of blocks out (render.py renders)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from chexrl.evaluation.render import Block, Bullets, Code, Heading, Image, Para
+from chexrl.evaluation.selection import POLICIES
+from chexrl.evaluation.tables import (
+    ablation_table,
+    evals_table,
+    metrics_table,
+    overview_table,
+    parent_table,
+    per_label_table,
+    selection_table,
+    training_table,
+)
+
+
+def _describe_sets(doc: Mapping) -> str:
+    parts = []
+    for d in doc["datasets"]:
+        role = "in distribution" if d["role"] == "id" else "out of distribution"
+        parts.append(f"{d['name']} ({role}: {d.get('spec', '?')}, {d['n']} images, schema {d['schema']})")
+    return "Test sets: " + "; ".join(parts) + "."
+
+
+def _describe_decoding(doc: Mapping) -> str:
+    s = doc.get("sampling") or {}
+    if not s or s.get("greedy", True):
+        how = "greedy decoding"
+    else:
+        seed = f", seed {s['seed']}" if s.get("seed") is not None else ""
+        how = f"sampling at temperature {s.get('temperature')}, top-p {s.get('top_p')}{seed}"
+    tokens = f", at most {s['max_tokens']} tokens" if "max_tokens" in s else ""
+    return f"Prompts: {', '.join(doc['prompts'])}; {how}{tokens}."
+
+
+def _warning_blocks(warnings: Sequence[str], none_text: str) -> list[Block]:
+    return [Bullets(tuple(warnings), warning=True)] if warnings else [Para(none_text)]
+
+
+def results_blocks(doc: Mapping, chart: Image | None, level: int = 2, warnings: bool = True) -> list[Block]:
+    """A results document (chexrl.evaluation.comparison.build_results) as page blocks; `warnings=False`
+    leaves its trade-off warnings to a page that lists them already."""
+    sets = [d["name"] for d in doc["datasets"]]
+    margin = doc.get("tradeoff_margin")
+    mode = "relative" if doc.get("tradeoff_relative") else "absolute"
+    blocks: list[Block] = [Para(_describe_sets(doc)), Para(_describe_decoding(doc))]
+    if doc["kind"] == "prompt_ablation":
+        blocks.append(Heading("Prompt ablation", level))
+        blocks += [ablation_table(doc, name) for name in sets]
+        if chart:
+            blocks.append(chart)
+    else:
+        blocks.append(Heading("Side by side", level))
+        blocks.append(overview_table(doc))
+        if chart:
+            blocks.append(chart)
+        if warnings:
+            blocks.append(Heading("Trade-off warnings", level))
+            blocks += _warning_blocks(
+                doc.get("warnings", []),
+                f"No model gained in distribution over its parent while losing more than {margin} ({mode}) "
+                "macro-F1 out of distribution.",
+            )
+        parents = parent_table(doc)
+        if parents is not None:
+            blocks += [Heading("Change against the parent model", level), parents]
+    blocks.append(Heading("Micro and macro metrics", level))
+    blocks += [metrics_table(doc, name) for name in sets]
+    blocks.append(Heading("F1 per label", level))
+    blocks += [per_label_table(doc, name) for name in sets]
+    return blocks
+
+
+def run_blocks(
+    *,
+    run_dir: str,
+    config_text: str | None,
+    records: Sequence[Mapping],
+    evals: Sequence[Mapping],
+    selection: Mapping | None,
+    selection_computed: bool,
+    results: Mapping | None,
+    figures: Mapping[str, Image],
+    missing: Sequence[str],
+    smoothing: float,
+) -> list[Block]:
+    """The run report: warnings first (the point of the tool), then selection, in-training evaluation,
+    training dynamics, the final side-by-side evaluation and the configuration."""
+    blocks: list[Block] = [Para(f"Run directory: {run_dir}")]
+    if missing:
+        blocks.append(Heading("Missing from the run directory"))
+        blocks.append(Bullets(tuple(missing)))
+
+    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
+    warnings += list((results or {}).get("warnings", []))
+    blocks.append(Heading("Generalization warnings"))
+    if evals or results:
+        blocks += _warning_blocks(
+            warnings,
+            "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin.",
+        )
+    else:
+        blocks.append(Para("No evaluation in or out of distribution was found, so nothing could be checked."))
+
+    if selection:
+        blocks.append(Heading("Checkpoint selection"))
+        source = "computed from evals.jsonl" if selection_computed else "from selection.json"
+        blocks.append(
+            Para(f"Which evaluated step each policy keeps ({source}). Step 0 is the starting checkpoint.")
+        )
+        blocks.append(selection_table(selection))
+    if evals:
+        blocks.append(Heading("Evaluation during training"))
+        blocks.append(evals_table(evals))
+        if "eval_curves" in figures:
+            blocks.append(figures["eval_curves"])
+
+    blocks.append(Heading("Training dynamics"))
+    if records:
+        blocks.append(
+            Para(
+                f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines "
+                f"an exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
+            )
+        )
+        blocks.append(training_table(records, smoothing))
+        if "training_curves" in figures:
+            blocks.append(figures["training_curves"])
+    else:
+        blocks.append(Para("No per-step metrics (metrics.jsonl) were found."))
+
+    if results:
+        what = "prompt ablation" if results.get("kind") == "prompt_ablation" else "models side by side"
+        blocks.append(Heading(f"Final evaluation: {what}"))
+        blocks += results_blocks(results, figures.get("comparison"), level=3, warnings=False)
+
+    blocks.append(Heading("Definitions"))
+    blocks.append(
+        Bullets(
+            (
+                "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
+                "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
+                "fail rate = share of completions without exactly one <think> block followed by one "
+                "<solution> block; a failed completion predicts no label",
+                *(f"{name}: {text}" for name, text in POLICIES.items()),
+            )
+        )
+    )
+    blocks.append(Heading("Configuration"))
+    blocks.append(Code(config_text) if config_text else Para("No config.yaml in the run directory."))
+    return blocks

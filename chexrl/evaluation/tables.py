@@ -1,0 +1,361 @@
+"""The tables of `chexrl evaluate` and `chexrl report`, in the paper's layouts. Pure: data in, `Table` out;
+chexrl.evaluation.render turns a Table into Markdown, HTML or CSV.
+
+Cells keep their raw values (CSV writes them at full precision); each column has a display format.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from chexrl.evaluation.comparison import metrics_of, transfer_gap
+from chexrl.evaluation.selection import POLICIES, ema, macro_f1
+
+# Display formats: text as is, f3 three decimals, pct a signed percentage, delta a signed difference.
+FORMATS = ("text", "f3", "pct", "delta", "int")
+OVERALL_ROW = "Overall Average (Macro F1)"  # the last row of the paper's Tables 5 and 6
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    header: tuple[str, ...]
+    formats: tuple[str, ...]
+    rows: tuple[tuple, ...]
+    bold_row_max: bool = False  # bold each row's highest number (the paper's Tables 5 and 6)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.formats) != len(self.header) or any(len(r) != len(self.header) for r in self.rows):
+            raise ValueError(f"table {self.title!r}: every row and the formats need {len(self.header)} cells")
+        bad = set(self.formats) - set(FORMATS)
+        if bad:
+            raise ValueError(f"table {self.title!r}: unknown formats {sorted(bad)}")
+
+
+def format_cell(value, fmt: str) -> str:
+    """A cell as displayed: None is "n/a".
+
+    >>> format_cell(-0.1875, "pct"), format_cell(0.25, "f3"), format_cell(0.02, "delta"), format_cell(None, "f3")
+    ('-18.8%', '0.250', '+0.020', 'n/a')
+    """
+    if value is None:
+        return "n/a"
+    if fmt == "f3":
+        return f"{value:.3f}"
+    if fmt == "pct":
+        return f"{value:+.1%}"
+    if fmt == "delta":
+        return f"{value:+.3f}"
+    if fmt == "int":
+        return str(int(value))
+    return str(value)
+
+
+# ------------------------------------------------------------------------ results of `chexrl evaluate`
+
+
+def _role(doc: Mapping, dataset: str) -> str:
+    return next(d["role"] for d in doc["datasets"] if d["name"] == dataset).upper()
+
+
+def _gap(doc: Mapping, system: str, ood: str) -> float | None:
+    return next(g["gap"] for g in doc["transfer_gaps"] if g["system"] == system and g["ood_dataset"] == ood)
+
+
+def overview_table(doc: Mapping) -> Table:
+    """One row per system: macro-F1 on every set, the transfer gaps, micro-F1 and fail rates."""
+    sets = [d["name"] for d in doc["datasets"]]
+    oods = sets[1:]
+    header = ["model", "trained from"]
+    header += [f"{s} ({_role(doc, s)}) macro-F1" for s in sets]
+    header += [f"transfer gap -> {s}" for s in oods]
+    header += [f"{s} micro-F1" for s in sets] + [f"{s} fail rate" for s in sets]
+    formats = ["text", "text"] + ["f3"] * len(sets) + ["pct"] * len(oods) + ["f3"] * (2 * len(sets))
+    rows = []
+    for s in doc["systems"]:
+        m = {name: metrics_of(doc, s["label"], name) for name in sets}
+        rows.append(
+            (
+                s["label"],
+                s["parent"] or "",
+                *(m[n]["macro"]["f1"] for n in sets),
+                *(_gap(doc, s["label"], n) for n in oods),
+                *(m[n]["micro"]["f1"] for n in sets),
+                *(m[n]["fail_rate"] for n in sets),
+            )
+        )
+    return Table(
+        "Models side by side",
+        tuple(header),
+        tuple(formats),
+        tuple(rows),
+        note="transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1; n/a when ID macro-F1 is 0.",
+    )
+
+
+def metrics_table(doc: Mapping, dataset: str) -> Table:
+    """Micro and macro precision, recall and F1 and the fail rate on one set (the paper's Tables 2-4)."""
+    rows = []
+    for s in doc["systems"]:
+        m = metrics_of(doc, s["label"], dataset)
+        mi, ma = m["micro"], m["macro"]
+        rows.append(
+            (
+                s["label"],
+                m["n"],
+                mi["precision"],
+                mi["recall"],
+                mi["f1"],
+                ma["precision"],
+                ma["recall"],
+                ma["f1"],
+                m["fail_rate"],
+            )
+        )
+    return Table(
+        f"{dataset} ({_role(doc, dataset)}): micro and macro metrics",
+        ("model", "n", "micro P", "micro R", "micro F1", "macro P", "macro R", "macro F1", "fail rate"),
+        ("text", "int") + ("f3",) * 7,
+        tuple(rows),
+    )
+
+
+def per_label_table(doc: Mapping, dataset: str) -> Table:
+    """F1 per label, one column per system, the macro-F1 last (the paper's Table 5 in distribution,
+    Table 6 out of distribution); each row's best is bold."""
+    systems = [s["label"] for s in doc["systems"]]
+    per = {s: metrics_of(doc, s, dataset) for s in systems}
+    labels = list(per[systems[0]]["per_label"])
+    rows = [(label, *(per[s]["per_label"][label]["f1"] for s in systems)) for label in labels]
+    rows.append((OVERALL_ROW, *(per[s]["macro"]["f1"] for s in systems)))
+    role = _role(doc, dataset)
+    return Table(
+        f"{dataset} ({role}): F1 per label (layout of the paper's Table {5 if role == 'ID' else 6})",
+        ("Category", *systems),
+        ("text",) + ("f3",) * len(systems),
+        tuple(rows),
+        bold_row_max=True,
+    )
+
+
+def parent_table(doc: Mapping) -> Table | None:
+    """Each model against the one it was trained from, on every set; None when no model has a parent."""
+    rows = []
+    for c in doc["changes_vs_parent"]:
+        ma, mi, fr = c["macro_f1"], c["micro_f1"], c["fail_rate"]
+        rows.append(
+            (
+                c["system"],
+                c["parent"],
+                c["dataset"],
+                ma["parent"],
+                ma["value"],
+                ma["change"],
+                mi["parent"],
+                mi["value"],
+                mi["change"],
+                fr["parent"],
+                fr["value"],
+                fr["delta"],
+            )
+        )
+    if not rows:
+        return None
+    return Table(
+        "Change against the model each was trained from",
+        (
+            "model",
+            "trained from",
+            "test set",
+            "parent macro-F1",
+            "macro-F1",
+            "macro-F1 change",
+            "parent micro-F1",
+            "micro-F1",
+            "micro-F1 change",
+            "parent fail",
+            "fail",
+            "fail change",
+        ),
+        ("text", "text", "text", "f3", "f3", "pct", "f3", "f3", "pct", "f3", "f3", "delta"),
+        tuple(rows),
+        note="change = (model - parent) / parent; fail change = model - parent (a difference).",
+    )
+
+
+def prompt_title(name: str) -> str:
+    """The paper's name of a prompt variant (Table 1), or the name itself when it is not one of them."""
+    from chexrl.core.prompts import PROMPTS
+
+    title = PROMPTS[name].title if name in PROMPTS else name
+    return f"{title} (baseline)" if name == "reasoning_a" else title
+
+
+def ablation_table(doc: Mapping, dataset: str) -> Table:
+    """One model, one row per prompt variant: micro-F1, macro-F1, fail rate (the paper's Table 1)."""
+    rows = []
+    for s in doc["systems"]:
+        m = metrics_of(doc, s["label"], dataset)
+        rows.append(
+            (prompt_title(s["prompt"]), s["prompt"], m["micro"]["f1"], m["macro"]["f1"], m["fail_rate"])
+        )
+    model = doc["systems"][0]["model"]
+    return Table(
+        f"Prompt ablation of {model} on {dataset} (layout of the paper's Table 1)",
+        ("Prompt Configuration", "name", "Micro-F1", "Macro-F1", "Fail Rate"),
+        ("text", "text", "f3", "f3", "f3"),
+        tuple(rows),
+    )
+
+
+def results_csv_table(doc: Mapping) -> Table:
+    """results.csv: one row per (system, test set), every number at full precision."""
+    changes = {(c["system"], c["dataset"]): c for c in doc["changes_vs_parent"]}
+    rows = []
+    for s in doc["systems"]:
+        for d in doc["datasets"]:
+            m = metrics_of(doc, s["label"], d["name"])
+            c = changes.get((s["label"], d["name"]))
+            gap = _gap(doc, s["label"], d["name"]) if d["role"] == "ood" else None
+            rows.append(
+                (s["label"], s["model"], s["prompt"], s["parent"], d["name"], d["role"], d["schema"], m["n"])
+                + (m["fail_rate"], m["micro"]["precision"], m["micro"]["recall"], m["micro"]["f1"])
+                + (m["macro"]["precision"], m["macro"]["recall"], m["macro"]["f1"], gap)
+                + (
+                    (c["macro_f1"]["change"], c["micro_f1"]["change"], c["fail_rate"]["delta"])
+                    if c
+                    else (None, None, None)
+                )
+            )
+    header = ("system", "model", "prompt", "parent", "dataset", "role", "schema", "n", "fail_rate")
+    header += ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
+    header += ("transfer_gap", "macro_f1_change_vs_parent", "micro_f1_change_vs_parent")
+    header += ("fail_rate_delta_vs_parent",)
+    formats = ("text",) * 7 + ("int",) + ("f3",) * 7 + ("pct", "pct", "pct", "delta")
+    return Table("results", header, formats, tuple(rows))
+
+
+def per_label_csv_table(doc: Mapping) -> Table:
+    """per_label.csv: one row per (system, test set, label)."""
+    rows = []
+    for s in doc["systems"]:
+        for d in doc["datasets"]:
+            for label, v in metrics_of(doc, s["label"], d["name"])["per_label"].items():
+                rows.append(
+                    (
+                        s["label"],
+                        s["model"],
+                        s["prompt"],
+                        d["name"],
+                        d["role"],
+                        label,
+                        v["precision"],
+                        v["recall"],
+                        v["f1"],
+                        v["support"],
+                        v["predicted"],
+                    )
+                )
+    header = ("system", "model", "prompt", "dataset", "role", "label", "precision", "recall", "f1")
+    return Table(
+        "per label",
+        (*header, "support", "predicted"),
+        ("text",) * 6 + ("f3",) * 3 + ("int", "int"),
+        tuple(rows),
+    )
+
+
+# --------------------------------------------------------------------------------- a training run
+
+
+def evals_table(evals: Sequence[Mapping]) -> Table:
+    """The in-training evaluations, one row per evaluated step."""
+    rows = []
+    for e in sorted(evals, key=lambda e: e["step"]):
+        id_f1, ood_f1 = macro_f1(e["id"]), macro_f1(e["ood"])
+        rows.append(
+            (
+                e["step"],
+                id_f1,
+                ood_f1,
+                transfer_gap(id_f1, ood_f1),
+                e["id"]["micro"]["f1"],
+                e["ood"]["micro"]["f1"],
+                e["id"]["fail_rate"],
+                e["ood"]["fail_rate"],
+                "yes" if e.get("warnings") else "",
+            )
+        )
+    first = evals[0] if evals else {}
+    id_name, ood_name = first.get("id_name", "ID"), first.get("ood_name", "OOD")
+    return Table(
+        f"Evaluation during training: {id_name} (ID) and {ood_name} (OOD)",
+        (
+            "step",
+            "ID macro-F1",
+            "OOD macro-F1",
+            "transfer gap",
+            "ID micro-F1",
+            "OOD micro-F1",
+            "ID fail rate",
+            "OOD fail rate",
+            "trade-off warning",
+        ),
+        ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text"),
+        tuple(rows),
+    )
+
+
+def selection_table(selection: Mapping[str, Mapping]) -> Table:
+    """Which checkpoint each selection policy picked."""
+    order = [p for p in POLICIES if p in selection] + [p for p in selection if p not in POLICIES]
+    rows = []
+    for name in order:
+        pick = selection[name]
+        id_f1, ood_f1 = pick["id_macro_f1"], pick["ood_macro_f1"]
+        checkpoint = pick.get("checkpoint") or ("the starting checkpoint" if pick["step"] == 0 else "")
+        rows.append(
+            (name, POLICIES.get(name, ""), pick["step"], checkpoint, id_f1, ood_f1, min(id_f1, ood_f1))
+        )
+    return Table(
+        "Checkpoint selection",
+        ("policy", "picks", "step", "checkpoint", "ID macro-F1", "OOD macro-F1", "worst case"),
+        ("text", "text", "int", "text", "f3", "f3", "f3"),
+        tuple(rows),
+    )
+
+
+def curve_keys(records: Sequence[Mapping]) -> list[str]:
+    """The logged series the paper plots (Figures 2, 3): total reward, each reward component (and the valid
+    fraction), completion length; in that order, only those present."""
+    keys = {k for r in records for k in r}
+    components = sorted(k for k in keys if k.startswith("reward/") and k != "reward/total")
+    return [k for k in ("reward/total", *components, "completion/length") if k in keys]
+
+
+def series(records: Sequence[Mapping], key: str) -> tuple[list[int], list[float | None]]:
+    """(steps, values) of one logged key, in step order; a step without the key gives None."""
+    ordered = sorted(records, key=lambda r: r["step"])
+    return [int(r["step"]) for r in ordered], [r.get(key) for r in ordered]
+
+
+def training_table(records: Sequence[Mapping], smoothing: float = 0.95) -> Table:
+    """First, last and smoothed-last value of each plotted series."""
+    rows = []
+    for key in curve_keys(records):
+        _steps, values = series(records, key)
+        present = [v for v in values if v is not None and math.isfinite(v)]
+        if not present:  # logged, but never a finite number
+            rows.append((key, 0, None, None, None, None, None))
+            continue
+        smooth = [v for v in ema(values, smoothing) if math.isfinite(v)]  # drops the missing steps
+        rows.append((key, len(present), present[0], present[-1], smooth[-1], min(present), max(present)))
+    return Table(
+        "Training metrics",
+        ("metric", "steps", "first", "last", f"last, EMA {smoothing}", "min", "max"),
+        ("text", "int", "f3", "f3", "f3", "f3", "f3"),
+        tuple(rows),
+    )
