@@ -20,31 +20,15 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from chexrl.cli import app
 from chexrl.evaluation import runner
+from tests.fixtures.rollout import make_adapter
 from tests.test_evaluation_report import md_table
 
 pytestmark = pytest.mark.slow
 SCHEMAS = {"cx": "chexpert14", "nih": "nih9"}
-
-
-def make_adapter(model_dir, version: int, *, zero: bool = False, seed: int = 0):
-    """A PEFT LoRA adapter (the paper's config) with random B matrices, or zero ones (= the base model)."""
-    from peft import get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from trainer.lora import export_adapter, language_lora_config
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(model_dir), language_lora_config())
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.zeros_like(param) if zero else torch.randn_like(param) * 0.5)
-    return export_adapter(model, version)
 
 
 class SharedEngine:

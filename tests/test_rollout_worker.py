@@ -6,32 +6,15 @@ import time
 
 import pytest
 import ray
-import torch
 
 from chexrl.config import SamplingConfig
 from rollout_worker.router import split_evenly
 from rollout_worker.types import RolloutError
-from tests.fixtures.rollout import image_prompt, png_bytes
+from tests.fixtures.rollout import image_prompt, make_adapter, png_bytes
 
 pytestmark = pytest.mark.slow
 
 GREEDY = SamplingConfig(greedy=True, max_tokens=12)
-
-
-def make_adapter(model_dir, version: int, *, zero: bool = False, seed: int = 0):
-    """A PEFT LoRA adapter (the paper's config) on the HF model, with random or zero B matrices."""
-    from peft import get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from trainer.lora import export_adapter, language_lora_config
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(model_dir), language_lora_config())
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.zeros_like(param) if zero else torch.randn_like(param) * 0.5)
-    return export_adapter(model, version)
 
 
 def test_split_evenly():

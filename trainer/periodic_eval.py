@@ -87,14 +87,9 @@ class PeriodicEvaluator:
 
 def read_evals(run_dir: str | Path) -> list[dict]:
     """The run's in-training evaluations (a line torn by a kill is skipped)."""
-    path = Path(run_dir) / EVALS
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    from chexrl.evaluation.report import read_jsonl
+
+    return read_jsonl(Path(run_dir) / EVALS)
 
 
 def _name(step: int) -> str:
