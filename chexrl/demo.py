@@ -144,7 +144,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     summary = {
         **results,
         "transfer_gap": {name: transfer_gap(r["id"], r["ood"]) for name, r in results.items()},
-        **reward_first_last(history),
+        **reward_first_last(history, steps_per_pass(len(split["rl"]), cfg.grpo.prompts_per_step)),
         "grpo_steps": len(history),
         "report": str(write_report(out / "grpo")),
         "seconds": timings,
@@ -153,20 +153,35 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     return summary
 
 
-def reward_first_last(history: list[dict]) -> dict:
-    """Mean GRPO reward over the first and over the last quarter of the steps.
+def reward_first_last(history: list[dict], steps_per_pass: int | None = None) -> dict:
+    """Mean GRPO reward at the start and at the end of the run.
 
-    One step's mean (4 prompts x 4 samples) swings with which images were drawn far more than the policy
+    One step's mean (8 images x 4 samples) swings with which images were drawn far more than the policy
     changes between neighbouring steps, so a single first and last step would mostly compare two draws.
+    When the run makes at least two whole passes over its prompts (`steps_per_pass` steps each, aligned
+    with step 0), the first and the last whole pass are compared: the same images, in another order.
+    Otherwise the first and the last quarter of the steps.
     """
     rewards = [h["reward/total"] for h in history]
-    window = max(1, len(rewards) // 4)
+    if steps_per_pass and len(rewards) >= 2 * steps_per_pass:
+        window, basis = steps_per_pass, "pass"
+        end = len(rewards) // window * window
+        first, last = rewards[:window], rewards[end - window : end]
+    else:
+        window, basis = max(1, len(rewards) // 4), "quarter"
+        first, last = rewards[:window], rewards[-window:]
     return {
-        "grpo_reward_first": sum(rewards[:window]) / window,
-        "grpo_reward_last": sum(rewards[-window:]) / window,
+        "grpo_reward_first": sum(first) / window,
+        "grpo_reward_last": sum(last) / window,
         "grpo_reward_window": window,
+        "grpo_reward_basis": basis,
         "grpo_reward_per_step": rewards,
     }
+
+
+def steps_per_pass(n_prompts: int, prompts_per_step: int) -> int | None:
+    """Steps in one pass over the GRPO prompts, when passes line up with steps (else None)."""
+    return n_prompts // prompts_per_step if n_prompts % prompts_per_step == 0 else None
 
 
 def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: ChexrlConfig) -> dict:

@@ -20,8 +20,13 @@ def demo_cmd(
     summary = run_demo(out, config)
     typer.echo("\n" + results_table(summary))
     n, window = summary["grpo_steps"], summary["grpo_reward_window"]
+    over = (
+        f"first and last pass over the same prompts, {window} steps each"
+        if summary["grpo_reward_basis"] == "pass"
+        else f"first and last quarter, {window} steps each"
+    )
     typer.echo(
-        f"\nGRPO mean reward ({n} steps; each figure averages {window}): "
+        f"\nGRPO mean reward ({n} steps; {over}): "
         f"first {summary['grpo_reward_first']:.3f} -> last {summary['grpo_reward_last']:.3f}"
     )
     for line in transfer_warnings(summary):
