@@ -129,6 +129,11 @@ class GRPOConfig(StrictModel):
         4, ge=1, description="Completions per forward/backward (gradient accumulation)."
     )
     save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (atomically).")
+    log_completions: bool = Field(
+        True,
+        description="Write every sampled completion with its gold labels and reward to "
+        "RUN_DIR/completions.jsonl (TRL's name): what the policy writes, not only its mean reward.",
+    )
     eval_steps: int = Field(25, ge=1, description="Evaluate in and out of distribution every N steps.")
     eval_id_data: str | None = Field(
         None,

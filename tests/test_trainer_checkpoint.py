@@ -1,5 +1,6 @@
 """Checkpoints are atomic: SIGKILL at any moment, during a save included, leaves a loadable latest."""
 
+import json
 import os
 import signal
 import subprocess
@@ -66,13 +67,24 @@ def test_cursor_resume_continues_the_same_order():
 
 @pytest.mark.parametrize("resume_step", [3, None])
 def test_run_log_drops_steps_redone_after_resume(tmp_path, resume_step):
-    log = RunLog(tmp_path)
+    log = RunLog(tmp_path, completions=True)
     for step in range(1, 6):
         log.log(step, {"reward/total": step})
+        log.log_completions(step, [{"completion": f"c{step}.{k}", "reward": 0.5} for k in range(2)])
     log.close()
-    with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 6, "rew')  # torn by a kill mid-write
-    log = RunLog(tmp_path, resume_step=resume_step)
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        with open(tmp_path / name, "a") as f:
+            f.write('{"step": 6, "rew')  # torn by a kill mid-write
+    log = RunLog(tmp_path, resume_step=resume_step, completions=True)
     log.close()
-    steps = [m["step"] for m in read_metrics(tmp_path)]
-    assert steps == ([1, 2, 3] if resume_step else [1, 2, 3, 4, 5])
+    kept = [1, 2, 3] if resume_step else [1, 2, 3, 4, 5]
+    assert [m["step"] for m in read_metrics(tmp_path)] == kept
+    rows = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["completion"]) for r in rows] == [(s, f"c{s}.{k}") for s in kept for k in range(2)]
+
+
+def test_run_log_without_completions_writes_no_completions_file(tmp_path):
+    log = RunLog(tmp_path)
+    log.log_completions(1, [{"completion": "x"}])
+    log.close()
+    assert not (tmp_path / "completions.jsonl").exists()

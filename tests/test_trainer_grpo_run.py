@@ -70,6 +70,13 @@ def test_grpo_steps_checkpoint_and_resume(
     window = httpx.get(f"{evaluator.url}/runs/grpo-test/window").json()["window"]
     valid = sum(round(h["reward/valid_fraction"] * 8) for h in history)
     assert len(window) == valid
+    # every sampled completion is logged with the reward the evaluator gave it (8 a step: 2 prompts x 4)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [s for s in (1, 2, 3) for _ in range(8)]
+    for h in history:
+        step_rows = [r for r in rows if r["step"] == h["step"]]
+        assert sum(r["reward"] for r in step_rows) / 8 == pytest.approx(h["reward/total"])
+        assert all(set(r["labels"]) == set(samples[r["sample"]].labels) for r in step_rows)
     assert (tmp_path / "run" / "adapter-final" / "adapter_model.safetensors").exists()
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000003"
 
@@ -93,6 +100,8 @@ def test_grpo_steps_checkpoint_and_resume(
     resumed = run_grpo(_config(evaluator.url, 5), run, resume=True, progress=False)
     assert [h["step"] for h in resumed] == [4, 5]
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [s for s in (1, 2, 3, 4, 5) for _ in range(8)]
     meta = json.loads((latest_checkpoint(tmp_path / "run" / "checkpoints") / "meta.json").read_text())
     assert meta["step"] == 5 and meta["cursor"]["index"] == (5 * 2) % 12
     assert [e["step"] for e in read_evals(tmp_path / "run")] == [0, 2, 3, 4, 5]

@@ -82,7 +82,7 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
         log.info("resumed %s at step %d", run.run_id, start)
     if start > 0:
         router.push_adapter(ray.get(learner.export.remote(start)))
-    runlog = RunLog(run.run_dir, resume_step=start if resume else None)
+    runlog = RunLog(run.run_dir, resume_step=start if resume else None, completions=g.log_completions)
     write_run_config(cfg, run)
     periodic = _periodic_evaluator(cfg, run, resume_step=start if resume else None)
     if periodic is not None and start == 0:  # the starting (SFT) policy: what the trade-off is measured from
@@ -147,6 +147,7 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
                 save_checkpoint(ckpt_root, step + 1, state, meta)
                 metrics["time/checkpoint"] = time.perf_counter() - t4 - metrics.get("time/eval", 0.0)
             runlog.log(step + 1, metrics)
+            runlog.log_completions(step + 1, _completion_rows(idx, sampling.n, items, scored, examples))
             history.append({"step": step + 1, **metrics})
         save_adapter_dir(ray.get(learner.export.remote(g.max_steps)), Path(run.run_dir) / "adapter-final")
     finally:
@@ -212,6 +213,22 @@ def _log_eval(record: dict, progress: bool) -> dict[str, float]:
         "eval/id_fail_rate": record["id"]["fail_rate"],
         "eval/ood_fail_rate": record["ood"]["fail_rate"],
     }
+
+
+def _completion_rows(prompt_idx: list[int], group_size: int, items, scored, examples) -> list[dict]:
+    """completions.jsonl rows: the RL sample's index, the text, gold labels, reward and its components."""
+    return [
+        {
+            "sample": prompt_idx[k // group_size],
+            "completion": item["completion"],
+            "labels": item["labels"],
+            "reward": s.reward,
+            "components": s.components,
+            "valid": s.valid,
+            "truncated": e.truncated,
+        }
+        for k, (item, s, e) in enumerate(zip(items, scored, examples, strict=True))
+    ]
 
 
 def _reward_metrics(scored, examples: list[TrainingExample]) -> dict[str, float]:

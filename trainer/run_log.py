@@ -1,7 +1,9 @@
-"""Per-step metrics of a run: one JSON line per step (metrics.jsonl) and TensorBoard scalars.
+"""Per-step metrics of a run: one JSON line per step (metrics.jsonl) and TensorBoard scalars; optionally
+every sampled completion with its reward (completions.jsonl), the first place to look when a reward
+curve does not move.
 
 Keys are namespaced (`reward/...`, `loss/...`, `time/...`, `eval/...`). Steps count from 1; resuming from
-a checkpoint taken after step k drops logged steps after k first, so the log never holds a step twice.
+a checkpoint taken after step k drops logged steps after k first, so no log ever holds a step twice.
 """
 
 from __future__ import annotations
@@ -12,17 +14,15 @@ from pathlib import Path
 
 
 class RunLog:
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: str | Path, resume_step: int | None = None, *, completions: bool = False
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop a line torn by a kill, so the next one starts on its own line
-            text = self.path.read_text()
-            if text and not text.endswith("\n"):
-                self.path.write_text(text[: text.rfind("\n") + 1])
-        if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._file = open(self.path, "a")  # noqa: SIM115 - held open for the run
+        self._file = _open_step_log(self.path, resume_step)
+        self._completions = (
+            _open_step_log(self.path.parent / "completions.jsonl", resume_step) if completions else None
+        )
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(
@@ -38,9 +38,31 @@ class RunLog:
         for key, value in metrics.items():
             self._tb.add_scalar(key, float(value), step)
 
+    def log_completions(self, step: int, rows: list[dict]) -> None:
+        """One line per sampled completion of the step (no-op unless the log was opened with them)."""
+        if self._completions is None:
+            return
+        self._completions.write("".join(json.dumps({"step": step, **row}) + "\n" for row in rows))
+        self._completions.flush()
+
     def close(self) -> None:
         self._file.close()
+        if self._completions is not None:
+            self._completions.close()
         self._tb.close()
+
+
+def _open_step_log(path: Path, resume_step: int | None):
+    """Open a JSONL log of step records for appending, without a torn last line and, when resuming from
+    step k, without the records of steps after k."""
+    if path.exists():  # drop a line torn by a kill, so the next one starts on its own line
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            path.write_text(text[: text.rfind("\n") + 1])
+    if resume_step is not None and path.exists():
+        kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+    return open(path, "a")  # held open for the run; the caller closes it
 
 
 def _step(line: str) -> int:
