@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from importlib import resources
 from pathlib import Path
@@ -144,7 +145,11 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     summary = {
         **results,
         "transfer_gap": {name: transfer_gap(r["id"], r["ood"]) for name, r in results.items()},
-        **reward_first_last(history, steps_per_pass(len(split["rl"]), cfg.grpo.prompts_per_step)),
+        **reward_first_last(
+            history,
+            steps_per_pass(len(split["rl"]), cfg.grpo.prompts_per_step),
+            completions=_read_completions(out / "grpo"),
+        ),
         "grpo_steps": len(history),
         "report": str(write_report(out / "grpo")),
         "seconds": timings,
@@ -153,14 +158,17 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     return summary
 
 
-def reward_first_last(history: list[dict], steps_per_pass: int | None = None) -> dict:
-    """Mean GRPO reward at the start and at the end of the run.
+def reward_first_last(
+    history: list[dict], steps_per_pass: int | None = None, completions: list[dict] | None = None
+) -> dict:
+    """Mean GRPO reward at the start and at the end of the run, and the standard error of the change.
 
     One step's mean (8 images x 4 samples) swings with which images were drawn far more than the policy
     changes between neighbouring steps, so a single first and last step would mostly compare two draws.
     When the run makes at least two whole passes over its prompts (`steps_per_pass` steps each, aligned
-    with step 0), the first and the last whole pass are compared: the same images, in another order.
-    Otherwise the first and the last quarter of the steps.
+    with step 0), the first and the last whole pass are compared: the same images, in another order, and
+    with the run's completions.jsonl rows the standard error is that of the per-image paired change.
+    Otherwise the first and the last quarter of the steps, and the steps' own spread.
     """
     rewards = [h["reward/total"] for h in history]
     if steps_per_pass and len(rewards) >= 2 * steps_per_pass:
@@ -168,15 +176,71 @@ def reward_first_last(history: list[dict], steps_per_pass: int | None = None) ->
         end = len(rewards) // window * window
         first, last = rewards[:window], rewards[end - window : end]
     else:
-        window, basis = max(1, len(rewards) // 4), "quarter"
+        window, basis, end = max(1, len(rewards) // 4), "quarter", len(rewards)
         first, last = rewards[:window], rewards[-window:]
+    se, se_basis = step_change_se(first, last), "steps"
+    if basis == "pass" and completions:
+        start = history[0]["step"] - 1 if history else 0  # steps in the log count from 1
+        paired = paired_change_se(
+            completions,
+            range(start + 1, start + window + 1),
+            range(start + end - window + 1, start + end + 1),
+        )
+        if paired is not None:
+            se, se_basis = paired, "images"
     return {
         "grpo_reward_first": sum(first) / window,
         "grpo_reward_last": sum(last) / window,
         "grpo_reward_window": window,
         "grpo_reward_basis": basis,
+        "grpo_reward_change_se": se,
+        "grpo_reward_change_se_basis": se_basis,
         "grpo_reward_per_step": rewards,
     }
+
+
+def step_change_se(first: list[float], last: list[float]) -> float | None:
+    """Standard error of mean(last) - mean(first) with the step means as independent draws (which counts
+    the spread between images too); None when a window has a single step."""
+    if len(first) < 2 or len(last) < 2:
+        return None
+    return (statistics.variance(first) / len(first) + statistics.variance(last) / len(last)) ** 0.5
+
+
+def paired_change_se(completions: list[dict], first_steps: range, last_steps: range) -> float | None:
+    """Standard error of the mean per-image change of the reward between two windows of steps: each RL
+    image's mean reward in the last window minus its mean in the first, over the images in both."""
+
+    def per_image(steps: range) -> dict[int, float]:
+        sums: dict[int, list[float]] = {}
+        for row in completions:
+            if row["step"] in steps:
+                sums.setdefault(row["sample"], []).append(row["reward"])
+        return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    before, after = per_image(first_steps), per_image(last_steps)
+    diffs = [after[k] - before[k] for k in before.keys() & after.keys()]
+    return statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) >= 2 else None
+
+
+def _read_completions(run_dir: Path) -> list[dict] | None:
+    from chexrl.evaluation.report import read_jsonl
+
+    path = run_dir / "completions.jsonl"
+    return read_jsonl(path) if path.exists() else None
+
+
+def reward_verdict(summary: dict) -> tuple[str, bool]:
+    """One line on whether GRPO raised its mean reward, and whether it did (beyond two standard errors)."""
+    change = summary["grpo_reward_last"] - summary["grpo_reward_first"]
+    se = summary.get("grpo_reward_change_se")
+    if se is None:
+        return f"change {change:+.3f} (too few steps to tell it from noise)", False
+    over = "paired by image" if summary.get("grpo_reward_change_se_basis") == "images" else "over steps"
+    bound = f"2 standard errors ({2 * se:.3f}, {over})"
+    if change > 2 * se:
+        return f"change {change:+.3f}, more than {bound}: GRPO raised the reward", True
+    return f"change {change:+.3f}, within {bound}: GRPO did NOT measurably raise the mean reward", False
 
 
 def steps_per_pass(n_prompts: int, prompts_per_step: int) -> int | None:

@@ -2,11 +2,11 @@
 
 import pytest
 
-from chexrl.demo import reward_first_last, steps_per_pass, transfer_gap
+from chexrl.demo import reward_first_last, reward_verdict, steps_per_pass, transfer_gap
 
 
 def _history(rewards):
-    return [{"reward/total": r} for r in rewards]
+    return [{"step": k + 1, "reward/total": r} for k, r in enumerate(rewards)]
 
 
 def test_whole_passes_compare_the_first_and_the_last_pass():
@@ -41,3 +41,32 @@ def test_steps_per_pass_only_when_passes_line_up_with_steps():
 def test_transfer_gap_is_the_relative_change_from_id_to_ood():
     assert transfer_gap(0.4, 0.3) == pytest.approx(-0.25)
     assert transfer_gap(0.0, 0.3) is None
+
+
+def test_the_verdict_needs_a_change_beyond_two_standard_errors():
+    rising = reward_first_last(_history([0.30, 0.32, 0.34, 0.60, 0.62, 0.64]), steps_per_pass=3)
+    # variances 0.0004 each over 3 steps: se = sqrt(2 * 0.0004 / 3) = 0.0163; change 0.30
+    assert rising["grpo_reward_change_se"] == pytest.approx((2 * 0.0004 / 3) ** 0.5)
+    text, raised = reward_verdict(rising)
+    assert raised and "+0.300" in text
+    noisy = reward_first_last(_history([0.1, 0.7, 0.4, 0.2, 0.9, 0.3]), steps_per_pass=3)
+    text, raised = reward_verdict(noisy)
+    assert not raised and "did NOT" in text
+    falling = reward_first_last(_history([0.5, 0.5, 0.5, 0.4, 0.4, 0.4]), steps_per_pass=3)
+    assert not reward_verdict(falling)[1]  # se 0 and a fall: no rise
+    short = reward_first_last(_history([0.3, 0.7]))
+    assert short["grpo_reward_change_se"] is None and not reward_verdict(short)[1]
+
+
+def test_whole_passes_use_the_per_image_paired_standard_error():
+    # 2 passes of 1 step over images 0-2, two samples each: changes +0.2, +0.4, +0.3 (sd 0.1)
+    rows = [
+        {"step": step, "sample": image, "reward": reward}
+        for step, rewards in ((1, (0.1, 0.2, 0.3)), (2, (0.3, 0.6, 0.6)))
+        for image, reward in enumerate(rewards)
+        for _ in range(2)
+    ]
+    out = reward_first_last(_history([0.2, 0.5]), steps_per_pass=1, completions=rows)
+    assert out["grpo_reward_change_se_basis"] == "images"
+    assert out["grpo_reward_change_se"] == pytest.approx(0.1 / 3**0.5)
+    assert reward_verdict(out)[1]  # +0.3 against 2 x 0.058

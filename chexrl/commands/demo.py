@@ -15,7 +15,7 @@ def demo_cmd(
     config: Path | None = typer.Option(None, help="Override the embedded chexrl/configs/demo.yaml."),
 ) -> None:
     """Pretrain (emulated), SFT, GRPO and evaluate a tiny model on synthetic X-rays, end to end."""
-    from chexrl.demo import results_table, run_demo, transfer_warnings
+    from chexrl.demo import results_table, reward_verdict, run_demo, transfer_warnings
 
     summary = run_demo(out, config)
     typer.echo("\n" + results_table(summary))
@@ -29,6 +29,8 @@ def demo_cmd(
         f"\nGRPO mean reward ({n} steps; {over}): "
         f"first {summary['grpo_reward_first']:.3f} -> last {summary['grpo_reward_last']:.3f}"
     )
+    verdict, raised = reward_verdict(summary)
+    typer.secho(verdict, fg=None if raised else "yellow", bold=not raised)
     for line in transfer_warnings(summary):
         typer.secho(line, fg="red", bold=True)
     typer.echo(f"\nreport: {Path(summary['report']).resolve()}")
