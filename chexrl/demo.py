@@ -66,6 +66,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from trainer.sft import run_sft
 
     sizes, cfg = load_demo_config(config)
+    clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = _stage("1/5 tiny model and synthetic data")
@@ -156,6 +157,33 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# What run_demo writes under its --out folder; a rerun replaces all of it (and nothing else there).
+DEMO_OUTPUTS = (
+    "models",
+    "data",
+    "traces",
+    "sft",
+    "grpo",
+    "evaluator-state",
+    "evaluator.yaml",
+    "evaluator.log",
+    "summary.json",
+)
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove an earlier demo's outputs, so a rerun starts fresh: GRPO refuses a run folder that already
+    holds a run (that is what --resume is for), and the evaluator's stored window for the run id would
+    otherwise carry over into the nuanced reward."""
+    import shutil
+
+    stale = [out / name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if stale:
+        print(f"replacing the previous demo run in {out}", flush=True)
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def reward_first_last(

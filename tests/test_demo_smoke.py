@@ -39,6 +39,11 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
         )
     )
     out = tmp_path / "demo"
+    # what an earlier run leaves behind must not stop or leak into this one
+    (out / "grpo").mkdir(parents=True)
+    (out / "grpo" / "evals.jsonl").write_text('{"step": 0}\n')
+    (out / "grpo" / "metrics.jsonl").write_text('{"step": 7, "reward/total": 1.0}\n')
+    (out / "notes.txt").write_text("the user's own file")
     result = subprocess.run(
         [sys.executable, "-m", "chexrl.cli", "demo", "--out", str(out), "--config", str(config)],
         capture_output=True,
@@ -50,6 +55,8 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
     for model in ("base", "sft", "grpo"):
         assert 0.0 <= summary[model]["id"] <= 1.0 and 0.0 <= summary[model]["ood"] <= 1.0
     assert summary["grpo_steps"] == 2
+    logged = [json.loads(line)["step"] for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2] and (out / "notes.txt").read_text() == "the user's own file"
     rewards = summary["grpo_reward_per_step"]
     assert len(rewards) == 2 and summary["grpo_reward_window"] == 1
     assert (summary["grpo_reward_first"], summary["grpo_reward_last"]) == (rewards[0], rewards[-1])
