@@ -64,6 +64,7 @@ def test_grpo_steps_checkpoint_and_resume(
             "time/training",
             "time/weight_sync",
             "reward/invalid_format",
+            "advantage/zero_std_fraction",
         ):
             assert key in h, key  # fmt: skip
     # the rewards came from the evaluator: its window for this run holds every valid prediction
@@ -77,6 +78,8 @@ def test_grpo_steps_checkpoint_and_resume(
         step_rows = [r for r in rows if r["step"] == h["step"]]
         assert sum(r["reward"] for r in step_rows) / 8 == pytest.approx(h["reward/total"])
         assert all(set(r["labels"]) == set(samples[r["sample"]].labels) for r in step_rows)
+        flat = [len({r["reward"] for r in step_rows[i : i + 4]}) == 1 for i in (0, 4)]
+        assert h["advantage/zero_std_fraction"] == sum(flat) / 2
     assert (tmp_path / "run" / "adapter-final" / "adapter_model.safetensors").exists()
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000003"
 

@@ -124,7 +124,7 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
             adapter = ray.get(learner.export.remote(step + 1))
             router.push_adapter(adapter)
             t4 = time.perf_counter()
-            metrics.update(_reward_metrics(scored, examples))
+            metrics.update(_reward_metrics(scored, examples, sampling.n))
             metrics.update(
                 {
                     "time/generation": t1 - t0,
@@ -231,9 +231,13 @@ def _completion_rows(prompt_idx: list[int], group_size: int, items, scored, exam
     ]
 
 
-def _reward_metrics(scored, examples: list[TrainingExample]) -> dict[str, float]:
+def _reward_metrics(scored, examples: list[TrainingExample], group_size: int) -> dict[str, float]:
     n = len(scored)
+    groups = [scored[i : i + group_size] for i in range(0, n, group_size)]
     out = {
+        # groups whose samples all scored the same: zero advantages, nothing to learn from (TRL's
+        # frac_reward_zero_std); a high share says the reward cannot tell this policy's samples apart
+        "advantage/zero_std_fraction": sum(len({s.reward for s in g}) == 1 for g in groups) / len(groups),
         "reward/total": sum(s.reward for s in scored) / n,
         "reward/valid_fraction": sum(s.valid for s in scored) / n,
         "completion/length": sum(len(e.completion_ids) for e in examples) / n,
