@@ -78,12 +78,15 @@ def pretrain_examples(samples: Sequence[XraySample], seed: int = 0) -> list[SFTE
     is a short radiology report (the template teacher's wording, so the base knows the language a
     medical model knows) and the findings line; no chexrl prompt, no <think>/<solution> tags."""
     from chexrl.data.images import open_image
+    from chexrl.traces.store import sample_id_for
     from chexrl.traces.teacher import template_think
 
     rng = random.Random(seed)
     examples = []
     for s in samples:
-        report = template_think(s.labels, "free_reasoning", seed=seed + 1, key=s.image_path)
+        # keyed by the sample's id, not its path: the same data in another folder gives the same base model
+        key = sample_id_for(s.dataset, s.study_id, s.image_path)
+        report = template_think(s.labels, "free_reasoning", seed=seed + 1, key=key)
         target = findings_text(s.labels, report[:1].upper() + report[1:])
         examples.append(
             SFTExample(generic_messages(rng.choice(GENERIC_PROMPTS)), open_image(s.image_path), target)
