@@ -268,6 +268,8 @@ def reward_verdict(summary: dict) -> tuple[str, bool]:
     bound = f"2 standard errors ({2 * se:.3f}, {over})"
     if change > 2 * se:
         return f"change {change:+.3f}, more than {bound}: GRPO raised the reward", True
+    if change < -2 * se:
+        return f"change {change:+.3f}, more than {bound}: GRPO LOWERED the mean reward", False
     return f"change {change:+.3f}, within {bound}: GRPO did NOT measurably raise the mean reward", False
 
 

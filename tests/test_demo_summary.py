@@ -52,8 +52,9 @@ def test_the_verdict_needs_a_change_beyond_two_standard_errors():
     noisy = reward_first_last(_history([0.1, 0.7, 0.4, 0.2, 0.9, 0.3]), steps_per_pass=3)
     text, raised = reward_verdict(noisy)
     assert not raised and "did NOT" in text
-    falling = reward_first_last(_history([0.5, 0.5, 0.5, 0.4, 0.4, 0.4]), steps_per_pass=3)
-    assert not reward_verdict(falling)[1]  # se 0 and a fall: no rise
+    falling = reward_first_last(_history([0.5, 0.52, 0.54, 0.40, 0.42, 0.44]), steps_per_pass=3)
+    text, raised = reward_verdict(falling)
+    assert not raised and "-0.100" in text and "LOWERED" in text
     short = reward_first_last(_history([0.3, 0.7]))
     assert short["grpo_reward_change_se"] is None and not reward_verdict(short)[1]
 
