@@ -55,6 +55,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from chexrl.data.loaders import load_dataset
     from chexrl.data.sampling import stratified_budget_split
     from chexrl.data.synth import synthesize
+    from chexrl.evaluation.report import read_jsonl as read_log
     from chexrl.evaluation.report import write_report
     from chexrl.evaluation.runner import TestSet
     from chexrl.models.tiny import build_model_dir
@@ -149,7 +150,7 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
         **reward_first_last(
             history,
             steps_per_pass(len(split["rl"]), cfg.grpo.prompts_per_step),
-            completions=_read_completions(out / "grpo"),
+            completions=read_log(out / "grpo" / "completions.jsonl"),
         ),
         "grpo_steps": len(history),
         "report": str(write_report(out / "grpo")),
@@ -202,18 +203,14 @@ def reward_first_last(
     if steps_per_pass and len(rewards) >= 2 * steps_per_pass:
         window, basis = steps_per_pass, "pass"
         end = len(rewards) // window * window
-        first, last = rewards[:window], rewards[end - window : end]
     else:
         window, basis, end = max(1, len(rewards) // 4), "quarter", len(rewards)
-        first, last = rewards[:window], rewards[-window:]
+    first, last = rewards[:window], rewards[end - window : end]
     se, se_basis = step_change_se(first, last), "steps"
     if basis == "pass" and completions:
-        start = history[0]["step"] - 1 if history else 0  # steps in the log count from 1
-        paired = paired_change_se(
-            completions,
-            range(start + 1, start + window + 1),
-            range(start + end - window + 1, start + end + 1),
-        )
+        first_steps = {h["step"] for h in history[:window]}
+        last_steps = {h["step"] for h in history[end - window : end]}
+        paired = paired_change_se(completions, first_steps, last_steps)
         if paired is not None:
             se, se_basis = paired, "images"
     return {
@@ -235,11 +232,11 @@ def step_change_se(first: list[float], last: list[float]) -> float | None:
     return (statistics.variance(first) / len(first) + statistics.variance(last) / len(last)) ** 0.5
 
 
-def paired_change_se(completions: list[dict], first_steps: range, last_steps: range) -> float | None:
+def paired_change_se(completions: list[dict], first_steps: set[int], last_steps: set[int]) -> float | None:
     """Standard error of the mean per-image change of the reward between two windows of steps: each RL
     image's mean reward in the last window minus its mean in the first, over the images in both."""
 
-    def per_image(steps: range) -> dict[int, float]:
+    def per_image(steps: set[int]) -> dict[int, float]:
         sums: dict[int, list[float]] = {}
         for row in completions:
             if row["step"] in steps:
@@ -249,13 +246,6 @@ def paired_change_se(completions: list[dict], first_steps: range, last_steps: ra
     before, after = per_image(first_steps), per_image(last_steps)
     diffs = [after[k] - before[k] for k in before.keys() & after.keys()]
     return statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) >= 2 else None
-
-
-def _read_completions(run_dir: Path) -> list[dict] | None:
-    from chexrl.evaluation.report import read_jsonl
-
-    path = run_dir / "completions.jsonl"
-    return read_jsonl(path) if path.exists() else None
 
 
 def reward_verdict(summary: dict) -> tuple[str, bool]:
