@@ -114,6 +114,13 @@ class GRPOConfig(StrictModel):
     learning_rate: float = Field(
         1e-5, gt=0, description="AdamW learning rate of the adapter (paper gives none)."
     )
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = Field(
+        "linear",
+        description="Learning-rate schedule over max_steps, per GRPO step, after warmup (TRL's name and "
+        "default: linear decay to 0; the paper names none). A constant rate lets the sampling noise of "
+        "the updates undo the early gains late in a run (README, 'Demo').",
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of max_steps with a linear warmup.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     beta: float = Field(0.15, ge=0, description="Paper: KL weight to the reference (SFT) policy.")

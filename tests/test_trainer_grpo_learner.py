@@ -116,3 +116,27 @@ def test_masked_truncated_completions_carry_no_gradient(tiny_gemma3_dir):
     partly = [truncated[0], *examples[1:]]
     metrics = masked.step(partly, rewards=[1.0, 0.0, 0.0, 0.0], group_size=4)
     assert metrics["loss/grad_norm"] > 0.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "warmup_ratio", "expected"),
+    [
+        ("linear", 0.0, [1.0, 0.75, 0.5, 0.25]),
+        ("constant", 0.0, [1.0, 1.0, 1.0, 1.0]),
+        ("constant", 0.25, [0.0, 1.0, 1.0, 1.0]),  # transformers' plain "constant" would skip the warmup
+        ("cosine", 0.0, [1.0, 0.5 + 0.5 * 2**-0.5, 0.5, 0.5 - 0.5 * 2**-0.5]),
+    ],
+)
+def test_learning_rate_schedule_per_grpo_step(kind, warmup_ratio, expected):
+    from trainer.grpo import learning_rate_schedule
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=2.0)
+    cfg = GRPOConfig(max_steps=4, learning_rate=2.0, lr_scheduler_type=kind, warmup_ratio=warmup_ratio)
+    schedule = learning_rate_schedule(optimizer, cfg)
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([2.0 * f for f in expected])

@@ -65,6 +65,25 @@ def test_trainable_tokens_must_be_single_tokens(tiny_gemma3_dir):
         single_token_ids(tokenizer, ["<think>", "Pleural Effusion"])
 
 
+def test_demo_trains_the_tags_and_every_token_that_opens_a_label_answer(tiny_gemma3_dir):
+    """The demo's `trainable_tokens` must stay single tokens of the tiny tokenizer and cover the first token
+    of every CheXpert label written right after <solution> (the form the emulated pretraining never
+    emitted, docs/sft.md), or SFT leaves that label unreachable when sampling."""
+    from chexrl.core.parsing import SOLUTION_OPEN
+    from chexrl.core.schemas import CHEXPERT14
+    from chexrl.demo import load_demo_config
+    from chexrl.models.loading import load_processor
+    from trainer.lora import single_token_ids
+
+    tokenizer = load_processor(tiny_gemma3_dir).tokenizer
+    trained = set(single_token_ids(tokenizer, load_demo_config()[1].sft.trainable_tokens))
+    tag = tokenizer.convert_tokens_to_ids(SOLUTION_OPEN)
+    assert tag in trained
+    for label in CHEXPERT14:
+        ids = tokenizer.encode(SOLUTION_OPEN + label, add_special_tokens=False)
+        assert ids[0] == tag and ids[1] in trained, (label, tokenizer.convert_ids_to_tokens(ids))
+
+
 def test_should_stop_and_split():
     assert not should_stop([3.0, 2.0, 1.0], 2)
     assert should_stop([3.0, 2.0, 2.5, 2.0], 2)  # equal is not an improvement

@@ -68,6 +68,7 @@ class GRPOLearner:
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = learning_rate_schedule(self.optimizer, cfg)
 
     # ---- one update ------------------------------------------------------------------------------
     def step(
@@ -145,6 +146,8 @@ class GRPOLearner:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             optimizer += clock() - t0
+        learning_rate = self.optimizer.param_groups[0]["lr"]  # the rate this step's updates used
+        self.scheduler.step()  # once per GRPO step, whatever num_iterations
 
         tokens = max(sums.pop("_tokens"), 1.0)
         out = {k: (v / cfg.num_iterations if k == "loss/total" else v / tokens) for k, v in sums.items()}
@@ -152,7 +155,7 @@ class GRPOLearner:
         # before the update): a collapsing entropy is the usual sign of a policy losing its exploration
         out["loss/entropy"] = entropy_sum / max(entropy_tokens, 1.0)
         out["loss/grad_norm"] = float(grad_norm)
-        out["loss/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        out["loss/learning_rate"] = learning_rate
         out["rollout/logp_abs_diff"] = float(np.mean(engine_diff)) if engine_diff else 0.0
         # Wall time inside this call: building the batches (processor), the forward and backward passes
         # (reference, old-policy and policy), and gradient clipping + optimizer step + zero_grad.
@@ -176,6 +179,7 @@ class GRPOLearner:
                 k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()
             },
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -188,9 +192,22 @@ class GRPOLearner:
 
         set_peft_model_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
+    """transformers' schedule `cfg.lr_scheduler_type` over `cfg.max_steps` GRPO steps, with a linear warmup
+    over `cfg.warmup_ratio` of them (TRL's GRPOTrainer builds the same, per optimizer step)."""
+    from transformers import get_scheduler
+
+    warmup = round(cfg.warmup_ratio * cfg.max_steps)
+    name = cfg.lr_scheduler_type
+    if name == "constant" and warmup:  # transformers' "constant" ignores the warmup
+        name = "constant_with_warmup"
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
 
 
 def _synchronized_clock() -> float:
