@@ -193,6 +193,11 @@ class GRPOLearner:
         set_peft_model_state_dict(self.model, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The saved optimizer holds the saved run's current rate. Continue *this* config's schedule (its
+        # learning_rate and max_steps, which a resume may extend) from the saved step instead.
+        self.scheduler.base_lrs = [self.cfg.learning_rate] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = self.cfg.learning_rate * factor(self.scheduler.last_epoch)
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
