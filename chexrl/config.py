@@ -63,6 +63,14 @@ class RolloutConfig(StrictModel):
         default_factory=dict,
         description="Processor overrides, e.g. min_pixels/max_pixels for the visual-token budget.",
     )
+    weight_sync: Literal["lora", "merged"] | None = Field(
+        None,
+        description=(
+            "How a pushed adapter reaches the engine: 'lora' serves it as a live LoRA; 'merged' folds it into"
+            " the base weights (W0 + alpha/r BA) and runs the engine without LoRA layers. None = merged on the"
+            " CPU (where a live LoRA halves decode throughput), lora on a GPU."
+        ),
+    )
     adapter_dir: str = Field(
         "/dev/shm/chexrl-adapters",
         description="Node-local scratch where pushed adapters are written for vLLM.",
@@ -74,6 +82,10 @@ class RolloutConfig(StrictModel):
     max_task_retries: int = Field(
         3, ge=0, description="Ray retries of a call in flight when its worker dies."
     )
+
+    def resolved_weight_sync(self, cuda: bool) -> Literal["lora", "merged"]:
+        """`weight_sync`, with None resolved for the device: merged on the CPU, lora on a GPU."""
+        return self.weight_sync or ("lora" if cuda else "merged")
 
 
 class LoraSettings(StrictModel):

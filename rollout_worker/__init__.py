@@ -2,6 +2,7 @@
 completions, with versioned LoRA adapters pushed in memory by the trainer.
 
 Read in this order: types.py (what goes in and out), engine.py (the vLLM adapter, no Ray),
-adapter_sync.py (the vLLM-specific LoRA hot-swap), actor.py (the Ray actor and the adapter registry),
+adapter_sync.py (the adapter served as a live LoRA) or merged_sync.py (the adapter folded into the base
+weights; the CPU default), actor.py (the Ray actor and the adapter registry),
 router.py (several workers behind one call).
 """

@@ -79,6 +79,7 @@ class RolloutWorker:
             "restored_version": self.restored_version,
             "engine_start_seconds": self.engine.start_seconds,
             "sleep_enabled": self.engine.sleep_enabled,
+            "weight_sync": self.engine.weight_sync,
         }
 
     @staticmethod

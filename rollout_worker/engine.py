@@ -11,6 +11,7 @@ import time
 
 from chexrl.config import RolloutConfig, SamplingConfig
 from rollout_worker.adapter_sync import AdapterSlot
+from rollout_worker.merged_sync import MergedWeightsSlot
 from rollout_worker.types import AdapterWeights, Completion, RolloutGroup, RolloutPrompt
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def decode_image(data: bytes):
 
 
 class RolloutEngine:
-    """One vLLM engine for one base checkpoint, with at most one live LoRA adapter version."""
+    """One vLLM engine for one base checkpoint, serving one adapter version at a time: as a live LoRA or
+    merged into the weights (`RolloutConfig.weight_sync`)."""
 
     def __init__(self, cfg: RolloutConfig) -> None:
         from transformers import AutoProcessor
@@ -52,13 +54,16 @@ class RolloutEngine:
             # On the CPU backend the KV cache is sized by this variable, not by gpu_memory_utilization.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
         self.sleep_enabled = cuda if cfg.sleep_between_phases is None else cfg.sleep_between_phases
+        self.weight_sync = cfg.resolved_weight_sync(cuda)
+        if self.weight_sync == "merged":
+            # Merged weights are handed to the worker in memory (`collective_rpc`), which needs the engine
+            # core in this process; the Ray actors run it so anyway.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         started = time.perf_counter()
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         kwargs = dict(
             model=cfg.model,
-            enable_lora=True,
-            max_lora_rank=cfg.max_lora_rank,
-            max_loras=1,
+            enable_lora=self.weight_sync == "lora",
             max_model_len=cfg.max_model_len,
             dtype=cfg.dtype,
             seed=cfg.seed,
@@ -67,6 +72,8 @@ class RolloutEngine:
             logprobs_mode=cfg.logprobs_mode,
             enable_prefix_caching=True,
         )
+        if self.weight_sync == "lora":
+            kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=1)
         if cfg.mm_processor_kwargs:
             kwargs["mm_processor_kwargs"] = dict(cfg.mm_processor_kwargs)
         if cuda:
@@ -77,7 +84,11 @@ class RolloutEngine:
         # A sampled image/video placeholder token would make the completion unusable for training (the
         # model would expect image features for it): such tokens can never be generated.
         self.banned_token_bias = {tok: -100.0 for tok in multimodal_token_ids(self.processor)}
-        self.adapter = AdapterSlot(self.llm, cfg.adapter_dir)
+        self.adapter = (
+            AdapterSlot(self.llm, cfg.adapter_dir)
+            if self.weight_sync == "lora"
+            else MergedWeightsSlot(self.llm, cfg.model)
+        )
         self.asleep = False
         self.start_seconds = time.perf_counter() - started
         log.info("rollout engine for %s ready in %.1fs", cfg.model, self.start_seconds)
@@ -88,6 +99,8 @@ class RolloutEngine:
         return self.adapter.version
 
     def load_adapter(self, adapter: AdapterWeights) -> int:
+        if self.weight_sync == "merged" and self.asleep:
+            self.wake_up()  # asleep, the weights are offloaded: a reload must write into the live ones
         self.adapter.install(adapter)
         return self.adapter.version
 

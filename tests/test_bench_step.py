@@ -64,6 +64,7 @@ def test_bench_step_smallest(ray_session, evaluator, tiny_gemma3_dir, synth_mimi
 
     assert set(fig) >= {"device", "config", "chexrl", "trl", "trl_over_chexrl", "targets", "meets"}
     assert fig["config"]["steps"] == 1 and fig["config"]["completions_per_step"] == 4
+    assert fig["config"]["chexrl_weight_sync"] == "merged"  # the CPU default
     assert fig["targets"] == {"overhead_fraction_max": 0.10, "trl_over_chexrl_min": 1.0}
 
     c = fig["chexrl"]

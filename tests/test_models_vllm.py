@@ -1,6 +1,7 @@
 """Each tiny checkpoint in a real vLLM engine (own process): one image per prompt, n=4 samples at
 temperature 0.8 / top_p 0.95, then the same with a random rank-16 PEFT LoRA adapter as a LoRARequest,
-which must change the outputs."""
+which must change the outputs; then a fixed answer scored with that adapter as a LoRARequest and merged into
+the weights (the rollout worker's `merged` weight sync), whose log-probabilities must agree."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from chexrl.models.vllm_check import MERGED_TOLERANCE
 
 NIH_SAMPLE = Path("/work/shared/data/nih-samples/00000001_000.png")
 
@@ -30,4 +33,8 @@ def test_vllm_image_and_lora(request, fixture, tmp_path):
     assert len(report["base"]) == len(report["lora"]) == 4
     assert all(len(tokens) > 0 for tokens in report["base"] + report["lora"])
     assert report["lora_changed_outputs"]
+    # the adapter moves log-probs far more than serving it merged instead of as a LoRA does
+    assert report["merged_vs_lora_max_logprob_diff"] < MERGED_TOLERANCE
+    assert report["base_vs_lora_max_logprob_diff"] > 5 * MERGED_TOLERANCE
+    assert report["scored_tokens"] > 20
     print(f"{fixture}: engine start {report['engine_start_s']} s, 4 samples in {report['generate_s']} s")

@@ -48,7 +48,7 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     on a shared machine hits all three alike; ratios are medians of per-round ratios."""
     import ray
 
-    from rollout_worker.engine import RolloutEngine
+    from rollout_worker.engine import RolloutEngine, has_cuda
     from rollout_worker.router import RolloutRouter
 
     prompts = bench_prompts(num_prompts)
@@ -92,6 +92,7 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
         "tokens_per_batch": tokens,
         "repeats": repeats,
         "model": cfg.model,
+        "weight_sync": cfg.resolved_weight_sync(has_cuda()),
         "actor_tokens_per_s": tokens / median(walls["actor"]),
         "inprocess_tokens_per_s": tokens / median(walls["inprocess"]),
         "hf_generate_tokens_per_s": tokens / median(walls["hf"]),
@@ -173,6 +174,7 @@ def bench_sync(cfg: RolloutConfig, iterations: int) -> dict:
         "p95_ms": percentile(times_ms, 95),
         "bytes": nbytes,
         "model": cfg.model,
+        "weight_sync": cfg.resolved_weight_sync(torch.cuda.is_available()),
         "times_ms": times_ms,
         "medgemma_4b_rank16": medgemma_adapter_size(),
         **device_description(),

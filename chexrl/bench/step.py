@@ -102,13 +102,14 @@ def bench_config(
     max_tokens: int,
     micro_batch: int,
     max_model_len: int,
+    weight_sync: str | None = None,
     evaluator_url: str = "http://127.0.0.1:8000",
 ):
     """The fixed configuration both sides run: chexrl's defaults (the paper's sampling, Dr. GRPO and LoRA
     settings) with the benchmark's sizes and EOS ignored."""
     from chexrl.config import ChexrlConfig, RolloutConfig
 
-    rollout = RolloutConfig(model=model_dir, max_model_len=max_model_len)
+    rollout = RolloutConfig(model=model_dir, max_model_len=max_model_len, weight_sync=weight_sync)
     return ChexrlConfig.model_validate(
         {
             "rollout": rollout.model_dump(),
@@ -479,6 +480,7 @@ def bench_step(
     max_model_len: int = 1024,
     trl_generation: str = "auto",
     trl_rounds: int | None = None,
+    weight_sync: str | None = None,
     evaluator_url: str | None = None,
     work_dir: str | Path | None = None,
 ) -> dict:
@@ -489,6 +491,7 @@ def bench_step(
     process of its own (same start state every round; a colocated vLLM's GPU memory is freed on exit) and
     has its own warm-up.
     `model` / `data_dir` (a MIMIC-format directory) reuse existing files; `evaluator_url` a running evaluator.
+    `weight_sync` is the rollout engine's (`RolloutConfig.weight_sync`; None: the device's default).
     """
     import torch
 
@@ -521,7 +524,7 @@ def bench_step(
             images=prompts * (warmup + steps),
             image_size=image_size,
         )
-        cfg = bench_config(model_dir, max_model_len=max_model_len, **sizes)
+        cfg = bench_config(model_dir, max_model_len=max_model_len, weight_sync=weight_sync, **sizes)
         trl_args = (cfg, model_dir, samples, work, warmup, trl_generation)
         rounds = []
         if trl_rounds == 2:
@@ -574,6 +577,7 @@ def bench_step(
             "lora": g.lora.model_dump(),
             "reward": "hard",
             "chexrl_generation": "vLLM in the Ray rollout actor",
+            "chexrl_weight_sync": cfg.rollout.resolved_weight_sync(cuda),
             "trl_generation": trl_generation,
             "trl_rounds": trl_rounds,
         },

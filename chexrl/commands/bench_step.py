@@ -30,6 +30,11 @@ def bench_step_cmd(
     trl_rounds: int | None = typer.Option(
         None, help="TRL runs, each in a fresh process: 2 = before and after chexrl (default), 1 = after."
     ),
+    weight_sync: str | None = typer.Option(
+        None,
+        help="How the rollout engine takes each pushed adapter: lora (live LoRA) or merged (folded into the"
+        " weights); default: merged on the CPU, lora on a GPU.",
+    ),
     work_dir: Path | None = typer.Option(
         None, help="Keep model, data and run files here (default: a temp dir)."
     ),
@@ -43,6 +48,8 @@ def bench_step_cmd(
         raise typer.BadParameter("give --preset or --model, not both")
     if trl_rounds not in (None, 1, 2):
         raise typer.BadParameter("--trl-rounds must be 1 or 2")
+    if weight_sync not in (None, "lora", "merged"):
+        raise typer.BadParameter("--weight-sync must be lora or merged")
     figures = bench_step(
         steps=steps,
         warmup=warmup,
@@ -56,6 +63,7 @@ def bench_step_cmd(
         max_model_len=max_model_len,
         trl_generation=trl_generation,
         trl_rounds=trl_rounds,
+        weight_sync=weight_sync,
         work_dir=work_dir,
     )
     write_json(json_path, figures)

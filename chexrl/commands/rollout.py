@@ -12,6 +12,20 @@ ModelOpt = typer.Option(
     None, help="Checkpoint directory; default: the tiny Gemma3 model, built under artifacts/ if missing."
 )
 
+WeightSyncOpt = typer.Option(
+    None,
+    help="How the engine takes each pushed adapter: lora (live LoRA) or merged (folded into the weights);"
+    " default: merged on the CPU, lora on a GPU.",
+)
+
+
+def _rollout_config(model: Path | None, weight_sync: str | None):
+    from chexrl.config import RolloutConfig
+
+    if weight_sync not in (None, "lora", "merged"):
+        raise typer.BadParameter("--weight-sync must be lora or merged")
+    return RolloutConfig(model=_model_dir(model), max_model_len=1024, weight_sync=weight_sync)
+
 
 def _model_dir(model: Path | None) -> str:
     if model is not None:
@@ -32,13 +46,13 @@ def bench_rollout_cmd(
     n: int = typer.Option(4, help="Completions per prompt."),
     max_tokens: int = typer.Option(64, help="Tokens per completion (EOS ignored: equal work everywhere)."),
     repeats: int = typer.Option(5, help="Timed repetitions after one warm-up; the median is reported."),
+    weight_sync: str | None = WeightSyncOpt,
 ) -> None:
     """Tokens/s of one batch through the Ray actor, vLLM in-process and Hugging Face generate."""
     from chexrl.bench.common import write_json
     from chexrl.bench.rollout import bench_rollout
-    from chexrl.config import RolloutConfig
 
-    cfg = RolloutConfig(model=_model_dir(model), max_model_len=1024)
+    cfg = _rollout_config(model, weight_sync)
     figures = bench_rollout(cfg, prompts, n, max_tokens, repeats)
     write_json(json_path, figures)
     typer.echo(
@@ -53,13 +67,13 @@ def bench_sync_cmd(
     json_path: Path = typer.Option(..., "--json", help="Where to write the figures."),
     model: Path | None = ModelOpt,
     iterations: int = typer.Option(20, help="Adapter versions pushed."),
+    weight_sync: str | None = WeightSyncOpt,
 ) -> None:
     """Time from handing a new adapter to the first completion produced with it."""
     from chexrl.bench.common import write_json
     from chexrl.bench.rollout import bench_sync
-    from chexrl.config import RolloutConfig
 
-    cfg = RolloutConfig(model=_model_dir(model), max_model_len=1024)
+    cfg = _rollout_config(model, weight_sync)
     figures = bench_sync(cfg, iterations)
     write_json(json_path, figures)
     typer.echo(
