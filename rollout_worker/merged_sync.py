@@ -18,8 +18,6 @@ from contextlib import contextmanager
 
 from rollout_worker.types import AdapterWeights
 
-log = logging.getLogger(__name__)
-
 PEFT_PREFIX = "base_model.model."
 # Adapter features this slot cannot fold into plain weights: a clear error instead of a silent mismatch.
 UNSUPPORTED = ("use_dora", "trainable_token_indices", "modules_to_save", "rank_pattern", "alpha_pattern")

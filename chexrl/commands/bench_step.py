@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from chexrl.cli import bench_app
+from chexrl.commands.rollout import WeightSyncOpt, check_weight_sync
 
 
 @bench_app.command("step")
@@ -30,11 +31,7 @@ def bench_step_cmd(
     trl_rounds: int | None = typer.Option(
         None, help="TRL runs, each in a fresh process: 2 = before and after chexrl (default), 1 = after."
     ),
-    weight_sync: str | None = typer.Option(
-        None,
-        help="How the rollout engine takes each pushed adapter: lora (live LoRA) or merged (folded into the"
-        " weights); default: merged on the CPU, lora on a GPU.",
-    ),
+    weight_sync: str | None = WeightSyncOpt,
     work_dir: Path | None = typer.Option(
         None, help="Keep model, data and run files here (default: a temp dir)."
     ),
@@ -48,8 +45,7 @@ def bench_step_cmd(
         raise typer.BadParameter("give --preset or --model, not both")
     if trl_rounds not in (None, 1, 2):
         raise typer.BadParameter("--trl-rounds must be 1 or 2")
-    if weight_sync not in (None, "lora", "merged"):
-        raise typer.BadParameter("--weight-sync must be lora or merged")
+    check_weight_sync(weight_sync)
     figures = bench_step(
         steps=steps,
         warmup=warmup,

@@ -19,11 +19,15 @@ WeightSyncOpt = typer.Option(
 )
 
 
+def check_weight_sync(weight_sync: str | None) -> None:
+    if weight_sync not in (None, "lora", "merged"):
+        raise typer.BadParameter("--weight-sync must be lora or merged")
+
+
 def _rollout_config(model: Path | None, weight_sync: str | None):
     from chexrl.config import RolloutConfig
 
-    if weight_sync not in (None, "lora", "merged"):
-        raise typer.BadParameter("--weight-sync must be lora or merged")
+    check_weight_sync(weight_sync)
     return RolloutConfig(model=_model_dir(model), max_model_len=1024, weight_sync=weight_sync)
 
 

@@ -4,11 +4,12 @@
 
 Steps: render a chat-template prompt holding one image; start an engine with enable_lora=True and
 max_lora_rank=16; sample n=4 completions (temperature 0.8, top_p 0.95, fixed seed); sample again with
-a LoRA adapter (a random one is written when --lora is not given) passed as a LoRARequest; then decode
+a LoRA adapter (a random one is written when --lora is not given) passed as a LoRARequest; then score
 a fixed answer teacher-forced without the adapter, with it as a LoRARequest and with it merged into the
-weights (the rollout worker's `merged` weight sync, `rollout_worker.merged_sync`); report as JSON and exit
-non-zero unless the adapter changed the outputs and both ways of serving it give the same log-probs. Run it as its own process:
-the engine core runs in it, and on the CPU its KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB).
+weights (the rollout worker's `merged` weight sync, `rollout_worker.merged_sync`); report as JSON and
+exit non-zero unless the adapter changed the outputs and both ways of serving it give the same
+log-probs. Run it as its own process: the engine core runs in it, and on the CPU its KV cache is sized
+by VLLM_CPU_KVCACHE_SPACE (GiB).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 # LoRA and merged weights run the same sums in another order, in bf16: their log-probs agree to this much
-# (measured on the tiny models: at most 0.01 for Gemma3, 0.05 for Qwen2.5-VL; a random adapter moves them
-# by 0.8 or more).
+# (measured on the tiny models: 0.008-0.025 for Gemma3, 0.034-0.048 for Qwen2.5-VL; a random adapter moves
+# them by 0.8 or more).
 MERGED_TOLERANCE = 0.1
 FIXED_ANSWER = "<think>The heart is enlarged.</think><solution>Cardiomegaly</solution>"
 
