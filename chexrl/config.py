@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from chexrl.core.config import RewardConfig, StrictModel
 
@@ -96,6 +96,55 @@ class LoraSettings(StrictModel):
     dropout: float = Field(0.1, ge=0, lt=1)
 
 
+class PrefilterConfig(StrictModel):
+    """Pass-rate prefiltering of the RL set (issue 17; open-r1's recipe for text, for multi-label answers):
+    before step 0 the starting policy samples `k` completions per RL image at the run's sampling settings,
+    the evaluator scores them, and images whose pass rate lies outside [min_pass, max_pass] are set aside
+    (RUN_DIR/prefilter.jsonl). Images the policy never or always passes give GRPO groups without signal."""
+
+    k: int = Field(8, ge=1, description="Completions sampled per RL image to measure its pass rate.")
+    min_pass: float = Field(
+        0.1, ge=0, le=1, description="Keep images whose pass rate is at least this (0.1 of 8: one pass)."
+    )
+    max_pass: float = Field(
+        0.9, ge=0, le=1, description="Keep images whose pass rate is at most this (0.9 of 8: one miss)."
+    )
+    measure: str = Field(
+        "exact",
+        description="When one completion passes: 'exact' (a valid answer whose label set is the gold set) "
+        "or 'jaccard>=T' with 0 < T <= 1 (the hard reward's Jaccard with the gold set is at least T).",
+    )
+
+    @field_validator("measure")
+    @classmethod
+    def _known_measure(cls, value: str) -> str:
+        cls.threshold_of(value)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> PrefilterConfig:
+        if self.min_pass > self.max_pass:
+            raise ValueError(f"grpo.prefilter: min_pass {self.min_pass} exceeds max_pass {self.max_pass}")
+        return self
+
+    @staticmethod
+    def threshold_of(measure: str) -> float:
+        """The Jaccard a completion needs to pass: 1.0 for 'exact' (Jaccard 1 is the gold set itself), T
+        for 'jaccard>=T'; a clear error for anything else."""
+        if measure == "exact":
+            return 1.0
+        head, sep, tail = measure.partition(">=")
+        try:
+            t = float(tail) if head.strip() == "jaccard" and sep else None
+        except ValueError:
+            t = None
+        if t is None or not 0 < t <= 1:
+            raise ValueError(
+                f"grpo.prefilter.measure {measure!r}: use 'exact' or 'jaccard>=T' with 0 < T <= 1"
+            )
+        return t
+
+
 class GRPOConfig(StrictModel):
     """GRPO on the LoRA adapter (names follow TRL's GRPOConfig where the knob is the same)."""
 
@@ -106,7 +155,16 @@ class GRPOConfig(StrictModel):
         None, description="RL prompts: a dataset spec (docs/data.md), e.g. 'mimic:DIR:train'."
     )
     limit: int | None = Field(
-        None, ge=1, description="Use the first N samples of `data` (paper: 1,000 RL samples)."
+        None,
+        ge=1,
+        description="Draw N images of `data` (paper: 1,000 RL samples): seeded by grpo.seed, label-stratified, "
+        "whole patients, none of the SFT set's patients (chexrl/data/sampling.py `rl_samples`). None: all.",
+    )
+    sft_data: list[str] | None = Field(
+        None,
+        description="The SFT set RL must share no patient with: `chexrl data sample` folders (their sft*.jsonl), "
+        "sample JSONL or trace JSONL files. None: this config's sft.traces and sft.val_traces, when set; "
+        "[]: none. `data` may itself be a `chexrl data sample` folder or JSONL (its rl.jsonl is used).",
     )
     run_dir: str = Field("runs/grpo", description="Where metrics, TensorBoard scalars and checkpoints go.")
     run_id: str | None = Field(None, description="The run's name at the evaluator; default: run_dir's name.")
@@ -147,6 +205,18 @@ class GRPOConfig(StrictModel):
     micro_batch_size: int = Field(
         4, ge=1, description="Completions per forward/backward (gradient accumulation)."
     )
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Recompute decoder activations in the backward (TRL's name). On for real checkpoints: "
+        "at MedGemma-4B's size a micro-batch's activations outgrow the weights; the tiny demo turns it off.",
+    )
+    logprob_chunk_tokens: int | None = Field(
+        256,
+        ge=1,
+        description="Completion log-probs and entropy from the final hidden states and the LM head, this many "
+        "tokens at a time (the batch's (tokens x vocabulary) fp32 logits never exist: 10 GB for 32 x 300 "
+        "tokens at Gemma3's 262,144 vocabulary). None: project the whole micro-batch at once.",
+    )
     save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (atomically).")
     log_completions: bool = Field(
         True,
@@ -168,19 +238,49 @@ class GRPOConfig(StrictModel):
     eval_max_tokens: int | None = Field(
         None, ge=1, description="Greedy completion length in evaluations; default sampling.max_tokens."
     )
+    eval_samples: int | None = Field(
+        None,
+        ge=1,
+        description="K: each evaluation also samples K completions per image at `sampling`'s temperature "
+        "and top-p and logs Acc@1 (greedy) against Pass@K (eval/*pass_at_k*; docs/evaluation.md). "
+        "None: off (K more generations per image and evaluation).",
+    )
+    prefilter: PrefilterConfig | None = Field(
+        None,
+        description="Pass-rate prefiltering of the RL set before step 0 (k, min_pass, max_pass, measure; "
+        "README, 'Filtering zero-signal prompts'). None: off, every RL image is drawn (the paper's recipe).",
+    )
+    filter_zero_std_groups: bool = Field(
+        False,
+        description="Drop groups whose rewards are all equal (zero advantage, no gradient) and draw more "
+        "prompts, a rollout batch of prompts_per_step at a time, until the step has prompts_per_step groups "
+        "with signal or max_resample_batches extra batches are spent (verl's filter_groups). False: train "
+        "on every group (the paper's recipe).",
+    )
+    max_resample_batches: int = Field(
+        4,
+        ge=0,
+        description="Extra rollout batches a step may draw when filter_zero_std_groups is on; past them it "
+        "trains on the groups with signal it has (and skips the update, keeping the step, with none).",
+    )
     tradeoff_margin: float = Field(
         0.05,
         ge=0,
         description="Warn when in-distribution macro-F1 rises while out-of-distribution macro-F1 falls "
         "by more than this (absolute macro-F1) against the start of the run.",
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the run: the grpo.limit draw and the prompt order, among others.")
     lora: LoraSettings = Field(
         default_factory=lambda: LoraSettings(dropout=0.0),
         description="Rank 16, alpha 32 as in SFT, but no dropout: the learner's forward must be the policy "
         "the engine sampled from (with dropout 0.1 the engine/learner log-prob gap grew with the adapter, "
         "to 0.14 nats/token in 48 demo steps; it stays at ~0.02 without).",
     )
+
+    @field_validator("sft_data", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class SFTConfig(StrictModel):

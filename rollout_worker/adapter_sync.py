@@ -5,14 +5,25 @@ weights that arrived in memory are written to node-local scratch (/dev/shm: RAM,
 directory, loaded eagerly with `add_lora`, and the previous version is removed. Every version gets a
 fresh `lora_int_id` that is never reused: vLLM keys its prefix cache and loaded-adapter cache by that id,
 so nothing computed for an older version can be served for a newer one.
+
+The scratch is private: `rollout.adapter_dir` must be this user's own directory (created mode 700; a
+symlink, or one another user owns, is refused: they could read the policy or swap the adapter vLLM
+loads), and each slot writes into its own `worker-<pid>-<random>` folder in it (mode 700, unpredictable),
+removed on close and at interpreter exit; folders left by dead processes (a killed actor runs neither)
+are removed when the next slot starts on the node.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -20,13 +31,64 @@ from vllm.lora.request import LoRARequest
 
 from rollout_worker.types import AdapterWeights
 
+log = logging.getLogger(__name__)
+
+PREFIX = "worker-"
+
+
+def private_scratch(root: str | Path) -> Path:
+    """A fresh mode-700 folder with an unpredictable name under `root` (this user's own directory, made
+    mode 700 if missing), after removing the folders of dead processes there."""
+    root = Path(root)
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700, parents=True)
+    info = os.lstat(root)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(
+            f"rollout.adapter_dir {root} is a symlink or not a directory: refusing to use it"
+        )
+    if info.st_uid != os.getuid():
+        raise PermissionError(
+            f"rollout.adapter_dir {root} belongs to uid {info.st_uid}, not this user ({os.getuid()}): its owner "
+            "could read or replace the adapters vLLM loads; set rollout.adapter_dir to a directory of your own"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(root, 0o700)  # made by an older chexrl with the umask's mode
+    remove_stale(root)
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
+
+
+def remove_stale(root: Path) -> list[Path]:
+    """Remove the `worker-<pid>-*` folders under `root` whose process is gone; returns what was removed."""
+    removed = []
+    for path in root.glob(f"{PREFIX}*"):
+        pid = path.name[len(PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d adapter folder(s) of dead processes under %s", len(removed), root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
 
 class AdapterSlot:
     """Holds the one live adapter version of an engine and swaps it."""
 
     def __init__(self, llm, scratch_dir: str) -> None:
         self._llm = llm
-        self._dir = Path(scratch_dir) / f"worker-{os.getpid()}"
+        self._dir = private_scratch(scratch_dir)
+        atexit.register(shutil.rmtree, self._dir, ignore_errors=True)
         self._ids = itertools.count(1)
         self.version = 0
         self.request: LoRARequest | None = None

@@ -18,6 +18,8 @@ def _metrics(**overrides) -> dict:
         "time/scoring": 0.01,
         "time/training": 0.4,
         "time/weight_sync": 0.03,
+        "time/sleep": 0.002,
+        "time/wake": 0.001,
         "time/step": 0.95,
         "time/collate": 0.05,
         "time/forward_backward": 0.3,
@@ -32,6 +34,7 @@ def test_step_split_adds_up():
     assert sum(split[p] for p in PARTS) == pytest.approx(split["step"])
     assert sum(split["other_parts"].values()) == pytest.approx(split["other"])
     assert split["other_parts"]["learner_call"] == pytest.approx(0.4 - 0.37)
+    assert split["other_parts"]["sleep_wake"] == pytest.approx(0.003)
     assert split["overhead_fraction"] == pytest.approx((0.95 - 0.5 - 0.3 - 0.01) / 0.95)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -420,7 +421,7 @@ def test_compose_wiring():
         "source": "checkpoints",
         "target": env["CHEXRL_CHECKPOINTS_DIR"],
     }
-    assert set(model["volumes"]) == {"checkpoints", "evaluator-state"}
+    assert set(model["volumes"]) == {"checkpoints", "evaluator-state", "ray-head-tmp"}
     assert head["configs"] == [{"source": "grpo", "target": env["CHEXRL_GRPO_CONFIG"]}]
     assert model["configs"]["grpo"] == {"file": "docker/grpo.yaml"}
 
@@ -443,6 +444,66 @@ def test_compose_wiring():
         ):
             assert f" {env[key]}" in text, (dockerfile.name, key)
         assert f" {Path(env['CHEXRL_GRPO_CONFIG']).parent}" in text
+
+
+MEMORY = re.compile(r"[1-9]\d*[kmg]")
+# What the images install with apt, and why each is needed at run time (nothing for development).
+APT_RUNTIME = {
+    "python3": "the interpreter (GPU image; the CPU one starts from python:*)",
+    "python3-venv": "the project's virtual environment",
+    "python3-dev": "Triton compiles its launcher at run time against Python.h (GPU)",
+    "gcc": "Triton compiles its launcher at run time (GPU)",
+    "libc6-dev": "Triton's launcher links against libc (GPU)",
+    "libnuma1": "vLLM",
+    "wget": "KubeRay's default Ray probes",
+    "ca-certificates": "TLS trust store",
+}
+
+
+def _apt_packages(path: Path) -> set[str]:
+    runs = " ".join(args for kind, args in dockerfile_instructions(path) if kind == "RUN")
+    found = set()
+    for match in re.finditer(r"apt-get install ([^&;]*)", runs):
+        found |= {w for w in match.group(1).split() if not w.startswith("-") and w != "\\"}
+    return found
+
+
+def test_compose_services_are_confined():
+    """No capabilities, no privilege gain, CPU and memory limits, read-only roots (tmpfs or a volume for
+    what each writes), in the GPU file and with the CPU overlay."""
+    for files in ((COMPOSE,), (COMPOSE, COMPOSE_CPU)):
+        services = compose_model(*files)["services"]
+        for name, service in services.items():
+            assert service["cap_drop"] == ["ALL"] and "cap_add" not in service, name
+            assert "no-new-privileges:true" in service["security_opt"], name
+            assert float(service["cpus"]) > 0 and MEMORY.fullmatch(service["mem_limit"]), name
+            assert service["read_only"] is True, name
+            assert not service.get("privileged") and service.get("network_mode") != "host", name
+        for name in ("evaluator", "grpo-job"):
+            assert any(t.startswith("/tmp:") for t in services[name]["tmpfs"]), name
+            assert services[name]["pids_limit"] > 0
+        head = services["ray-head"]
+        assert {v["target"]: v["source"] for v in head["volumes"] if v["type"] == "volume"}[
+            "/tmp"
+        ] == "ray-head-tmp"
+        assert any(t.startswith("/home/chexrl:") for t in head["tmpfs"])
+    gpu, cpu = compose_model(COMPOSE)["services"], compose_model(COMPOSE, COMPOSE_CPU)["services"]
+    assert float(cpu["ray-head"]["cpus"]) <= float(gpu["ray-head"]["cpus"])
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_images_hold_no_dev_tools_and_pin_their_base(path):
+    steps = dockerfile_instructions(path)
+    base = next(args for kind, args in steps if kind == "FROM")
+    assert "@sha256:" in base or re.search(r":\d+\.\d+\.\d+-", base), base  # a digest or an exact release
+    assert _apt_packages(path) <= set(APT_RUNTIME), _apt_packages(path) - set(APT_RUNTIME)
+    # the [dev] extra install_env.sh adds for a checkout is removed in the same layer
+    runs = [args for kind, args in steps if kind == "RUN" and "scripts/install_env.sh" in args]
+    assert len(runs) == 1
+    removed = set(runs[0].split("pip uninstall --yes", 1)[1].split())
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    names = {re.split(r"[<>=!~\[ ]", req, maxsplit=1)[0] for req in dev}
+    assert names <= removed, names - removed
 
 
 def test_the_deployed_run_config_renders_and_validates():
@@ -472,7 +533,7 @@ def test_a_resubmitted_job_resumes_and_a_finished_one_does_nothing(tmp_path):
         from grpo_job import plan
     finally:
         sys.path.remove(str(REPO / "docker"))
-    from trainer.checkpoint import save_checkpoint
+    from trainer.checkpoint import CheckpointError, save_checkpoint
 
     run_dir = tmp_path / "grpo"
     rendered = yaml.safe_dump({"grpo": {"run_dir": str(run_dir), "max_steps": 2}})
@@ -482,3 +543,7 @@ def test_a_resubmitted_job_resumes_and_a_finished_one_does_nothing(tmp_path):
     assert plan(rendered) == (run_dir, ["chexrl", "grpo", "--config", config, "--resume"])
     save_checkpoint(run_dir / "checkpoints", 2, {}, {})
     assert plan(rendered) == (run_dir, None)
+    # a checkpoint that lost its state file is an error, not a fresh run over the old one
+    (run_dir / "checkpoints" / "step-000002" / "state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"has no state\.pt"):
+        plan(rendered)

@@ -21,7 +21,14 @@ K8S = REPO / "k8s"
 K8S_VERSION = "1.35.0"  # the k8s.io/api the vendored CRD's pod templates were generated from
 CRD = K8S / "schemas" / "ray.io_rayclusters.v1.yaml"
 K8S_DEFS = "https://kubernetes.io/api/_definitions.json"
-MANIFESTS = ["configmap.yaml", "storage.yaml", "evaluator.yaml", "raycluster.yaml", "grpo-job.yaml"]
+MANIFESTS = [
+    "configmap.yaml",
+    "storage.yaml",
+    "evaluator.yaml",
+    "raycluster.yaml",
+    "grpo-job.yaml",
+    "networkpolicy.yaml",
+]
 
 
 def manifests() -> list[dict]:
@@ -157,6 +164,7 @@ def test_core_kinds_validate_against_kubernetes_schemas():
         "Service",
         "Job",
         "Secret",
+        "NetworkPolicy",
     }
     for doc in docs:
         assert core_errors(doc) is None, (doc["kind"], doc["metadata"]["name"], core_errors(doc))
@@ -347,3 +355,107 @@ def test_images_are_the_one_docker_builds():
     env = read_env_file()
     for name, c in containers().items():
         assert c["image"] == env["CHEXRL_IMAGE"], name
+
+
+# ------------------------------------------------------------------ network policies
+
+NAMESPACE = {"kubernetes.io/metadata.name": "chexrl"}
+KUBE_DNS = ({"kubernetes.io/metadata.name": "kube-system"}, {"k8s-app": "kube-dns"})
+OTHER_POD = (NAMESPACE, {"app": "anything-else"})  # any other pod of the namespace
+
+
+def pods() -> dict[str, tuple[dict, dict]]:
+    """(namespace labels, pod labels) of each pod: the templates' labels, and the ones KubeRay adds."""
+    (cluster,) = by_kind("RayCluster")
+    name = cluster["metadata"]["name"]
+    out = {
+        "ray-head": {"ray.io/cluster": name, "ray.io/node-type": "head"},
+        "ray-worker": {"ray.io/cluster": name, "ray.io/node-type": "worker", "ray.io/group": "gpu"},
+    }
+    for doc in manifests():
+        if doc["kind"] in ("Deployment", "Job"):
+            out[doc["metadata"]["name"]] = doc["spec"]["template"]["metadata"]["labels"]
+    return {pod: (NAMESPACE, labels) for pod, labels in out.items()}
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels is modelled here"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_matches(peer: dict, ns_labels: dict, pod_labels: dict) -> bool:
+    assert set(peer) <= {"podSelector", "namespaceSelector"}, peer  # no ipBlock: no address outside pods
+    if "namespaceSelector" in peer:
+        ns_ok = _matches(peer["namespaceSelector"], ns_labels)
+    else:
+        ns_ok = ns_labels == NAMESPACE  # a podSelector alone means the policy's own namespace
+    return ns_ok and _matches(peer.get("podSelector", {}), pod_labels)
+
+
+def _direction_allows(direction: str, own: tuple, peer: tuple, port: int, protocol: str) -> bool:
+    """Kubernetes' rule: a pod no policy selects for `direction` is open; a selected one admits what any
+    rule of any selecting policy admits (peers and ports ANDed within a rule, rules ORed)."""
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    if own[0] != NAMESPACE:
+        return True  # other namespaces have no policy of ours
+    selecting = [
+        p["spec"]
+        for p in by_kind("NetworkPolicy")
+        if direction in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], own[1])
+    ]
+    if not selecting:
+        return True
+    for spec in selecting:
+        for rule in spec.get(key, []):
+            peers = rule.get(peers_key)
+            ports = rule.get("ports")
+            if (peers is None or any(_peer_matches(x, *peer) for x in peers)) and (
+                ports is None
+                or any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports)
+            ):
+                return True
+    return False
+
+
+def allowed(src: tuple, dst: tuple, port: int, protocol: str = "TCP") -> bool:
+    return _direction_allows("Egress", src, dst, port, protocol) and _direction_allows(
+        "Ingress", dst, src, port, protocol
+    )
+
+
+def test_network_policies_deny_by_default_and_allow_only_what_the_job_needs():
+    p = pods()
+    head, worker, evaluator, submit = (
+        p["ray-head"],
+        p["ray-worker"],
+        p["chexrl-evaluator"],
+        p["chexrl-grpo-submit"],
+    )
+    config = by_kind("ConfigMap")[0]["data"]
+    dashboard, evaluator_port = int(config["CHEXRL_RAY_DASHBOARD_PORT"]), int(config["CHEXRL_EVALUATOR_PORT"])
+    # a default deny for every pod, both directions
+    assert any(
+        x["spec"]["podSelector"] == {} and set(x["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not x["spec"].get("ingress") and not x["spec"].get("egress")
+        for x in by_kind("NetworkPolicy")
+    )  # fmt: skip
+    # Ray pods with each other: GCS, dashboard, object manager, a worker port
+    for port in (6379, dashboard, 8076, 10005):
+        assert allowed(head, worker, port) and allowed(worker, head, port), port
+    # the job's driver (on the head) and the workers reach the evaluator; the submitter the job API
+    assert allowed(head, evaluator, evaluator_port) and allowed(worker, evaluator, evaluator_port)
+    assert allowed(submit, head, dashboard) and allowed(submit, evaluator, evaluator_port)  # its health wait
+    # and nothing else: no other pod reaches Ray or the evaluator, the submitter not GCS
+    for target, port in ((head, 6379), (head, dashboard), (worker, 10005), (evaluator, evaluator_port)):
+        assert not allowed(OTHER_POD, target, port), (target, port)
+    assert not allowed(submit, head, 6379) and not allowed(submit, worker, dashboard)
+    assert not allowed(evaluator, head, 6379) and not allowed(evaluator, head, dashboard)
+    assert not allowed(head, OTHER_POD, 443) and not allowed(evaluator, OTHER_POD, 443)
+    assert not allowed(worker, (KUBE_DNS[0], {"app": "anything"}), 443)  # nothing out of the namespace
+    # every pod resolves names through the cluster DNS
+    for pod in p.values():
+        assert allowed(pod, KUBE_DNS, 53, "UDP") and allowed(pod, KUBE_DNS, 53, "TCP")
+    # each label the policies select on is one a pod of the deployment carries
+    for policy in by_kind("NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]
+        assert selector == {} or any(_matches(selector, labels) for _, labels in p.values()), policy

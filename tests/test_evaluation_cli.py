@@ -5,8 +5,9 @@ loop's RolloutRouter are pointed at it), so the whole file starts no engine of i
 
 - models side by side: a base model and the same model with a LoRA adapter, in and out of distribution;
 - a prompt ablation (one model, two prompt variants, sampled decoding);
-- a real GRPO run (trainer.loop.run_grpo: learner actor, evaluator over HTTP, evaluation during training),
-  then `chexrl evaluate --run` and `chexrl report` on its run directory.
+- a real GRPO run (trainer.loop.run_grpo: learner actor, evaluator over HTTP, evaluation during training
+  with Acc@1 against Pass@2, grpo.eval_samples), then `chexrl evaluate --run` and `chexrl report` on its
+  run directory.
 
 The written JSON, Markdown and CSV must agree with each other and with the evaluator's /evaluate on the
 same completions.
@@ -50,6 +51,12 @@ class SharedEngine:
 
     def push_adapter(self, adapter):
         return self.router.push_adapter(dataclasses.replace(adapter, version=self.router.version + 1))
+
+    def sleep(self) -> None:  # the loop's phases (a no-op where the worker does not sleep)
+        self.router.sleep()
+
+    def wake_up(self) -> None:
+        self.router.wake_up()
 
     @property
     def version(self) -> int:
@@ -241,6 +248,7 @@ def test_report_on_a_real_grpo_run(
                 "prompts_per_step": 2,
                 "save_steps": 2,
                 "eval_steps": 1,
+                "eval_samples": 2,  # Acc@1 against Pass@2 at every evaluation
                 "reward": "hard",
                 "micro_batch_size": 4,
             },
@@ -284,11 +292,22 @@ def test_report_on_a_real_grpo_run(
         assert r["OOD micro-F1"] == f"{e['ood']['micro']['f1']:.3f}"
         assert r["OOD fail rate"] == f"{e['ood']['fail_rate']:.3f}"
         assert r["trade-off warning"] == ("yes" if e["warnings"] else "")
+        for side in ("id", "ood"):
+            p = e["pass_at_k"][side]
+            assert (p["k"], p["n_samples"], p["n_images"]) == (2, 2, 2)
+            assert r[f"{side.upper()} Pass@2"] == f"{p['pass_at_k']['mean']:.3f}"
+            assert r[f"{side.upper()} Acc@1"] == f"{p['acc_at_1']['mean']:.3f}"
     picked = {r["policy"]: r for r in md_table(md, "Checkpoint selection")}
     assert {p: int(r["step"]) for p, r in picked.items()} == {p: s["step"] for p, s in selection.items()}
     assert picked["final"]["step"] == "2" and picked["final"]["checkpoint"] == "adapters/step-000002"
 
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_step = {e["step"]: e for e in evals}
+    for m in logged:  # grpo.eval_samples: the eval/*pass_at_k* scalars of that step's evaluation
+        p = by_step[m["step"]]["pass_at_k"]
+        assert m["eval/id_pass_at_k"] == p["id"]["pass_at_k"]["mean"]
+        assert m["eval/ood_pass_at_k_jaccard"] == p["ood"]["pass_at_k_jaccard"]["mean"]
+        assert m["eval/ood_pass_at_k_gap"] == p["ood"]["gap"]["mean"]
     train = {r["metric"]: r for r in md_table(md, "Training metrics")}
     assert {"reward/total", "reward/jaccard", "reward/length_penalty", "completion/length"} <= set(train)
     for key in ("reward/total", "completion/length"):

@@ -1,12 +1,96 @@
-"""`ray job submit --working-dir . -- chexrl grpo --config FILE` against a real token-authenticated head."""
+"""`ray job submit --working-dir . -- chexrl grpo --config FILE` against a real token-authenticated head,
+as the README writes it; and the private local Ray `chexrl grpo` starts without a cluster."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from tests.fixtures.ray_head import REPO
 from trainer.run_log import read_metrics
 
 pytestmark = pytest.mark.slow
+
+LOCAL_RAY = """
+import json, os
+from chexrl.commands.grpo import connect_ray
+connect_ray()
+import ray
+info = ray._private.worker.global_worker.node.address_info
+print(json.dumps({"webui_url": info.get("webui_url"), "auth_mode": os.environ.get("RAY_AUTH_MODE"),
+                  "token": bool(os.environ.get("RAY_AUTH_TOKEN"))}))
+ray.shutdown()
+"""
+
+
+def test_a_local_run_starts_ray_without_the_dashboard_and_with_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token
+    result = subprocess.run(
+        [sys.executable, "-c", LOCAL_RAY], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not info["webui_url"]  # no dashboard, so no job API
+    assert info == {"webui_url": info["webui_url"], "auth_mode": "token", "token": True}
+
+
+@pytest.fixture
+def readme_run():
+    """A folder under the repository's git-ignored runs/ (where `make demo` writes) and a grpo.yaml at the
+    repository's root, both as the README's recipe has them; removed afterwards."""
+    name = f"test-readme-{secrets.token_hex(4)}"
+    run = REPO / "runs" / name
+    config = REPO / f"grpo-{name}.yaml"
+    yield Path("runs") / name, config
+    shutil.rmtree(run, ignore_errors=True)
+    config.unlink(missing_ok=True)
+
+
+def _readme_config(config: Path, rel: Path, evaluator_url: str) -> None:
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sampling": {"n": 4, "max_tokens": 16},
+                "grpo": {
+                    "model": str(rel / "sft" / "merged"),
+                    "data": f"mimic:{rel / 'data' / 'mimic'}",
+                    "limit": 8,
+                    "run_dir": str(rel / "grpo"),
+                    "run_id": "ray-job-test",
+                    "evaluator_url": evaluator_url,
+                    "max_steps": 2,
+                    "prompts_per_step": 2,
+                    "save_steps": 1,
+                    "reward": "nuanced",
+                },
+            }
+        )
+    )
+
+
+def test_readme_recipe_without_base_dir_names_the_missing_path_and_the_fix(ray_head, readme_run):
+    """The README's relative-path grpo.yaml with its paths under the git-ignored runs/: Ray's upload leaves
+    them out, and the job says so at its start, naming the path, the reason and the fix."""
+    rel, config = readme_run
+    (REPO / rel / "sft" / "merged").mkdir(parents=True)  # there on the submitting side
+    _readme_config(config, rel, "http://127.0.0.1:9")
+    result = ray_head.submit(
+        "--working-dir", ".", "--", "chexrl", "grpo", "--config", config.name, timeout=300
+    )
+    # the error as one line: typer draws it in a box, wrapped at 80 columns
+    out = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert f"grpo.model '{rel}/sft/merged' does not exist" in out
+    assert "gitignore" in out and '--base-dir "$PWD"' in out
 
 
 def test_job_submit_needs_the_token(ray_head):
@@ -17,29 +101,20 @@ def test_job_submit_needs_the_token(ray_head):
     assert wrong.returncode != 0
 
 
-def test_grpo_runs_as_a_ray_job(ray_head, evaluator, tiny_gemma3_dir, synth_mimic_dir, tmp_path):
-    run_dir = tmp_path / "grpo-job"
-    config = tmp_path / "grpo.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "sampling": {"n": 4, "max_tokens": 16},
-                "grpo": {
-                    "model": str(tiny_gemma3_dir),
-                    "data": f"mimic:{synth_mimic_dir}",
-                    "limit": 8,
-                    "run_dir": str(run_dir),
-                    "run_id": "ray-job-test",
-                    "evaluator_url": evaluator.url,
-                    "max_steps": 2,
-                    "prompts_per_step": 2,
-                    "save_steps": 1,
-                    "reward": "nuanced",
-                },
-            }
-        )
+def test_readme_recipe_runs_grpo_as_a_ray_job(
+    ray_head, evaluator, tiny_gemma3_dir, synth_mimic_dir, readme_run
+):
+    """Exactly the README's recipe: the model and data under the git-ignored runs/, a grpo.yaml with paths
+    relative to the repository, `ray job submit --working-dir . -- chexrl grpo --config grpo.yaml
+    --base-dir "$PWD"` from the repository's root."""
+    rel, config = readme_run
+    shutil.copytree(tiny_gemma3_dir, REPO / rel / "sft" / "merged")
+    shutil.copytree(synth_mimic_dir, REPO / rel / "data" / "mimic")
+    _readme_config(config, rel, evaluator.url)
+    run_dir = REPO / rel / "grpo"
+    result = ray_head.submit(
+        "--working-dir", ".", "--", "chexrl", "grpo", "--config", config.name, "--base-dir", str(REPO)
     )
-    result = ray_head.submit("--working-dir", ".", "--", "chexrl", "grpo", "--config", str(config))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "succeeded" in result.stdout + result.stderr
     steps = read_metrics(run_dir)

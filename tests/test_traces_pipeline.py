@@ -25,10 +25,11 @@ GOLD = re.compile(r"The ground-truth labels for this image, confirmed by expert 
 
 class ScriptedServer:
     """behaviour by gold labels: 'ok', 'flaky' (503 twice, then ok), 'garbage', 'wrong', 'bad_request',
-    'slow' (ok after 0.3 s)."""
+    'down' (503 always), 'slow' (ok after 0.3 s). With `token`, a request without that bearer token gets 401."""
 
-    def __init__(self, script: dict[str, str]):
+    def __init__(self, script: dict[str, str], token: str | None = None):
         self.script = script
+        self.token = token
         self.calls: Counter = Counter()
         self.bodies: list[dict] = []
         server = self
@@ -39,6 +40,12 @@ class ScriptedServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
+                    server.calls["unauthorized"] += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "invalid api key"}')
+                    return
                 server.bodies.append(body)
                 text = body["messages"][1]["content"][1]["text"]
                 gold = GOLD.search(text).group(1)
@@ -46,7 +53,7 @@ class ScriptedServer:
                 mode = server.script[gold]
                 if mode == "slow":
                     time.sleep(0.3)
-                if mode == "bad_request" or (mode == "flaky" and server.calls[gold] <= 2):
+                if mode in ("bad_request", "down") or (mode == "flaky" and server.calls[gold] <= 2):
                     self.send_response(400 if mode == "bad_request" else 503)
                     self.end_headers()
                     self.wfile.write(b"nope")
@@ -88,6 +95,7 @@ SCRIPT = {
     "Pneumothorax": "garbage",
     "Fracture": "wrong",
     "Lung Lesion": "bad_request",
+    "Pleural Other": "down",
 }
 
 
@@ -105,20 +113,21 @@ def test_accepts_retries_rejects_and_resumes(tmp_path, image):
     try:
         summary = generate_traces(_jobs(image), out, cfg, sleep=sleeps.append)
         assert summary.accepted == 2
-        assert dict(summary.rejected) == {"unparseable": 1, "labels mismatch": 1, "http error": 1}
-        assert summary.retried == 3  # flaky, garbage, wrong
+        assert dict(summary.rejected) == {"unparseable": 1, "labels mismatch": 1}
+        assert dict(summary.failed) == {"http error": 2}  # a 400 and a server that stays down: not final
+        assert summary.retried == 4  # flaky, garbage, wrong, down
         assert server.calls["Cardiomegaly, Pleural Effusion"] == 3
         assert server.calls["Pneumothorax"] == 3 and server.calls["Fracture"] == 3
-        assert server.calls["Lung Lesion"] == 1  # a 400 is not retried
-        assert (
-            len(sleeps) == 2 and 0.125 <= sleeps[0] <= 0.25 and 0.25 <= sleeps[1] <= 0.5
-        )  # flaky's back-offs
+        assert server.calls["Lung Lesion"] == 1  # a 400 is not retried in the run
+        assert server.calls["Pleural Other"] == 3
+        assert len(sleeps) == 4 and sorted(sleeps)[0] >= 0.125  # flaky's and down's back-offs
 
         accepted = {r["sample_id"]: r for r in read_jsonl(out)}
         assert set(accepted) == {"s0", "s1"}
         assert accepted["s1"]["labels"] == ["Cardiomegaly", "Pleural Effusion"]
         assert accepted["s1"]["teacher"] == "scripted" and accepted["s1"]["format"] == "free_reasoning"
         rejected = {r["sample_id"]: r for r in read_jsonl(rejected_path(out))}
+        assert set(rejected) == {"s2", "s3"}  # HTTP failures are never recorded as final
         assert rejected["s2"]["reason"] == "unparseable" and rejected["s2"]["attempts"] == 3
         assert rejected["s3"]["last_trace"].endswith("<solution>No Finding</solution>")
 
@@ -131,9 +140,10 @@ def test_accepts_retries_rejects_and_resumes(tmp_path, image):
             f.write(b'{"sample_id": "s9", "tra')
         before = sum(server.calls.values())
         again = generate_traces(_jobs(image), out, cfg, sleep=sleeps.append)
-        assert again.skipped == 5 and again.accepted == 0 and again.requests == 0
+        assert again.skipped == 4 and again.accepted == 0  # the two HTTP failures are asked again
+        assert again.requests == 1 + 3 and dict(again.failed) == {"http error": 2}
         assert again.repaired_bytes == len(b'{"sample_id": "s9", "tra')
-        assert sum(server.calls.values()) == before
+        assert sum(server.calls.values()) == before + 4
         assert len(read_jsonl(out)) == 2
     finally:
         server.close()
@@ -253,5 +263,89 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path, image):
         assert summary.repaired_bytes > 0
         # only samples still pending were asked again (the one in flight at the kill may be asked twice)
         assert sum(server.calls.values()) <= len(labels) + 1
+    finally:
+        server.close()
+
+
+def test_a_wrong_api_key_stops_the_run_records_nothing_and_a_rerun_retries(tmp_path, image):
+    from chexrl.core.schemas import CHEXPERT14
+    from chexrl.traces.generate import TeacherEndpointError
+
+    labels = [lab for lab in CHEXPERT14 if lab != "No Finding"][:10]
+    server = ScriptedServer(dict.fromkeys(labels, "ok"), token="right")
+    jobs = [TraceJob(lab, image, (lab,)) for lab in labels]
+    out = tmp_path / "traces.jsonl"
+    cfg = GenerateConfig(endpoint=server.url, model="m", api_key="wrong", concurrency=2, max_retries=3)
+    try:
+        with pytest.raises(TeacherEndpointError, match="HTTP 401") as err:
+            generate_traces(jobs, out, cfg, sleep=lambda s: None)
+        assert server.calls["unauthorized"] <= 2  # at most the requests already in flight; none queued
+        summary = err.value.summary
+        assert summary.failed["http error"] == server.calls["unauthorized"]
+        assert summary.cancelled == len(jobs) - server.calls["unauthorized"]
+        assert read_jsonl(out) == [] and read_jsonl(rejected_path(out)) == []  # nothing final
+        # the CLI: the summary and the error, exit 1, nothing final; a server that stays down: still pending
+        samples = tmp_path / "samples.jsonl"
+        samples.write_text(json.dumps({"image": image, "labels": ["Edema"], "sample_id": "e"}) + "\n")
+        cli_out = tmp_path / "cli.jsonl"
+        args = ["traces", "generate", "--samples-jsonl", str(samples), "--out", str(cli_out)]
+        args += ["--endpoint", server.url, "--model", "m", "--api-key-env", "CHEXRL_TEST_TEACHER_KEY"]
+        res = CliRunner().invoke(app_cli(), args, env={"CHEXRL_TEST_TEACHER_KEY": "wrong"})
+        assert res.exit_code == 1 and "HTTP 401" in res.output and '"cancelled"' in res.output
+        assert read_jsonl(rejected_path(cli_out)) == []
+        cfg.api_key = "right"
+        again = generate_traces(jobs, out, cfg)
+        assert again.accepted == len(jobs) and again.skipped == 0
+    finally:
+        server.close()
+    down = ScriptedServer({"Edema": "down"})
+    try:
+        args = ["traces", "generate", "--samples-jsonl", str(samples), "--out", str(cli_out)]
+        args += ["--endpoint", down.url, "--model", "m", "--max-retries", "0"]
+        res = CliRunner().invoke(app_cli(), args)
+        assert res.exit_code == 1 and "still pending" in res.output
+        assert read_jsonl(rejected_path(cli_out)) == [] and read_jsonl(cli_out) == []
+    finally:
+        down.close()
+
+
+def app_cli():
+    from chexrl.cli import app
+
+    return app
+
+
+def test_ctrl_c_cancels_queued_requests_and_keeps_the_answers_in_flight(tmp_path, image):
+    """SIGINT the CLI mid-run: the queued requests are never sent, and every answer the server gave is
+    written (before, the pool sent every queued request on exit and threw the answers away)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from chexrl.core.schemas import CHEXPERT14
+
+    labels = [lab for lab in CHEXPERT14 if lab != "No Finding"][:12]
+    server = ScriptedServer(dict.fromkeys(labels, "slow"))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "".join(json.dumps({"image": image, "labels": [lab], "sample_id": lab}) + "\n" for lab in labels)
+    )
+    out = tmp_path / "traces.jsonl"
+    chexrl_bin = os.path.join(os.path.dirname(sys.executable), "chexrl")
+    cmd = [chexrl_bin, "traces", "generate", "--samples-jsonl", str(samples)]
+    cmd += ["--out", str(out), "--endpoint", server.url, "--model", "m", "--concurrency", "2"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(read_jsonl(out)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) != 0
+        answered = sum(server.calls.values())
+        assert answered <= len(read_jsonl(out)) + 2 < len(labels)  # queued ones were never sent
+        assert answered == len(read_jsonl(out))  # the answers in flight were written, not discarded
+        time.sleep(0.5)
+        assert sum(server.calls.values()) == answered  # and nothing is sent after the exit either
     finally:
         server.close()

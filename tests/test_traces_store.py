@@ -112,3 +112,26 @@ def test_guided_regex_matches_a_valid_trace():
         "<think>Heart large, left effusion.</think>\n<solution>Cardiomegaly, Pleural Effusion</solution>",
     )
     assert not re.fullmatch(pattern, "<think>x</think>\n<solution>Cardiomegaly</solution>")
+
+
+def test_validate_trace_rejects_what_the_rewards_penalise():
+    """A trace is SFT's target: a repeated label or text outside the blocks (both penalised by the nuanced
+    reward, through the same parser) is not accepted."""
+    from chexrl.core.config import NuancedRewardConfig
+    from chexrl.core.parsing import parse_completion
+    from chexrl.core.rewards import PredictionWindow, nuanced_reward
+    from chexrl.core.schemas import SCHEMAS
+
+    gold = ("Cardiomegaly", "Edema")
+    cases = {
+        "<think>x</think><solution>Edema, Cardiomegaly, edema</solution>": "duplicate labels",
+        "Sure! <think>x</think><solution>Edema, Cardiomegaly</solution>": "text outside the blocks",
+        "<think>x</think><solution>Edema, Cardiomegaly</solution>\nHope this helps.": "text outside the blocks",
+        "<think>x</think> and so <solution>Edema, Cardiomegaly</solution>": "text outside the blocks",
+    }
+    for text, reason in cases.items():
+        got, detail = validate_trace(text, gold, "chexpert14")
+        assert got == reason and detail, text
+        parsed = parse_completion(text, SCHEMAS["chexpert14"])
+        r = nuanced_reward(parsed, frozenset(gold), PredictionWindow(), NuancedRewardConfig())
+        assert r.components["duplicate_label"] + r.components["outside_text"] < 0  # what the reward sees

@@ -110,3 +110,33 @@ def test_lora_on_language_projections_only(request, family):
     assert vision and not any("lora_" in n for n in vision)
     assert not any(p.requires_grad for n, p in peft_model.named_parameters() if n in vision)
     assert peft_model.peft_config["default"].r == 16 and peft_model.peft_config["default"].lora_alpha == 32
+
+
+def test_chunked_logprobs_equal_the_full_logits_path_with_gradients(tiny_model_dir):
+    """The GRPO learner's path (final hidden states x LM head, in chunks) against the model's own logits,
+    through a LoRA-wrapped model: log-probs, entropy and the adapter's gradients to 1e-5."""
+    from peft import get_peft_model
+
+    from trainer.lora import language_lora_config
+
+    model = get_peft_model(load_model(tiny_model_dir, dtype=torch.float32), language_lora_config(16, 32, 0.0))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a non-zero adapter, so the adapter's gradients flow through both paths
+            torch.nn.init.normal_(p, std=0.05)
+    batch = build_batch(load_processor(tiny_model_dir), _examples())
+    results = {}
+    for chunk in (None, 5):
+        model.zero_grad()
+        logp, mask, ent = completion_logprobs(model, batch, 0.8, entropy=True, chunk_tokens=chunk)
+        weights = torch.linspace(-1, 1, logp.numel()).view_as(logp)  # an arbitrary upstream gradient
+        (logp * weights).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        results[chunk] = (logp.detach(), mask, ent, grads)
+    (full, full_mask, full_ent, full_grads), (got, mask, ent, grads) = results[None], results[5]
+    assert torch.equal(mask, full_mask)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent, full_ent, atol=1e-5, rtol=0)
+    assert full_grads.abs().max() > 0.1
+    torch.testing.assert_close(grads, full_grads, atol=1e-5, rtol=0)
+    assert (got[~mask] == 0).all() and (ent[~mask] == 0).all()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from chexrl.core.grpo import token_entropy
+from chexrl.core.logprobs import chunked_token_entropy, chunked_token_logprobs
 
 IGNORE_INDEX = -100
 # Keys the processor returns per token (padded), as opposed to per image (concatenated).
@@ -189,6 +190,26 @@ def model_inputs(batch: dict[str, torch.Tensor], device: Any = None) -> dict[str
     return {k: (v.to(device) if device is not None else v) for k, v in batch.items() if k in _MODEL_KEYS}
 
 
+def _completion_positions(batch: dict[str, torch.Tensor], device: Any, seq_len: int, keep: int):
+    """Where each completion token sits. Returns (pos (B, Tc): the index, into the last `keep` positions,
+    of the state that predicts completion token j of row i; targets (B, Tc); mask (B, Tc) bool)."""
+    starts = batch["completion_start"].to(device)
+    lens = batch["completion_len"].to(device)
+    width = int(lens.max())
+    cols = torch.arange(width, device=device)
+    mask = cols[None, :] < lens[:, None]  # (B, Tc)
+    # The state that predicts completion token j sits at start + j - 1, offset into the kept tail.
+    pos = (starts[:, None] + cols[None, :] - 1 - (seq_len - keep)).clamp(0, keep - 1)
+    target_pos = (starts[:, None] + cols[None, :]).clamp(max=seq_len - 1)
+    targets = torch.gather(batch["input_ids"].to(device), 1, target_pos)
+    return pos, torch.where(mask, targets, 0), mask
+
+
+def _kept_tail(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    seq_len = batch["input_ids"].shape[1]
+    return seq_len, seq_len - int(batch["completion_start"].min()) + 1  # positions start-1 .. T-1
+
+
 def completion_logits(
     model: Any, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,25 +220,52 @@ def completion_logits(
     is projected onto the vocabulary (`logits_to_keep`).
     """
     device = next(model.parameters()).device
-    starts = batch["completion_start"].to(device)
-    lens = batch["completion_len"].to(device)
-    seq_len = batch["input_ids"].shape[1]
-    keep = seq_len - int(starts.min()) + 1  # positions start-1 .. T-1 predict the completions
+    seq_len, keep = _kept_tail(batch)
     out = model(**model_inputs(batch, device), logits_to_keep=keep, use_cache=False)
     logits = out.logits  # (B, keep, V): positions T-keep .. T-1
-    width = int(lens.max())
-    cols = torch.arange(width, device=device)
-    mask = cols[None, :] < lens[:, None]  # (B, Tc)
-    # Position of the logit that predicts completion token j: start + j - 1, offset into the kept tail.
-    pos = (starts[:, None] + cols[None, :] - 1 - (seq_len - keep)).clamp(0, keep - 1)
+    pos, targets, mask = _completion_positions(batch, device, seq_len, keep)
     picked = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Tc, V)
-    target_pos = (starts[:, None] + cols[None, :]).clamp(max=seq_len - 1)
-    targets = torch.gather(batch["input_ids"].to(device), 1, target_pos)
-    return picked, torch.where(mask, targets, 0), mask
+    return picked, targets, mask
+
+
+def lm_backbone_and_head(model: Any) -> tuple[Any, torch.Tensor]:
+    """(the model without its LM head, the head's (V, H) weight) of a family model, PEFT-wrapped or not.
+
+    Both families' `forward` is `hidden = self.model(...)[0]; logits = self.lm_head(hidden)` (no final
+    soft-capping in Gemma3ForConditionalGeneration), so the pair reproduces the logits exactly. LoRA layers
+    live inside the backbone, so `disable_adapter()` acts on it as on the whole model.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if head is None or not hasattr(base, "model") or getattr(head, "bias", None) is not None:
+        raise TypeError(f"{type(base).__name__}: expected a backbone `.model` and a bias-free LM head")
+    return base.model, head.weight
+
+
+def completion_hidden_states(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The final hidden states that predict each completion token: no vocabulary projection at all.
+
+    Returns (hidden (n, H) of the n = mask.sum() real completion tokens in row-major order,
+    targets (B, Tc), mask (B, Tc), head weight (V, H)).
+    """
+    backbone, weight = lm_backbone_and_head(model)
+    device = weight.device
+    seq_len, keep = _kept_tail(batch)
+    states = backbone(**model_inputs(batch, device), use_cache=False)[0][:, seq_len - keep :]  # (B, keep, H)
+    pos, targets, mask = _completion_positions(batch, device, seq_len, keep)
+    rows = torch.arange(pos.shape[0], device=device)[:, None].expand_as(pos)
+    return states[rows[mask], pos[mask]], targets, mask, weight
 
 
 def completion_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, *, entropy: bool = False
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    temperature: float = 1.0,
+    *,
+    entropy: bool = False,
+    chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """log pi(token | prompt, image, earlier completion tokens) of every completion token.
 
@@ -225,15 +273,32 @@ def completion_logprobs(
     `completion_logits`. Logits are divided by `temperature` first, so the result is the log-prob
     under the sampling distribution the engine used (before top-p). With `entropy`, also the entropy of
     that distribution at each completion position (detached; zero where masked), a third element.
+
+    `chunk_tokens`: None projects the whole batch onto the vocabulary at once, (B, Tc, V) fp32 logits;
+    an int computes from the final hidden states and the LM head `chunk_tokens` tokens at a time
+    (chexrl/core/logprobs.py), the same numbers without the (B, Tc, V) tensors (the GRPO learner's path:
+    MedGemma-4B's 262,144-token vocabulary makes them gigabytes).
     """
-    logits, targets, mask = completion_logits(model, batch)
-    logits = logits.float() / temperature
-    logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if chunk_tokens is None:
+        logits, targets, mask = completion_logits(model, batch)
+        logits = logits.float() / temperature
+        logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        if not entropy:
+            return logp * mask, mask
+        with torch.no_grad():
+            ent = token_entropy(logits) * mask
+        return logp * mask, mask, ent
+    hidden, targets, mask, weight = completion_hidden_states(model, batch)
+    flat = chunked_token_logprobs(
+        hidden, weight, targets[mask], temperature=temperature, chunk_tokens=chunk_tokens
+    )
+    logp = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
     if not entropy:
-        return logp * mask, mask
-    with torch.no_grad():
-        ent = token_entropy(logits) * mask
-    return logp * mask, mask, ent
+        return logp, mask
+    ent_flat = chunked_token_entropy(
+        hidden.detach(), weight, temperature=temperature, chunk_tokens=chunk_tokens
+    )
+    return logp, mask, torch.zeros_like(logp).masked_scatter(mask, ent_flat)
 
 
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

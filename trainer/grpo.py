@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from chexrl.config import GRPOConfig
-from chexrl.core.grpo import group_advantages, grpo_loss
+from chexrl.core.grpo import group_advantages, grpo_loss, reduce_micro_batch_metrics
+from trainer.collate import completion_logprobs
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class GRPOLearner:
         self.model = get_peft_model(
             base, language_lora_config(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
         )
+        if cfg.gradient_checkpointing:
+            # Recompute each decoder layer's activations in the backward instead of keeping them: at
+            # MedGemma-4B's size they, not the weights, are what a 32-completion step would not fit in.
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -74,96 +79,124 @@ class GRPOLearner:
     def step(
         self, examples: list[TrainingExample], rewards: list[float], group_size: int
     ) -> dict[str, float]:
-        from trainer.collate import build_policy_batch, completion_logprobs
+        """One Dr. GRPO update on a step's completions (grouped contiguously, `group_size` per prompt)."""
+        from trainer.collate import build_policy_batch
 
-        cfg = self.cfg
-        clock = _synchronized_clock
+        cfg, clock = self.cfg, _synchronized_clock
         t_start = clock()
         advantages = group_advantages(
             torch.tensor(rewards, dtype=torch.float32, device=self.device), group_size
         )
-        norm = float(len(examples) * self.max_completion_tokens)  # Dr. GRPO's constant divisor
         chunks = [
             list(range(i, min(i + cfg.micro_batch_size, len(examples))))
             for i in range(0, len(examples), cfg.micro_batch_size)
         ]
         batches = [build_policy_batch(self.processor, [examples[i] for i in idx]) for idx in chunks]
         t_collated = clock()
-        forward_backward = optimizer = 0.0
-
-        t0 = clock()
-        with torch.no_grad():
-            ref: list[torch.Tensor] = []
-            if cfg.beta:
-                with self.model.disable_adapter():  # the reference: the SFT checkpoint without the adapter
-                    ref = [completion_logprobs(self.model, b, self.temperature)[0] for b in batches]
-            old: list[torch.Tensor] = []
-            if cfg.num_iterations > 1:
-                self.model.eval()  # dropout off: old log-probs are the policy as it sampled
-                old = [completion_logprobs(self.model, b, self.temperature)[0] for b in batches]
-                self.model.train()
-        forward_backward += clock() - t0
-
-        sums: dict[str, float] = {}
-        engine_diff = []
-        entropy_sum = entropy_tokens = 0.0
+        ref, old = self._fixed_logps(batches)
+        forward_backward, optimizer, passes = clock() - t_collated, 0.0, []
+        entropy = engine_diff = (0.0, 0.0)
         for iteration in range(cfg.num_iterations):
-            for k, (idx, batch) in enumerate(zip(chunks, batches, strict=True)):
-                t0 = clock()
-                if iteration == 0:  # also the policy's per-token entropy (detached), for the log
-                    logp, mask, ent = completion_logprobs(self.model, batch, self.temperature, entropy=True)
-                    entropy_sum += float(ent.sum())  # zero where masked
-                    entropy_tokens += float(mask.sum())
-                else:
-                    logp, mask = completion_logprobs(self.model, batch, self.temperature)
-                if cfg.mask_truncated_completions:
-                    keep = [not examples[i].truncated for i in idx]
-                    mask = mask * torch.tensor(keep, dtype=mask.dtype, device=mask.device).unsqueeze(1)
-                old_logp = old[k] if old else logp.detach()
-                loss, metrics = grpo_loss(
-                    logp,
-                    old_logp,
-                    ref[k] if cfg.beta else None,
-                    advantages[idx],
-                    mask,
-                    clip_low=cfg.epsilon,
-                    clip_high=cfg.epsilon_high,
-                    beta=cfg.beta,
-                    norm_constant=norm,
-                )
-                loss.backward()
-                forward_backward += clock() - t0
-                weight = mask.sum().item()
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value * (1.0 if key.startswith("loss/total") else weight)
-                sums["_tokens"] = sums.get("_tokens", 0.0) + weight
-                if iteration == 0:
-                    engine_diff.append(_engine_mismatch(logp.detach(), mask, [examples[i] for i in idx]))
             t0 = clock()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm
-            )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            micro = []
+            for k, (idx, batch) in enumerate(zip(chunks, batches, strict=True)):
+                out = self._policy_backward(
+                    batch,
+                    [examples[i] for i in idx],
+                    advantages[idx],
+                    ref[k] if ref else None,
+                    old[k] if old else None,
+                    first_pass=iteration == 0,
+                    num_examples=len(examples),
+                )
+                micro.append(out["metrics"])
+                if iteration == 0:
+                    entropy = (entropy[0] + out["entropy_sum"], entropy[1] + out["tokens"])
+                    engine_diff = (engine_diff[0] + out["engine_diff_sum"], engine_diff[1] + out["rows"])
+            forward_backward += clock() - t0
+            t0 = clock()
+            grad_norm = self._optimizer_step()
             optimizer += clock() - t0
+            passes.append(reduce_micro_batch_metrics(micro))
         learning_rate = self.optimizer.param_groups[0]["lr"]  # the rate this step's updates used
         self.scheduler.step()  # once per GRPO step, whatever num_iterations
-
-        tokens = max(sums.pop("_tokens"), 1.0)
-        out = {k: (v / cfg.num_iterations if k == "loss/total" else v / tokens) for k, v in sums.items()}
+        out = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
         # token mean over the completions of the policy's entropy at the sampling temperature (first pass,
         # before the update): a collapsing entropy is the usual sign of a policy losing its exploration
-        out["loss/entropy"] = entropy_sum / max(entropy_tokens, 1.0)
-        out["loss/grad_norm"] = float(grad_norm)
+        out["loss/entropy"] = entropy[0] / max(entropy[1], 1.0)
+        out["loss/grad_norm"] = grad_norm
         out["loss/learning_rate"] = learning_rate
-        out["rollout/logp_abs_diff"] = float(np.mean(engine_diff)) if engine_diff else 0.0
+        out["rollout/logp_abs_diff"] = engine_diff[0] / engine_diff[1] if engine_diff[1] else 0.0
         # Wall time inside this call: building the batches (processor), the forward and backward passes
         # (reference, old-policy and policy), and gradient clipping + optimizer step + zero_grad.
         out["time/collate"] = t_collated - t_start
         out["time/forward_backward"] = forward_backward
         out["time/optimizer"] = optimizer
         out["time/learner_step"] = clock() - t_start
+        if self.device.type == "cuda":
+            # Return the step's freed activations to the device, or PyTorch's cache keeps them reserved
+            # and the rollout engine, waking next on the same GPU, finds its memory taken.
+            torch.cuda.empty_cache()
         return out
+
+    def _logprobs(self, batch, *, entropy: bool = False):
+        return completion_logprobs(
+            self.model, batch, self.temperature, entropy=entropy, chunk_tokens=self.cfg.logprob_chunk_tokens
+        )
+
+    @torch.no_grad()
+    def _fixed_logps(self, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per micro-batch: the reference's log-probs (the SFT checkpoint: adapter disabled; none when
+        beta is 0) and the old policy's (only with several passes; with one they equal the policy's)."""
+        ref: list[torch.Tensor] = []
+        if self.cfg.beta:
+            with self.model.disable_adapter():
+                ref = [self._logprobs(b)[0] for b in batches]
+        old: list[torch.Tensor] = []
+        if self.cfg.num_iterations > 1:
+            self.model.eval()  # dropout off: old log-probs are the policy as it sampled
+            old = [self._logprobs(b)[0] for b in batches]
+            self.model.train()
+        return ref, old
+
+    def _policy_backward(
+        self, batch, examples, advantages, ref_logp, old_logp, *, first_pass: bool, num_examples: int
+    ) -> dict:
+        """Forward and backward of one micro-batch; its loss metrics, and on the first pass the entropy
+        sum and the engine/learner log-prob gap (both detached)."""
+        cfg = self.cfg
+        if first_pass:
+            logp, mask, ent = self._logprobs(batch, entropy=True)
+        else:
+            logp, mask = self._logprobs(batch)
+        if cfg.mask_truncated_completions:
+            keep = torch.tensor([not ex.truncated for ex in examples], dtype=mask.dtype, device=mask.device)
+            mask = mask * keep.unsqueeze(1)
+        loss, metrics = grpo_loss(
+            logp,
+            old_logp if old_logp is not None else logp.detach(),
+            ref_logp,
+            advantages,
+            mask,
+            clip_low=cfg.epsilon,
+            clip_high=cfg.epsilon_high,
+            beta=cfg.beta,
+            norm_constant=float(num_examples * self.max_completion_tokens),  # Dr. GRPO's constant divisor
+        )
+        loss.backward()
+        out = {"metrics": (metrics, float(mask.sum())), "tokens": float(mask.sum())}
+        if first_pass:
+            out["entropy_sum"] = float(ent.sum())  # zero where masked
+            diffs = _engine_mismatch(logp.detach(), mask, examples)
+            out["engine_diff_sum"], out["rows"] = sum(diffs), len(diffs)
+        return out
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
 
     # ---- adapter and state -----------------------------------------------------------------------
     def export(self, version: int):
@@ -172,19 +205,36 @@ class GRPOLearner:
         return export_adapter(self.model, version)
 
     def state(self) -> dict:
+        """Tensors and plain data only: checkpoints load with torch.load(weights_only=True), which refuses
+        numpy arrays, so the RNG states are stored as tensors."""
         from peft import get_peft_model_state_dict
 
+        version, internal, gauss = random.getstate()
+        np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        rng = {
+            "python": {
+                "version": version,
+                "state": torch.tensor(internal, dtype=torch.int64),
+                "gauss": gauss,
+            },
+            "numpy": {
+                "name": np_name,
+                "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                "pos": int(np_pos),
+                "has_gauss": int(np_has_gauss),
+                "gauss": float(np_gauss),
+            },
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "adapter": {
                 k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()
             },
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
+            "rng": rng,
         }
 
     def load_state(self, state: dict) -> None:
@@ -198,9 +248,15 @@ class GRPOLearner:
         self.scheduler.base_lrs = [self.cfg.learning_rate] * len(self.optimizer.param_groups)
         for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
             group["lr"] = self.cfg.learning_rate * factor(self.scheduler.last_epoch)
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        rng = state["rng"]
+        py = rng["python"]
+        random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+        npr = rng["numpy"]
+        keys = npr["keys"].numpy().astype(np.uint32)
+        np.random.set_state((npr["name"], keys, npr["pos"], npr["has_gauss"], npr["gauss"]))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
@@ -223,11 +279,12 @@ def _synchronized_clock() -> float:
     return time.perf_counter()
 
 
-def _engine_mismatch(logp: torch.Tensor, mask: torch.Tensor, examples: list[TrainingExample]) -> float:
+def _engine_mismatch(logp: torch.Tensor, mask: torch.Tensor, examples: list[TrainingExample]) -> list[float]:
+    """Per row with tokens: the mean absolute gap between the engine's and the learner's log-probs."""
     diffs = []
     for row, ex in enumerate(examples):
         n = min(len(ex.engine_logprobs), int(mask[row].sum()))
         if n:
             engine = torch.tensor(ex.engine_logprobs[:n], dtype=logp.dtype, device=logp.device)
             diffs.append((logp[row, :n] - engine).abs().mean().item())
-    return float(np.mean(diffs)) if diffs else 0.0
+    return diffs

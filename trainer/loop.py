@@ -1,5 +1,12 @@
-"""The GRPO controller: one loop, one screen. Each step: draw prompts -> rollouts (vLLM actor) -> rewards
-(evaluator /score over HTTP) -> Dr. GRPO update (trainer actor) -> push the adapter to every worker.
+"""The GRPO controller: one loop, one screen. Each step, as named, timed phases:
+
+    generation (vLLM actor, engine awake) -> scoring (evaluator /score over HTTP) -> sleep (the engine
+    frees its GPU memory) -> training (Dr. GRPO update in the learner actor) -> weight sync: export the
+    adapter -> wake (the engine takes its memory back) -> weight sync: push the adapter to every worker
+
+so the learner trains while vLLM's weights and KV cache are off the GPU (`rollout.sleep_between_phases`,
+on by default with a GPU; level 1: weights kept in host memory). The engine wakes once a step, before the
+push: a `merged` push reloads weights and needs it awake, and a `lora` push is then served at once.
 
 Resumable: every `save_steps` the learner state, the prompt cursor, the adapter version and the
 evaluator's nuanced-reward window for this run are checkpointed atomically (trainer/checkpoint.py);
@@ -8,11 +15,12 @@ evaluator's nuanced-reward window for this run are checkpointed atomically (trai
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -20,11 +28,14 @@ import ray
 from chexrl.config import ChexrlConfig, RolloutConfig
 from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
 from chexrl.core.samples import XraySample
+from chexrl.data.images import image_bytes
 from rollout_worker.router import RolloutRouter
-from rollout_worker.types import RolloutPrompt
+from rollout_worker.types import AdapterWeights, RolloutPrompt
 from trainer.adapter_io import save_adapter_dir
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.filtering import collect_groups
 from trainer.grpo import GRPOLearner, TrainingExample
+from trainer.prefilter import prefilter_pool
 from trainer.run_log import RunLog
 from trainer.sampler import PromptCursor
 from trainer.score_client import EvaluatorClient
@@ -45,117 +56,226 @@ class GRPORun:
     ood_eval: tuple[str, list[XraySample]] | None = None
 
 
-def image_bytes(path: str, max_side: int = 1024) -> bytes:
-    """PNG bytes of the image, resized so its longer side is at most `max_side` (the processor resizes
-    further to the model's visual-token budget)."""
-    from chexrl.data.images import open_image
+class LearnerHandle:
+    """The driver's view of the learner actor: one blocking verb per phase (`ray.get` only here)."""
 
-    img = open_image(path)
-    img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    def __init__(self, actor) -> None:
+        self.actor = actor
+
+    def step(self, examples: list[TrainingExample], rewards: list[float], group_size: int) -> dict:
+        return ray.get(self.actor.step.remote(examples, rewards, group_size))
+
+    def export(self, version: int) -> AdapterWeights:
+        return ray.get(self.actor.export.remote(version))
+
+    def state(self) -> dict:
+        return ray.get(self.actor.state.remote())
+
+    def load_state(self, state: dict) -> None:
+        ray.get(self.actor.load_state.remote(state))
+
+    def close(self) -> None:
+        ray.kill(self.actor)
+
+
+@dataclass
+class RunParts:
+    """What a run holds besides its config: the actors and clients, and where it stands."""
+
+    router: RolloutRouter
+    learner: LearnerHandle
+    client: EvaluatorClient
+    cursor: PromptCursor
+    messages: list[dict]
+    images: list[bytes]  # the RL set's images as prompts carry them, by sample index
+    start: int = 0  # the step the run starts from (0, or the resumed checkpoint's)
+    # the sample indices the cursor draws (the prefilter's kept images, trainer/prefilter.py); None: all
+    pool: list[int] | None = None
+
+
+@dataclass
+class StepRollouts:
+    """One step's sampled completions, flattened prompt-major (a group's completions are contiguous)."""
+
+    prompt_idx: list[int]
+    items: list[dict]  # /score items: completion text, gold labels, token count
+    examples: list[TrainingExample]
+
+
+@dataclass
+class PhaseTimer:
+    """Wall time per named phase of a step (`time/<phase>`); a phase entered twice adds up."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": v for k, v in self.seconds.items()}
 
 
 def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress: bool = True) -> list[dict]:
     """Train; returns the per-step metrics. Needs a connected Ray (ray.init) and a running evaluator."""
+    g = cfg.grpo
+    parts = start_run(cfg, run, resume=resume)
+    runlog, history = None, []
+    try:
+        resume_step = parts.start if resume else None
+        runlog = RunLog(run.run_dir, resume_step=resume_step, completions=g.log_completions)
+        periodic = _periodic_evaluator(cfg, run, resume_step=resume_step)
+        if periodic is not None and parts.start == 0:  # the starting (SFT) policy: the trade-off's baseline
+            _log_eval(periodic.evaluate(parts.router, 0, None), progress)
+        for step in _progress(range(parts.start, g.max_steps), parts.start, g.max_steps, progress):
+            timer = PhaseTimer()
+            with timer("step"):
+                metrics, adapter, rollouts, scored = grpo_step(cfg, run, parts, step, timer)
+            done = step + 1
+            if periodic is not None and (done % g.eval_steps == 0 or done == g.max_steps):
+                with timer("eval"):
+                    metrics.update(_log_eval(periodic.evaluate(parts.router, done, adapter), progress))
+            if done % g.save_steps == 0 or done == g.max_steps:
+                with timer("checkpoint"):
+                    _save(cfg, run, parts, done)
+            metrics.update(timer.metrics())
+            runlog.log(done, metrics)
+            runlog.log_completions(done, _completion_rows(rollouts, cfg.sampling.n, scored))
+            history.append({"step": done, **metrics})
+        save_adapter_dir(parts.learner.export(g.max_steps), Path(run.run_dir) / "adapter-final")
+    finally:
+        if runlog is not None:
+            runlog.close()
+        parts.client.close()
+        parts.router.shutdown()
+        parts.learner.close()
+    return history
+
+
+def grpo_step(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int, timer: PhaseTimer):
+    """One GRPO step, phase by phase; returns (metrics, the new adapter, the rollouts, their scores). With
+    `grpo.filter_zero_std_groups` the generation and scoring phases repeat until enough groups have signal
+    (trainer/filtering.py); the rollouts returned are every one drawn, the update uses the kept groups."""
+    g, n = cfg.grpo, cfg.sampling.n
+
+    def draw(batch: int) -> StepRollouts:
+        with timer("generation"):
+            return generate(parts, run, cfg, step, batch)
+
+    def score(rollouts: StepRollouts):
+        with timer("scoring"):
+            return parts.client.score(
+                g.reward, rollouts.items, run_id=run.run_id, request_id=uuid.uuid4().hex
+            )
+
+    batch = collect_groups(
+        draw,
+        score,
+        group_size=n,
+        wanted=g.prompts_per_step,
+        max_resample_batches=g.max_resample_batches if g.filter_zero_std_groups else None,
+    )
+    with timer("sleep"):  # vLLM's weights and KV cache leave the GPU for the update (no-op without sleep)
+        parts.router.sleep()
+    with timer("training"):
+        # Dr. GRPO's constant divisor is len(examples) * max_completion_tokens over the examples passed
+        # here: with fewer groups kept it is kept_groups * n * max_tokens, so each trained completion's
+        # token counts as much as in a full step of groups with signal. Unfiltered, the zero-std groups
+        # (zero advantage) only enlarge the divisor and dilute the policy gradient by their share; the
+        # filter removes that dilution, which is its point (DAPO), not a change of the loss's scale.
+        metrics = _train(parts, batch, n, step)
+    with timer("weight_sync"):
+        adapter = parts.learner.export(step + 1)
+    with timer("wake"):
+        parts.router.wake_up()
+    with timer("weight_sync"):
+        parts.router.push_adapter(adapter)
+    # measured on every completion drawn, before filtering: the policy's reward and zero-std share
+    metrics.update(_reward_metrics(batch.scored, batch.drawn.examples, n))
+    metrics.update(batch.metrics)
+    return metrics, adapter, batch.drawn, batch.scored
+
+
+def _train(parts: RunParts, batch, group_size: int, step: int) -> dict:
+    if batch.train.examples:
+        return parts.learner.step(batch.train.examples, batch.train_rewards, group_size)
+    # no group with signal (filter on, resample budget spent): no update, the step still counts, and the
+    # unchanged adapter is exported and pushed as this step's version; the learning-rate schedule, which
+    # the learner advances per update, does not advance
+    log.warning(
+        "step %d: no group with signal after %s extra rollout batches: update skipped",
+        step + 1,
+        int(batch.metrics.get("filter/resample_batches", 0)),
+    )
+    return {}
+
+
+def generate(parts: RunParts, run: GRPORun, cfg: ChexrlConfig, step: int, batch: int = 0) -> StepRollouts:
+    """Draw a rollout batch of prompts (the step's first, or a resample when filtering) and sample a group
+    of completions for each. The cursor runs over `parts.pool` (the prefilter's kept images) when set."""
+    idx = parts.cursor.take(cfg.grpo.prompts_per_step)
+    if parts.pool is not None:
+        idx = [parts.pool[j] for j in idx]
+    tag = f"{step}" if batch == 0 else f"{step}.{batch}"
+    prompts = [RolloutPrompt(f"{tag}:{i}", parts.messages, [parts.images[i]]) for i in idx]
+    groups = parts.router.generate(prompts, cfg.sampling)  # retried by Ray if a worker dies
+    items, examples = [], []
+    for i, group, prompt in zip(idx, groups, prompts, strict=True):
+        if group.error:
+            raise RuntimeError(f"rollout failed for {group.prompt_id}: {group.error}")
+        for c in group.completions:
+            items.append(
+                {"completion": c.text, "labels": list(run.samples[i].labels), "num_tokens": len(c.token_ids)}
+            )
+            truncated = c.finish_reason == "length"  # cut off at max_tokens
+            examples.append(
+                TrainingExample(
+                    group.prompt_text, prompt.images[0], c.token_ids, c.logprobs, truncated=truncated
+                )
+            )
+    return StepRollouts(idx, items, examples)
+
+
+def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
+    """Start the rollout workers and the learner, restore the latest checkpoint when resuming, and write
+    the run's resolved config. The engine serves the learner's base unless `rollout.model` says otherwise."""
     g, sampling = cfg.grpo, cfg.sampling
-    messages = build_messages(run.prompt_name)
-    images = [image_bytes(s.image_path) for s in run.samples]
-    # The engine serves the same base the learner trains on, unless the config points it elsewhere.
     gpu_share = colocated_gpu_share(ray.cluster_resources().get("GPU", 0.0))
     router = RolloutRouter(cfg.rollout or RolloutConfig(model=run.model_dir), num_gpus=gpu_share)
-    learner = (
+    actor = (
         ray.remote(GRPOLearner)
         .options(num_cpus=1, num_gpus=gpu_share)
         .remote(run.model_dir, g, temperature=sampling.temperature, max_completion_tokens=sampling.max_tokens)
     )
-    client = EvaluatorClient(g.evaluator_url, token=run.evaluator_token)
-    ckpt_root = Path(run.run_dir) / "checkpoints"
-    cursor, start = PromptCursor(len(run.samples), seed=g.seed), 0
-    latest = latest_checkpoint(ckpt_root) if resume else None
+    parts = RunParts(
+        router=router,
+        learner=LearnerHandle(actor),
+        client=EvaluatorClient(g.evaluator_url, token=run.evaluator_token),
+        cursor=PromptCursor(len(run.samples), seed=g.seed),
+        messages=build_messages(run.prompt_name),
+        images=[image_bytes(s.image_path) for s in run.samples],
+    )
+    if g.prefilter is not None:  # before step 0, with the starting policy: the cursor runs over the kept
+        parts.pool = prefilter_pool(cfg, run, parts, resume=resume)
+        parts.cursor = PromptCursor(len(parts.pool), seed=g.seed)
+    latest = latest_checkpoint(Path(run.run_dir) / "checkpoints") if resume else None
     if latest is not None:
         state, meta = load_checkpoint(latest)
-        ray.get(learner.load_state.remote(state))
-        cursor, start = PromptCursor.from_state(meta["cursor"]), meta["step"]
-        client.put_window(run.run_id, meta["window"])
-        log.info("resumed %s at step %d", run.run_id, start)
-    if start > 0:
-        router.push_adapter(ray.get(learner.export.remote(start)))
-    runlog = RunLog(run.run_dir, resume_step=start if resume else None, completions=g.log_completions)
+        parts.learner.load_state(state)
+        parts.cursor = PromptCursor.from_state(meta["cursor"], size=parts.cursor.size)
+        parts.start = meta["step"]
+        parts.client.put_window(run.run_id, meta["window"])
+        log.info("resumed %s at step %d", run.run_id, parts.start)
+    else:  # a fresh start: forget whatever an earlier run of the same name left at the evaluator
+        parts.client.reset_run(run.run_id)
+    if parts.start > 0:
+        router.push_adapter(parts.learner.export(parts.start))
     write_run_config(cfg, run)
-    periodic = _periodic_evaluator(cfg, run, resume_step=start if resume else None)
-    if periodic is not None and start == 0:  # the starting (SFT) policy: what the trade-off is measured from
-        _log_eval(periodic.evaluate(router, 0, None), progress)
-    history = []
-    steps = range(start, g.max_steps)
-    if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="GRPO", initial=start, total=g.max_steps)
-    try:
-        for step in steps:
-            t0 = time.perf_counter()
-            idx = cursor.take(g.prompts_per_step)
-            prompts = [RolloutPrompt(f"{step}:{i}", messages, [images[i]]) for i in idx]
-            groups = router.generate(prompts, sampling)  # retried by Ray if a worker dies
-            t1 = time.perf_counter()
-            golds = [run.samples[i].labels for i in idx]
-            items, examples = [], []
-            for gold, group, prompt in zip(golds, groups, prompts, strict=True):
-                if group.error:
-                    raise RuntimeError(f"rollout failed for {group.prompt_id}: {group.error}")
-                for c in group.completions:
-                    items.append({"completion": c.text, "labels": list(gold), "num_tokens": len(c.token_ids)})
-                    examples.append(
-                        TrainingExample(
-                            group.prompt_text,
-                            prompt.images[0],
-                            c.token_ids,
-                            c.logprobs,
-                            truncated=c.finish_reason == "length",
-                        )
-                    )
-            scored = client.score(g.reward, items, run_id=run.run_id, request_id=uuid.uuid4().hex)
-            rewards = [s.reward for s in scored]
-            t2 = time.perf_counter()
-            metrics = ray.get(learner.step.remote(examples, rewards, sampling.n))
-            t3 = time.perf_counter()
-            adapter = ray.get(learner.export.remote(step + 1))
-            router.push_adapter(adapter)
-            t4 = time.perf_counter()
-            metrics.update(_reward_metrics(scored, examples, sampling.n))
-            metrics.update(
-                {
-                    "time/generation": t1 - t0,
-                    "time/scoring": t2 - t1,
-                    "time/training": t3 - t2,
-                    "time/weight_sync": t4 - t3,
-                    "time/step": t4 - t0,
-                }
-            )
-            if periodic is not None and ((step + 1) % g.eval_steps == 0 or step + 1 == g.max_steps):
-                metrics.update(_log_eval(periodic.evaluate(router, step + 1, adapter), progress))
-                metrics["time/eval"] = time.perf_counter() - t4
-            if (step + 1) % g.save_steps == 0 or step + 1 == g.max_steps:
-                state = ray.get(learner.state.remote())
-                meta = {
-                    "cursor": cursor.state(),
-                    "window": client.get_window(run.run_id),
-                    "run_id": run.run_id,
-                }
-                save_checkpoint(ckpt_root, step + 1, state, meta)
-                metrics["time/checkpoint"] = time.perf_counter() - t4 - metrics.get("time/eval", 0.0)
-            runlog.log(step + 1, metrics)
-            runlog.log_completions(step + 1, _completion_rows(idx, sampling.n, items, scored, examples))
-            history.append({"step": step + 1, **metrics})
-        save_adapter_dir(ray.get(learner.export.remote(g.max_steps)), Path(run.run_dir) / "adapter-final")
-    finally:
-        runlog.close()
-        client.close()
-        router.shutdown()
-        ray.kill(learner)
-    return history
+    return parts
 
 
 def colocated_gpu_share(cluster_gpus: float) -> float:
@@ -169,11 +289,27 @@ def write_run_config(cfg: ChexrlConfig, run: GRPORun) -> None:
     """`RUN_DIR/config.yaml`: the resolved configuration this run trains with (the report shows it)."""
     import yaml
 
-    from trainer.checkpoint import atomic_write_text
-
     data = cfg.model_dump(mode="json")
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     data["grpo"].update(model=run.model_dir, run_dir=run.run_dir, run_id=run.run_id, prompt=run.prompt_name)
     atomic_write_text(Path(run.run_dir) / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def _save(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int) -> None:
+    meta = {
+        "cursor": parts.cursor.state(),
+        "window": parts.client.get_window(run.run_id),
+        "run_id": run.run_id,
+    }
+    save_checkpoint(Path(run.run_dir) / "checkpoints", step, parts.learner.state(), meta)
+
+
+def _progress(steps, start: int, total: int, show: bool):
+    if not show:
+        return steps
+    from tqdm import tqdm
+
+    return tqdm(steps, desc="GRPO", initial=start, total=total)
 
 
 def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None):
@@ -192,11 +328,15 @@ def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None
         max_tokens=g.eval_max_tokens or cfg.sampling.max_tokens,
         margin=g.tradeoff_margin,
         resume_step=resume_step,
+        samples=g.eval_samples,
+        sampling=cfg.sampling,
     )
 
 
 def _log_eval(record: dict, progress: bool) -> dict[str, float]:
     """Scalars for the run log; the trade-off warning printed where the user is looking."""
+    from trainer.periodic_eval import eval_scalars
+
     for warning in record["warnings"]:
         text = f"\033[1;31mWARNING step {record['step']}: {warning}\033[0m"
         if progress:
@@ -205,21 +345,14 @@ def _log_eval(record: dict, progress: bool) -> dict[str, float]:
             tqdm.write(text)
         else:
             log.warning(text)
-    return {
-        "eval/id_macro_f1": record["id"]["macro"]["f1"],
-        "eval/ood_macro_f1": record["ood"]["macro"]["f1"],
-        "eval/id_micro_f1": record["id"]["micro"]["f1"],
-        "eval/ood_micro_f1": record["ood"]["micro"]["f1"],
-        "eval/id_fail_rate": record["id"]["fail_rate"],
-        "eval/ood_fail_rate": record["ood"]["fail_rate"],
-    }
+    return eval_scalars(record)
 
 
-def _completion_rows(prompt_idx: list[int], group_size: int, items, scored, examples) -> list[dict]:
+def _completion_rows(rollouts: StepRollouts, group_size: int, scored) -> list[dict]:
     """completions.jsonl rows: the RL sample's index, the text, gold labels, reward and its components."""
     return [
         {
-            "sample": prompt_idx[k // group_size],
+            "sample": rollouts.prompt_idx[k // group_size],
             "completion": item["completion"],
             "labels": item["labels"],
             "reward": s.reward,
@@ -227,7 +360,7 @@ def _completion_rows(prompt_idx: list[int], group_size: int, items, scored, exam
             "valid": s.valid,
             "truncated": e.truncated,
         }
-        for k, (item, s, e) in enumerate(zip(items, scored, examples, strict=True))
+        for k, (item, s, e) in enumerate(zip(rollouts.items, scored, rollouts.examples, strict=True))
     ]
 
 

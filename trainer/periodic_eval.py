@@ -10,6 +10,11 @@ picks it says GRPO did not beat its start on that criterion, which is the paper'
 
 The warning is the paper's trade-off, flagged while it happens: in-distribution macro-F1 up and
 out-of-distribution macro-F1 down by more than `margin` against the start (chexrl.evaluation.selection).
+
+With `samples` K (grpo.eval_samples), each evaluation also samples K completions per image at the run's
+sampling settings and adds "pass_at_k": {"id": ..., "ood": ...} to the record (chexrl.core.pass_at_k:
+Acc@1 of the greedy answers against Pass@K, with bootstrap intervals); `eval_scalars` turns a record into
+the run log's eval/* scalars, eval/*pass_at_k* among them.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import logging
 import shutil
 from pathlib import Path
 
+from chexrl.config import SamplingConfig
+from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
+from chexrl.core.schemas import get_schema
 from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
 from rollout_worker.types import AdapterWeights
 from trainer.adapter_io import save_adapter_dir
 from trainer.checkpoint import atomic_write_text
-from trainer.evaluation import evaluate_samples
+from trainer.evaluation import evaluate_samples, sample_completions
 
 log = logging.getLogger(__name__)
 EVALS = "evals.jsonl"
@@ -43,10 +51,17 @@ class PeriodicEvaluator:
         max_tokens: int,
         margin: float,
         resume_step: int | None = None,
+        samples: int | None = None,
+        sampling: SamplingConfig | None = None,
     ) -> None:
+        """`samples` K (None: off) adds Pass@K from K completions per image sampled at `sampling`'s
+        temperature, top-p and seed (default SamplingConfig(): the paper's GRPO settings)."""
         self.run_dir = Path(run_dir)
         (self.id_name, self.id_samples), (self.ood_name, self.ood_samples) = id_set, ood_set
         self.prompt_name, self.max_tokens, self.margin = prompt_name, max_tokens, margin
+        if samples is not None and samples < 1:
+            raise ValueError(f"grpo.eval_samples must be at least 1, got {samples}")
+        self.samples, self.sampling = samples, sampling or SamplingConfig()
         self.path = self.run_dir / EVALS
         self.evals = [e for e in read_evals(self.run_dir) if resume_step is None or e["step"] <= resume_step]
         if resume_step is None and self.evals:
@@ -59,9 +74,15 @@ class PeriodicEvaluator:
     def evaluate(self, router, step: int, adapter: AdapterWeights | None) -> dict:
         """Evaluate the router's live policy (which must be `adapter`), log, keep and select."""
         kwargs = {"prompt_name": self.prompt_name, "max_tokens": self.max_tokens}
-        id_m = _without_completions(evaluate_samples(router, self.id_samples, **kwargs))
-        ood_m = _without_completions(evaluate_samples(router, self.ood_samples, **kwargs))
+        id_out = evaluate_samples(router, self.id_samples, **kwargs)
+        ood_out = evaluate_samples(router, self.ood_samples, **kwargs)
+        id_m, ood_m = _without_completions(id_out), _without_completions(ood_out)
         record = {"step": step, "id": id_m, "ood": ood_m, "id_name": self.id_name, "ood_name": self.ood_name}
+        if self.samples:
+            record["pass_at_k"] = {
+                "id": self._pass_at_k(router, self.id_samples, id_out),
+                "ood": self._pass_at_k(router, self.ood_samples, ood_out),
+            }
         warning = tradeoff_warning(self.evals[0], record, self.margin) if self.evals else None
         record["warnings"] = [warning] if warning else []
         if warning:
@@ -74,6 +95,21 @@ class PeriodicEvaluator:
         self._select()
         return record
 
+    def _pass_at_k(self, router, samples: list[XraySample], greedy: dict) -> dict:
+        """Acc@1 of the greedy completions already made against Pass@K of K new samples per image."""
+        sampled = sample_completions(
+            router,
+            samples,
+            self.sampling,
+            n=self.samples,
+            prompt_name=self.prompt_name,
+            max_tokens=self.max_tokens,
+        )
+        golds = [s.labels for s in samples]
+        return pass_at_k_summary(
+            greedy["completions"], sampled, golds, get_schema(greedy["schema"]), self.samples
+        )
+
     def _select(self) -> None:
         selection = select_checkpoints(self.evals)
         for pick in selection.values():
@@ -83,6 +119,26 @@ class PeriodicEvaluator:
         for path in sorted((self.run_dir / ADAPTERS).glob("step-*")):
             if f"{ADAPTERS}/{path.name}" not in kept:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def eval_scalars(record: dict) -> dict[str, float]:
+    """The run log's scalars of one evaluation record: macro/micro-F1 and fail rate in and out of
+    distribution and, when the record has Pass@K, eval/{id,ood}_pass_at_k (exact match),
+    eval/{id,ood}_pass_at_k_jaccard (best-of-K), eval/{id,ood}_pass_at_k_acc_at_1 and _acc_at_1_jaccard
+    (greedy), eval/{id,ood}_pass_at_k_gap (Pass@K - Acc@1)."""
+    out = {}
+    for side in ("id", "ood"):
+        m = record[side]
+        out[f"eval/{side}_macro_f1"] = m["macro"]["f1"]
+        out[f"eval/{side}_micro_f1"] = m["micro"]["f1"]
+        out[f"eval/{side}_fail_rate"] = m["fail_rate"]
+    for side, p in (record.get("pass_at_k") or {}).items():
+        out[f"eval/{side}_pass_at_k"] = p["pass_at_k"]["mean"]
+        out[f"eval/{side}_pass_at_k_jaccard"] = p["pass_at_k_jaccard"]["mean"]
+        out[f"eval/{side}_pass_at_k_acc_at_1"] = p["acc_at_1"]["mean"]
+        out[f"eval/{side}_pass_at_k_acc_at_1_jaccard"] = p["acc_at_1_jaccard"]["mean"]
+        out[f"eval/{side}_pass_at_k_gap"] = p["gap"]["mean"]
+    return out
 
 
 def read_evals(run_dir: str | Path) -> list[dict]:

@@ -44,5 +44,14 @@ class PromptCursor:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "index": self.index}
 
     @classmethod
-    def from_state(cls, state: dict) -> PromptCursor:
+    def from_state(cls, state: dict, size: int | None = None) -> PromptCursor:
+        """Restore a saved cursor; `size`, when given, is the pool the run now draws from, and a saved
+        cursor over another pool (the prefilter turned on or off, or another RL set) is an error, since
+        its positions would name other images."""
+        if size is not None and state["size"] != size:
+            raise ValueError(
+                f"the checkpoint's prompt cursor runs over {state['size']} images but this run draws from "
+                f"{size} (grpo.prefilter, grpo.data or grpo.limit changed since it was saved): resume with "
+                "the saved run's settings or start a new run_dir"
+            )
         return cls(**state)

@@ -3,7 +3,9 @@
 A step's scoring is retried as a whole on connection errors, timeouts and 5xx answers (with exponential
 backoff), so an evaluator restart mid-step delays the step instead of skipping it. Every request carries a
 `request_id`; the evaluator applies a nuanced-reward window update once per id, so a retry whose first
-attempt did reach the server does not count the predictions twice.
+attempt did reach the server does not count the predictions twice. Run ids are checked against the
+evaluator's one pattern (services/evaluator/run_ids.py) before anything is sent, and percent-quoted in
+the `/runs/{run_id}/...` paths.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
+
+from services.evaluator.run_ids import check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ class EvaluatorClient:
     ) -> list[ScoredItem]:
         body = {"reward": reward, "items": items, "request_id": request_id or uuid.uuid4().hex}
         if run_id is not None:
-            body["run_id"] = run_id
+            body["run_id"] = check_run_id(run_id)
         answer = self._post("/score", body)
         return [ScoredItem(i["reward"], i["valid"], i["predicted"], i["components"]) for i in answer["items"]]
 
@@ -62,11 +67,21 @@ class EvaluatorClient:
 
     def get_window(self, run_id: str) -> list[list[str]]:
         """The run's nuanced-reward window (its last predictions), for a checkpoint."""
-        return self._request("GET", f"/runs/{run_id}/window")["window"]
+        return self._request("GET", self._window_path(run_id))["window"]
 
     def put_window(self, run_id: str, window: list[list[str]]) -> None:
         """Restore the run's window from a checkpoint, so a resumed run scores as the original would."""
-        self._request("PUT", f"/runs/{run_id}/window", {"window": window})
+        self._request("PUT", self._window_path(run_id), {"window": window})
+
+    def reset_run(self, run_id: str) -> None:
+        """Forget the run's window and stored answers at the evaluator. A fresh (not resumed) run calls it
+        before its first /score: runs are often named alike ("grpo"), and without it a new run would be
+        scored against the previous one's predictions."""
+        self._request("DELETE", self._window_path(run_id))
+
+    @staticmethod
+    def _window_path(run_id: str) -> str:
+        return f"/runs/{quote(check_run_id(run_id), safe='')}/window"
 
     def _post(self, path: str, body: dict) -> dict:
         return self._request("POST", path, body)
@@ -85,7 +100,7 @@ class EvaluatorClient:
                     raise ScoringError(
                         f"evaluator refused {path}: {response.status_code} {response.text[:500]}"
                     )
-                problem = f"HTTP {response.status_code}"
+                problem = f"HTTP {response.status_code} {response.text[:500]}"
             if attempt == self._retries:
                 raise ScoringError(f"evaluator {path} failed {attempt + 1} times; last: {problem}")
             log.warning(

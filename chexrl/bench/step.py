@@ -34,7 +34,7 @@ TARGETS = {"overhead_fraction_max": 0.10, "trl_over_chexrl_min": 1.0}
 # The per-step split: named parts of `time/step` plus `other` (the rest), which add up to the step.
 PARTS = ("generation", "scoring", "forward_backward", "optimizer", "weight_sync", "other")
 # What `other` is made of (informational; they add up to `other`).
-OTHER_PARTS = ("collate", "learner_call", "loop")
+OTHER_PARTS = ("collate", "learner_call", "sleep_wake", "loop")
 
 
 def step_split(metrics: dict) -> dict:
@@ -50,8 +50,13 @@ def step_split(metrics: dict) -> dict:
     other = step - sum(named.values())
     training = metrics["time/training"]
     learner = metrics["time/learner_step"]
+    sleep_wake = metrics["time/sleep"] + metrics["time/wake"]
     loop = step - (
-        metrics["time/generation"] + metrics["time/scoring"] + training + metrics["time/weight_sync"]
+        metrics["time/generation"]
+        + metrics["time/scoring"]
+        + training
+        + metrics["time/weight_sync"]
+        + sleep_wake
     )
     return {
         "step": step,
@@ -62,6 +67,8 @@ def step_split(metrics: dict) -> dict:
             "collate": metrics["time/collate"],
             # the learner call minus the learner's own work: Ray task submission, argument transfer, result
             "learner_call": training - learner,
+            # putting the engine to sleep for the update and waking it (Ray calls only, where sleep is off)
+            "sleep_wake": sleep_wake,
             # the loop's glue between the timed sections, plus the learner's small bookkeeping
             "loop": loop
             + (learner - metrics["time/collate"] - named["forward_backward"] - named["optimizer"]),
@@ -119,6 +126,7 @@ def bench_config(
                 "max_steps": warmup + steps,
                 "prompts_per_step": prompts,
                 "micro_batch_size": micro_batch,
+                "gradient_checkpointing": False,  # as TRL's side below: same memory-for-compute trade
                 "save_steps": warmup + steps,  # the one checkpoint comes after the last step's clock
                 "eval_steps": warmup + steps,
             },
@@ -186,7 +194,7 @@ def trl_dataset(samples: list, prompt_name: str):
 
     from chexrl.core.prompts import build_messages
     from rollout_worker.engine import decode_image
-    from trainer.loop import image_bytes
+    from chexrl.data.images import image_bytes
 
     return datasets.Dataset.from_dict(
         {
@@ -302,7 +310,7 @@ def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, gene
         max_steps=g.max_steps,
         bf16=False,  # chexrl's learner trains in the checkpoint's dtype
         use_cpu=not cuda,
-        gradient_checkpointing=False,  # chexrl's learner does not checkpoint activations
+        gradient_checkpointing=False,  # chexrl's side runs without it too (bench_config)
         logging_strategy="no",
         save_strategy="no",
         report_to="none",
@@ -339,6 +347,7 @@ def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, gene
         "completion_tokens_mean": float(statistics.fmean(clock.completion_lengths)),
         "wall_s": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     }
 
 

@@ -10,6 +10,14 @@ import typer
 from chexrl.cli import app, data_app
 
 
+def _checked(fn, spec):
+    """`fn(spec)`, with a bad spec, option or file as a usage error (the message names what is wrong)."""
+    try:
+        return fn(spec)
+    except ValueError as err:  # DataFormatError included
+        raise typer.BadParameter(str(err), param_hint="--spec") from err
+
+
 def _spec(style: str, root: str, split: str | None, schema: str | None, options: dict[str, str]) -> str:
     parts = [style, root] + ([split] if split else []) + ([schema] if schema else [])
     query = "&".join(f"{k}={v}" for k, v in options.items() if v is not None)
@@ -39,8 +47,11 @@ def stats(
     split: str = typer.Option(None, help="Split(s), joined with '+'; default: all."),
     schema: str = typer.Option(None, help="chexpert14 | nih9 | nih10 (default per data set)."),
     uncertain: str = typer.Option(None, help="Uncertain labels: zeros (default) | ones | ignore."),
+    uncertain_only: str = typer.Option(
+        None, help="Rows whose only labels are uncertain (MIMIC, CheXpert): drop (default) | no_finding."
+    ),
     out_of_schema: str = typer.Option(
-        None, help="NIH images with no schema finding: drop (default) | no_finding | keep_empty."
+        None, help="Images with no finding of the schema: drop (default) | no_finding | keep_empty."
     ),
     spec: str = typer.Option(None, help="A full dataset spec instead of --style/--root (see docs/data.md)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -51,8 +62,9 @@ def stats(
     if spec is None:
         if not style or not root:
             raise typer.BadParameter("give --style and --root, or --spec")
-        spec = _spec(style, root, split, schema, {"uncertain": uncertain, "out_of_schema": out_of_schema})
-    st = dataset_stats(spec)
+        options = {"uncertain": uncertain, "uncertain_only": uncertain_only, "out_of_schema": out_of_schema}
+        spec = _spec(style, root, split, schema, options)
+    st = _checked(dataset_stats, spec)
     typer.echo(json.dumps(st, indent=2) if as_json else format_stats(st))
 
 
@@ -71,7 +83,7 @@ def sample(
     from chexrl.data.loaders import load_dataset
     from chexrl.data.sampling import budget_sizes, label_rates, save_samples, stratified_budget_split
 
-    pool = load_dataset(spec)
+    pool = _checked(load_dataset, spec)
     sizes = budget_sizes(sft, rl, val_share, rl_val_share)
     subsets = stratified_budget_split(pool, sizes, seed=seed, max_per_patient=max_per_patient or None)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +106,7 @@ def check_images(
     from chexrl.data.images import prepare_images
     from chexrl.data.loaders import load_dataset
 
-    samples = load_dataset(spec)
+    samples = _checked(load_dataset, spec)
     paths = [s.image_path for s in (samples[:limit] if limit else samples)]
     _, errors = prepare_images(paths, family=family)
     for e in errors:

@@ -81,6 +81,22 @@ def _connect_ray() -> bool:
     return True
 
 
+def _pass_sampling(config: Path | None, run: Path | None):
+    """The sampling settings of Pass@K: --config's, else the run's config.yaml's, else the defaults (the
+    paper's GRPO sampling, temperature 0.8, top-p 0.95)."""
+    from chexrl.config import SamplingConfig, load_config
+
+    path, hint = (config, "--config") if config is not None else (None, None)
+    if path is None and run is not None and (run / "config.yaml").is_file():
+        path, hint = run / "config.yaml", "--run"
+    if path is None:
+        return SamplingConfig()
+    try:
+        return load_config(path).sampling
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: list[str] | None = typer.Option(
@@ -126,12 +142,33 @@ def evaluate_cmd(
         0.05, "--margin", min=0.0, help="Trade-off warning margin (OOD macro-F1 drop)."
     ),
     relative_margin: bool = typer.Option(False, "--relative-margin", help="The margin is a relative drop."),
+    samples: int | None = typer.Option(
+        None,
+        "--samples",
+        min=1,
+        help="K: add Acc@1 (greedy) against Pass@K (sampled) per model and test set (default: off).",
+    ),
+    samples_n: int | None = typer.Option(
+        None, "--samples-n", min=1, help="Samples per image for Pass@K, at least K (default K)."
+    ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="YAML config whose `sampling` (temperature, top_p, seed) the Pass@K samples use "
+        "(default: --run's config.yaml, else the GRPO defaults).",
+    ),
 ) -> None:
     """Evaluate models (or prompt variants) in and out of distribution; write JSON, Markdown, CSV and a PNG."""
     from chexrl.config import RolloutConfig, SamplingConfig
     from chexrl.evaluation.render import markdown_table
-    from chexrl.evaluation.runner import check_model, evaluate_models, load_test_sets, write_results
-    from chexrl.evaluation.tables import ablation_table, overview_table
+    from chexrl.evaluation.runner import (
+        check_model,
+        check_samples,
+        evaluate_models,
+        load_test_sets,
+        write_results,
+    )
+    from chexrl.evaluation.tables import ablation_table, overview_table, pass_at_k_table
 
     specs = _models(model or [], adapter, run, parent or [])
     for spec in specs:
@@ -146,6 +183,11 @@ def evaluate_cmd(
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise typer.BadParameter(str(exc), param_hint="--top-p") from exc
+    try:
+        check_samples(samples, samples_n, sampling)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--samples") from exc
+    pass_sampling = _pass_sampling(config, run) if samples else None
     try:
         test_sets = load_test_sets(data, limit)
     except ValueError as exc:
@@ -164,6 +206,9 @@ def evaluate_cmd(
             rollout=RolloutConfig(model=specs[0].model, max_model_len=max_model_len),
             margin=margin,
             relative=relative_margin,
+            samples=samples,
+            samples_n=samples_n,
+            pass_sampling=pass_sampling,
             log=typer.echo,
         )
     finally:
@@ -176,6 +221,9 @@ def evaluate_cmd(
         ablation_table(doc, test_sets[0].name) if doc["kind"] == "prompt_ablation" else overview_table(doc)
     )
     typer.echo("\n" + markdown_table(table))
+    passes = pass_at_k_table(doc)
+    if passes is not None:
+        typer.echo("\n" + markdown_table(passes))
     for warning in doc["warnings"]:
         typer.secho(f"WARNING: {warning}", fg="red", bold=True)
     typer.echo("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))

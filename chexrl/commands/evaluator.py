@@ -18,13 +18,21 @@ def serve_evaluator(
     ),
     config: Path = typer.Option(None, help="YAML settings (services/evaluator/settings.py)."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Serve a non-loopback address without CHEXRL_EVALUATOR_TOKEN (not advised)."
+    ),
 ) -> None:
-    """Serve /score, /evaluate, /healthz and /metrics with uvicorn. Set CHEXRL_EVALUATOR_TOKEN to require
-    a bearer token on every route but /healthz."""
+    """Serve /score, /evaluate, /runs/{run_id}/window, /healthz and /metrics with uvicorn. With
+    CHEXRL_EVALUATOR_TOKEN set, every route but /healthz needs `Authorization: Bearer <token>`; without
+    it, only a loopback address is served (unless --insecure)."""
+    import os
+
     import uvicorn
 
     from services.evaluator.app import create_app
+    from services.evaluator.security import InsecureBindError, check_exposure, read_token
     from services.evaluator.settings import load_settings
+    from services.evaluator.window_store import StateDirInUse
 
     try:
         settings = load_settings(
@@ -32,9 +40,22 @@ def serve_evaluator(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from exc
-    # One process: the nuanced windows are serialised per run in this process (SQLite is their durable copy).
+    token = read_token(os.environ)
+    try:
+        check_exposure(settings.host, token, insecure)
+        application = create_app(settings, token=token)
+    except (InsecureBindError, StateDirInUse) as exc:
+        typer.echo(f"chexrl serve-evaluator: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    # One process: the nuanced windows are serialised per run in this process (SQLite is their durable
+    # copy, and the state directory's lock keeps a second process off it).
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        limit_concurrency=settings.max_concurrency,
     )
 
 

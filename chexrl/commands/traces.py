@@ -25,7 +25,10 @@ def _load_jobs(data: str | None, samples_jsonl: Path | None, schema: str) -> lis
         from chexrl.data.loaders import load_dataset
     except ImportError as err:
         raise typer.BadParameter(f"--data needs chexrl.data.loaders ({err}); use --samples-jsonl") from err
-    return jobs_from_samples(list(load_dataset(data)))
+    try:
+        return jobs_from_samples(list(load_dataset(data)))
+    except ValueError as err:  # a bad spec, option or label file: the message names it
+        raise typer.BadParameter(str(err), param_hint="--data") from err
 
 
 def _report(summary, out: Path) -> None:
@@ -35,6 +38,12 @@ def _report(summary, out: Path) -> None:
     typer.echo(json.dumps(result, indent=2))
     if result["rejected_total"]:
         typer.echo(f"rejections (with reasons) in {rejected_path(out)}", err=True)
+    unfinished = result.get("failed_total", 0) + result.get("cancelled", 0)
+    if unfinished:  # transport failures are not final: say so, and fail, so a script reruns
+        typer.echo(
+            f"{unfinished} samples are still pending (HTTP errors or cancelled); rerun to ask again", err=True
+        )
+        raise typer.Exit(1)
 
 
 @traces_app.command("generate")
@@ -96,7 +105,16 @@ def generate(
         limit=limit,
         seed=seed,
     )
-    _report(generate_traces(jobs, out, cfg, log=lambda m: typer.echo(m, err=True)), out)
+    from chexrl.traces.generate import TeacherEndpointError
+
+    try:
+        summary = generate_traces(jobs, out, cfg, log=lambda m: typer.echo(m, err=True))
+    except TeacherEndpointError as err:
+        if err.summary is not None:
+            typer.echo(json.dumps(err.summary.as_dict(), indent=2))
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    _report(summary, out)
 
 
 @traces_app.command("template")

@@ -88,6 +88,32 @@ def grpo_loss(
     return loss, metrics
 
 
+# grpo_loss metrics that are parts of the Dr. GRPO sum (token values over the step's constant divisor):
+# a step's value is the sum over its micro-batches. Every other metric is a token mean.
+SUMMED_METRICS = frozenset({"loss/total", "loss/policy"})
+
+
+def reduce_micro_batch_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """One optimizer step's metrics from its micro-batches' `(grpo_loss metrics, tokens)`: the parts of
+    the constant-divisor sum add up; token means are weighted by each micro-batch's tokens. Splitting a
+    batch into k micro-batches then logs the same numbers as one.
+
+    >>> reduce_micro_batch_metrics([({"loss/policy": 0.25, "loss/kl": 1.0}, 1.0),
+    ...                             ({"loss/policy": 0.5, "loss/kl": 4.0}, 3.0)])
+    {'loss/policy': 0.75, 'loss/kl': 3.25}
+    """
+    if not parts:
+        raise ValueError("no micro-batch metrics to reduce")
+    tokens = sum(n for _, n in parts)
+    out = {}
+    for key in parts[0][0]:
+        if key in SUMMED_METRICS:
+            out[key] = sum(m[key] for m, _ in parts)
+        else:
+            out[key] = sum(m[key] * n for m, n in parts) / tokens if tokens else 0.0
+    return out
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     count = mask.sum()
     return float((values * mask).sum() / count) if count > 0 else 0.0

@@ -185,3 +185,13 @@ def prepare_images(paths, **kwargs) -> tuple[list[Image.Image | None], list[str]
             images.append(None)
             errors.append(str(err))
     return images, errors
+
+
+def image_bytes(path: str | Path, max_side: int = 1024) -> bytes:
+    """PNG bytes of the image, resized so its longer side is at most `max_side`: what a rollout prompt
+    carries (the processor resizes further to the model's visual-token budget)."""
+    img = open_image(path)
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

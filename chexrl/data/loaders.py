@@ -6,7 +6,15 @@ raw label columns; `frame_to_samples` maps the labels onto a schema and builds t
 uses the frames only. `load_dataset("nih:/data/nih:test:nih10")` is the entry point for configs and the
 CLI; the spec grammar is in `DatasetSpec` and docs/data.md.
 
-No Finding is derived, never read: it is positive exactly when no other label of the schema is positive.
+No Finding follows the dataset's own labeler. MIMIC and CheXpert files carry a No Finding column, and it is
+read as written (so a normal study with support devices is No Finding + Support Devices); only where that
+cell is blank is it derived, by the CheXpert labeler's rule (no pathology positive or uncertain; Support
+Devices may co-occur). NIH writes "No Finding" as a label string. Rows that end with no label of the schema
+are never silently made normal: uncertain-only rows follow `uncertain_only`, rows whose findings all lie
+outside the schema follow `out_of_schema` (docs/data.md, "Label policies").
+
+Every option of a spec is checked (an unknown key or value is an error naming it), and every label cell of
+a file must be 1.0, 0.0, -1.0 or empty: anything else is a `DataFormatError` naming the file, line and column.
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ from chexrl.core.label_mapping import (
     check_out_of_schema_policy,
     map_nih_findings,
     normalize_uncertain_policy,
-    order_labels,
 )
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import CHEXPERT14, NO_FINDING, SCHEMAS, get_schema
@@ -40,6 +47,29 @@ SPLIT_ALIASES = {
     "nih": {"train": "train_val", "trainval": "train_val", "val": "train_val"},
 }
 PATHOLOGIES = tuple(lab for lab in CHEXPERT14 if lab != NO_FINDING)
+SUPPORT_DEVICES = "Support Devices"
+LABEL_VALUES = (1.0, 0.0, -1.0)  # the CheXpert labeler's values; a blank cell is "not mentioned"
+
+# Uncertain-only rows (no label positive, some uncertain): under U-Zeros they would have no label at all,
+# and calling them No Finding would teach "normal" for studies the report called possibly abnormal.
+UNCERTAIN_ONLY_POLICIES = ("drop", "no_finding")
+DEFAULT_UNCERTAIN_ONLY = "drop"
+
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# option -> the values it takes (None: checked by its own function); which data sets take it.
+_OPTION_VALUES: dict[str, tuple[str, ...] | None] = {
+    "uncertain": None,
+    "uncertain_only": UNCERTAIN_ONLY_POLICIES,
+    "out_of_schema": None,
+    "labeler": ("chexpert", "negbio"),
+    "frontal": tuple(_BOOL),
+    "table": ("auto", "v2020", "2017"),
+}
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "mimic": ("uncertain", "uncertain_only", "out_of_schema", "labeler", "frontal"),
+    "chexpert": ("uncertain", "uncertain_only", "out_of_schema", "frontal"),
+    "nih": ("out_of_schema", "table"),  # no uncertain labels, and every NIH image is frontal
+}
 
 
 class DataFormatError(ValueError):
@@ -54,9 +84,10 @@ class DatasetSpec:
     """`NAME:DIR[:SPLIT][:SCHEMA][?key=value&...]`, e.g. `nih:/data/nih:test:nih10?out_of_schema=no_finding`.
 
     SPLIT may join several with `+` (`mimic:/d:train+validate`); left out, every split is loaded. SCHEMA is
-    a schema name (default chexpert14 for mimic/chexpert, nih9 for nih). Options: `uncertain`
-    (zeros|ones|ignore), `out_of_schema` (drop|no_finding|keep_empty, NIH), `labeler` (chexpert|negbio,
-    MIMIC), `frontal` (true|false), `table` (auto|v2020|2017, NIH). DIR may not contain `:` or `?`.
+    a schema name (default chexpert14 for mimic/chexpert, nih9 for nih). Options (`OPTIONS`): `uncertain`
+    (zeros|ones|ignore), `uncertain_only` (drop|no_finding), `out_of_schema` (drop|no_finding|keep_empty),
+    `labeler` (chexpert|negbio, MIMIC), `frontal` (true|false), `table` (auto|v2020|2017, NIH). An unknown
+    option or value is an error. DIR may not contain `:` or `?`.
 
     >>> DatasetSpec.parse("nih:/data/nih:test:nih10?out_of_schema=no_finding")
     DatasetSpec(dataset='nih', root='/data/nih', splits=('test',), schema='nih10', options={'out_of_schema': 'no_finding'})
@@ -83,22 +114,69 @@ class DatasetSpec:
                 schema = part
             elif part and part != "all":
                 splits = tuple(SPLIT_ALIASES[name].get(s, s) for s in part.split("+"))
-        options = dict(kv.split("=", 1) for kv in query.split("&") if kv) if query else {}
+        options: dict[str, str] = {}
+        for kv in query.split("&") if query else ():
+            key, eq, value = kv.partition("=")
+            if not eq or not key:
+                raise ValueError(f"bad dataset spec {spec!r}: option {kv!r} is not key=value")
+            options[key] = value
+        check_options(name, options, f"dataset spec {spec!r}")
         return cls(name, root, splits, schema, options)
+
+
+def check_options(dataset: str, options: dict, where: str) -> None:
+    """Reject an option `dataset` does not take, or a value the option does not take, naming both.
+
+    >>> check_options("mimic", {"uncertian": "ones"}, "spec")
+    Traceback (most recent call last):
+    ...
+    ValueError: spec: unknown option 'uncertian' for mimic; its options are uncertain, uncertain_only, out_of_schema, labeler, frontal
+    """
+    for key, value in options.items():
+        if key not in OPTIONS[dataset]:
+            raise ValueError(
+                f"{where}: unknown option {key!r} for {dataset}; its options are {', '.join(OPTIONS[dataset])}"
+            )
+        allowed = _OPTION_VALUES[key]
+        text = str(value).lower() if key == "frontal" else str(value)
+        try:
+            if key == "uncertain":
+                normalize_uncertain_policy(text)
+            elif key == "out_of_schema":
+                check_out_of_schema_policy(text)
+            elif allowed is not None and text not in allowed:
+                raise ValueError(f"expected one of {allowed}")
+        except ValueError as err:
+            raise ValueError(f"{where}: bad value {value!r} for option {key!r}: {err}") from None
+
+
+def resolve_spec(spec: str | DatasetSpec, overrides: dict) -> DatasetSpec:
+    """The spec with keyword overrides (None: not given) merged over its options, all checked."""
+    s = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
+    kw = {**s.options, **{k: v for k, v in overrides.items() if v is not None}}
+    check_options(s.dataset, kw, f"dataset {s.dataset}:{s.root}")
+    return replace(s, options=kw)
+
+
+def label_policies(s: DatasetSpec) -> dict[str, str]:
+    """The spec's label policies with their defaults: uncertain, uncertain_only, out_of_schema."""
+    return {
+        "uncertain": s.options.get("uncertain", DEFAULT_UNCERTAIN),
+        "uncertain_only": s.options.get("uncertain_only", DEFAULT_UNCERTAIN_ONLY),
+        "out_of_schema": s.options.get("out_of_schema", DEFAULT_OUT_OF_SCHEMA),
+    }
 
 
 def load_dataset(spec: str | DatasetSpec, **overrides) -> list[XraySample]:
     """Load the samples a spec string names; keyword overrides win over the spec's options."""
-    s = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
-    kw = {**s.options, **overrides}
-    frame = read_frame(replace(s, options=kw))
-    return frame_to_samples(frame, s.dataset, s.schema, kw.get("uncertain", DEFAULT_UNCERTAIN),
-                            kw.get("out_of_schema", DEFAULT_OUT_OF_SCHEMA))  # fmt: skip
+    s = resolve_spec(spec, overrides)
+    return frame_to_samples(read_frame(s), s.dataset, s.schema, **label_policies(s))
 
 
 def read_frame(s: DatasetSpec) -> pd.DataFrame:
     opt = s.options
-    frontal = str(opt.get("frontal", "true")).lower() not in ("false", "0", "no")
+    check_options(s.dataset, opt, f"dataset {s.dataset}:{s.root}")
+    frontal = _BOOL[str(opt.get("frontal", "true")).lower()]
     if s.dataset == "mimic":
         return read_mimic_frame(s.root, s.splits, opt.get("labeler", "chexpert"), frontal)
     if s.dataset == "chexpert":
@@ -117,13 +195,52 @@ def find_file(root: Path, name: str) -> Path:
     raise DataFormatError(f"{name}(.gz) not found in {root}")
 
 
-def _read_csv(path: Path, usecols=None, dtype=None) -> pd.DataFrame:
+def _read_csv(path: Path, usecols=None, dtype=None, label_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read `usecols` of a CSV; `label_columns` (read as floats) must hold labeler values only."""
     import pandas as pd
 
     try:
-        return pd.read_csv(path, usecols=usecols, dtype=dtype, keep_default_na=True, na_values=[""])
-    except ValueError as err:  # usecols mismatch: name the file and what was expected
+        df = pd.read_csv(path, usecols=usecols, dtype=dtype, keep_default_na=True, na_values=[""])
+    except ValueError as err:  # usecols mismatch, or a label cell that is not a number
+        if label_columns:
+            _find_bad_label_cell(path, label_columns)
         raise DataFormatError(f"{path}: {err}") from err
+    if label_columns:
+        _check_label_values(df, path, label_columns)
+    return df
+
+
+def _bad_label_error(path: Path, row: int, column: str, value, n_bad: int) -> DataFormatError:
+    more = f" ({n_bad} such cells in the file)" if n_bad > 1 else ""
+    return DataFormatError(
+        f"{path}: line {row + 2} (data row {row + 1}), column {column!r}: label value {value!r} is not one of "
+        f"1.0, 0.0, -1.0 or empty{more}"
+    )
+
+
+def _check_label_values(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    """A value outside the labeler's set (e.g. 2.0) would silently count as negative: refuse it."""
+    values = df[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~(np.isnan(values) | np.isin(values, LABEL_VALUES))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise _bad_label_error(path, row, columns[col], float(values[row, col]), int(bad.sum()))
+
+
+def _find_bad_label_cell(path: Path, columns: tuple[str, ...]) -> None:
+    """After a failed numeric read: the first label cell that is not a number, as an error (else return)."""
+    import pandas as pd
+
+    try:
+        raw = pd.read_csv(path, usecols=list(columns), dtype=str, keep_default_na=True, na_values=[""])
+    except ValueError:
+        return  # the columns themselves are wrong: the caller's error says so
+    for column in columns:
+        numeric = pd.to_numeric(raw[column], errors="coerce")
+        bad = numeric.isna() & raw[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise _bad_label_error(path, row, column, raw[column].iloc[row], int(bad.sum()))
 
 
 def _filter_splits(df: pd.DataFrame, splits: tuple[str, ...] | None, path: Path) -> pd.DataFrame:
@@ -154,7 +271,10 @@ def read_mimic_frame(root, splits=None, labeler: str = "chexpert", frontal_only:
     )
     label_file = find_file(root, F.MIMIC_CHEXPERT_CSV if labeler == "chexpert" else F.MIMIC_NEGBIO_CSV)
     labels = _read_csv(
-        label_file, list(F.MIMIC_LABEL_COLUMNS), {**ids, **dict.fromkeys(CHEXPERT14, "float32")}
+        label_file,
+        list(F.MIMIC_LABEL_COLUMNS),
+        {**ids, **dict.fromkeys(CHEXPERT14, "float32")},
+        label_columns=CHEXPERT14,
     )
     df = meta.merge(split, on=["dicom_id", "study_id", "subject_id"], how="inner")
     if frontal_only:
@@ -211,6 +331,7 @@ def _read_chexpert_csv(root: Path, split: str, frontal_only: bool) -> pd.DataFra
         path,
         cols,
         {"Path": str, "Frontal/Lateral": str, "AP/PA": str, **dict.fromkeys(CHEXPERT14, "float32")},
+        label_columns=CHEXPERT14,
     )
     if frontal_only:
         df = df[df["Frontal/Lateral"] == "Frontal"]
@@ -231,7 +352,10 @@ def _read_chexpert_test(root: Path, frontal_only: bool) -> pd.DataFrame:
 
     path = root / F.CHEXPERT_TEST_CSV
     df = _read_csv(
-        path, list(F.CHEXPERT_TEST_COLUMNS), {"Study": str, **dict.fromkeys(CHEXPERT14, "float32")}
+        path,
+        list(F.CHEXPERT_TEST_COLUMNS),
+        {"Study": str, **dict.fromkeys(CHEXPERT14, "float32")},
+        label_columns=CHEXPERT14,
     )
     rows = []
     studies = df["Study"].str.rstrip("/")
@@ -326,44 +450,138 @@ def pd_frame(**cols) -> pd.DataFrame:
 # ---------------------------------------------------------------- labels -> samples
 
 
-def label_matrix(
-    frame: pd.DataFrame, schema: str, uncertain: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Positives (n, k) of the schema's labels present as columns, a keep mask (U-Ignore), the label names."""
-    policy = normalize_uncertain_policy(uncertain)
-    names = [lab for lab in get_schema(schema).labels if lab != NO_FINDING and lab in frame.columns]
-    values = frame[names].to_numpy(dtype=np.float32, na_value=np.nan) if names else np.zeros((len(frame), 0))
-    pos = (values == 1) | ((values == -1) & (policy == "ones"))
-    keep = ~(values == -1).any(axis=1) if policy == "ignore" else np.ones(len(frame), dtype=bool)
-    return pos, keep, names
+@dataclass
+class FrameLabels:
+    """The labels of every row of a frame, which rows are kept, and why the others are not."""
+
+    labels: np.ndarray  # object array of label tuples, one per row (meaningful where `keep`)
+    keep: np.ndarray  # bool per row
+    dropped: dict[str, int]  # reason -> rows dropped for it
+    counts: dict[str, int]  # what the policies saw, for `data stats` (see `labeler_labels`)
 
 
-def labels_from_matrix(pos: np.ndarray, names: list[str], schema: str) -> np.ndarray:
-    """Per-row label tuples, built once per distinct combination (a few thousand at most)."""
+def _tuples(bits: np.ndarray, names: list[str], schema: str) -> np.ndarray:
+    """Per-row label tuples in schema order, built once per distinct combination (a few thousand at most)."""
+    order = get_schema(schema).labels
     weights = 1 << np.arange(len(names), dtype=np.int64)
-    codes = pos.astype(np.int64) @ weights if names else np.zeros(len(pos), dtype=np.int64)
+    codes = bits.astype(np.int64) @ weights if names else np.zeros(len(bits), dtype=np.int64)
     uniq, inverse = np.unique(codes, return_inverse=True)
     table = np.empty(len(uniq), dtype=object)
     for u, code in enumerate(uniq):
-        table[u] = order_labels([n for b, n in enumerate(names) if code >> b & 1], schema)
-    return table[inverse]
+        found = {n for b, n in enumerate(names) if code >> b & 1}
+        table[u] = tuple(lab for lab in order if lab in found)
+    return table[inverse] if len(bits) else np.empty(0, dtype=object)
 
 
-def frame_labels(frame: pd.DataFrame, dataset: str, schema: str, uncertain: str, out_of_schema: str):
-    """(label tuple per row, keep mask) for a frame from any reader."""
+def labeler_labels(
+    frame: pd.DataFrame,
+    schema: str,
+    uncertain: str = DEFAULT_UNCERTAIN,
+    uncertain_only: str = DEFAULT_UNCERTAIN_ONLY,
+    out_of_schema: str = DEFAULT_OUT_OF_SCHEMA,
+) -> FrameLabels:
+    """Labels of a MIMIC/CheXpert frame (CheXpert-labeler values) on `schema`.
+
+    A row's labels are its schema labels positive under `uncertain`, plus No Finding where the file's No
+    Finding cell is 1.0. A blank No Finding cell is derived by the labeler's rule (no pathology positive
+    or uncertain; Support Devices may co-occur). A file's No Finding next to a positive pathology
+    contradicts itself: the pathology wins (counted as `no_finding_conflicts`). A row left with no label
+    is uncertain-only when the only non-negative values of its pathologies are -1.0 (`uncertain_only`
+    policy), else abnormal outside the schema (e.g. only Lung Opacity in nih9, or an explicit No Finding
+    0.0 with nothing else: `out_of_schema` policy). Nothing is ever made "No Finding" by omission.
+    """
+    policy = normalize_uncertain_policy(uncertain)
+    check_out_of_schema_policy(out_of_schema)
+    if uncertain_only not in UNCERTAIN_ONLY_POLICIES:
+        raise ValueError(
+            f"unknown uncertain-only policy {uncertain_only!r}; expected one of {UNCERTAIN_ONLY_POLICIES}"
+        )
+    spec = get_schema(schema)
+    n = len(frame)
+    every = [
+        lab for lab in PATHOLOGIES if lab in frame.columns
+    ]  # all the file's labels, not only the schema's
+    values = frame[every].to_numpy(dtype=np.float32, na_value=np.nan) if every else np.zeros((n, 0))
+    pathology = np.array([lab != SUPPORT_DEVICES for lab in every], dtype=bool)
+    names = [lab for lab in every if lab in spec]
+    in_schema = np.array([lab in spec for lab in every], dtype=bool)
+    vs = values[:, in_schema]
+    pos = (vs == 1) | ((vs == -1) & (policy == "ones"))
+    keep = np.ones(n, dtype=bool)
+    dropped: dict[str, int] = {}
+    if policy == "ignore":  # a label set has no per-label mask: drop the image
+        ignored = (vs == -1).any(axis=1)
+        keep &= ~ignored
+        dropped["uncertain (ignore)"] = int(ignored.sum())
+
+    nf_cell = (
+        frame[NO_FINDING].to_numpy(dtype=np.float32, na_value=np.nan)
+        if NO_FINDING in frame.columns
+        else np.full(n, np.nan, dtype=np.float32)
+    )
+    patho_values = values[:, pathology]
+    patho_pos = (patho_values == 1).any(axis=1) | ((patho_values == -1).any(axis=1) & (policy == "ones"))
+    patho_unc = (patho_values == -1).any(axis=1)
+    derived = np.isnan(nf_cell) & ~(patho_values == 1).any(axis=1) & ~patho_unc
+    conflict = (nf_cell == 1) & patho_pos
+    no_finding = ((nf_cell == 1) | derived) & ~conflict & (NO_FINDING in spec)
+
+    empty = ~pos.any(axis=1) & ~no_finding
+    unc_only = empty & ~(values == 1).any(axis=1) & (values == -1).any(axis=1)
+    outside = empty & ~unc_only
+    for mask, rule, reason in (
+        (unc_only, uncertain_only, "uncertain_only"),
+        (outside, out_of_schema, "out_of_schema"),
+    ):
+        if rule == "drop":
+            dropped[reason] = int((mask & keep).sum())
+            keep &= ~mask
+        elif rule == "no_finding":
+            no_finding |= mask
+        # keep_empty: the row stays, with no label
+    bits = np.column_stack([pos, no_finding]) if NO_FINDING in spec else pos
+    labels = _tuples(bits, names + ([NO_FINDING] if NO_FINDING in spec else []), schema)
+    counts = {
+        "no_finding_in_file": int(((nf_cell == 1) & ~conflict & keep).sum()),
+        "no_finding_derived": int((derived & ~conflict & keep).sum()),
+        "no_finding_conflicts": int((conflict & keep).sum()),
+        "uncertain_only": int(unc_only.sum()),
+        "out_of_schema": int(outside.sum()),
+    }
+    return FrameLabels(labels, keep, {k: v for k, v in dropped.items() if v}, counts)
+
+
+def nih_labels(frame: pd.DataFrame, schema: str, out_of_schema: str = DEFAULT_OUT_OF_SCHEMA) -> FrameLabels:
+    """Labels of an NIH frame: `Finding Labels` mapped onto `schema` ("No Finding" is NIH's own string)."""
+    check_out_of_schema_policy(out_of_schema)
+    uniq, inverse = np.unique(frame["findings"].to_numpy(dtype=str), return_inverse=True)
+    try:
+        mapped = [map_nih_findings(u, schema, out_of_schema) for u in uniq]
+    except ValueError as err:
+        raise DataFormatError(str(err)) from err
+    table = np.empty(len(uniq), dtype=object)
+    table[:] = mapped
+    labels = table[inverse] if len(frame) else np.empty(0, dtype=object)
+    keep = np.array([lab is not None for lab in labels], dtype=bool)
+    outside = np.array([m is None or m == () or (m == (NO_FINDING,) and u != "No Finding")
+                        for u, m in zip(uniq, mapped, strict=True)], dtype=bool)  # fmt: skip
+    n_outside = int(outside[inverse].sum()) if len(frame) else 0
+    dropped = {"out_of_schema": int((~keep).sum())} if (~keep).any() else {}
+    return FrameLabels(labels, keep, dropped, {"out_of_schema": n_outside})
+
+
+def frame_labels(
+    frame: pd.DataFrame,
+    dataset: str,
+    schema: str,
+    uncertain: str = DEFAULT_UNCERTAIN,
+    out_of_schema: str = DEFAULT_OUT_OF_SCHEMA,
+    uncertain_only: str = DEFAULT_UNCERTAIN_ONLY,
+) -> FrameLabels:
+    """Labels, keep mask and drop reasons for a frame from any reader."""
     if dataset == "nih":
-        check_out_of_schema_policy(out_of_schema)
-        uniq, inverse = np.unique(frame["findings"].to_numpy(dtype=str), return_inverse=True)
-        try:
-            mapped = [map_nih_findings(u, schema, out_of_schema) for u in uniq]
-        except ValueError as err:
-            raise DataFormatError(str(err)) from err
-        table = np.empty(len(uniq), dtype=object)
-        table[:] = mapped
-        labels = table[inverse] if len(frame) else np.empty(0, dtype=object)
-        return labels, np.array([lab is not None for lab in labels], dtype=bool)
-    pos, keep, names = label_matrix(frame, schema, uncertain)
-    return labels_from_matrix(pos, names, schema), keep
+        return nih_labels(frame, schema, out_of_schema)
+    return labeler_labels(frame, schema, uncertain, uncertain_only, out_of_schema)
 
 
 def frame_to_samples(
@@ -372,26 +590,34 @@ def frame_to_samples(
     schema: str,
     uncertain: str = DEFAULT_UNCERTAIN,
     out_of_schema: str = DEFAULT_OUT_OF_SCHEMA,
+    uncertain_only: str = DEFAULT_UNCERTAIN_ONLY,
 ) -> list[XraySample]:
-    labels, keep = frame_labels(frame, dataset, schema, uncertain, out_of_schema)
+    fl = frame_labels(frame, dataset, schema, uncertain, out_of_schema, uncertain_only)
+    keep = fl.keep
     cols = [
         frame[c].to_numpy()[keep].tolist() for c in ("image_path", "patient_id", "study_id", "split", "view")
     ]
     return [
         XraySample(path, labs, pid, sid, dataset, split, schema, view)
-        for path, labs, pid, sid, split, view in zip(cols[0], labels[keep].tolist(), *cols[1:], strict=True)
+        for path, labs, pid, sid, split, view in zip(
+            cols[0], fl.labels[keep].tolist(), *cols[1:], strict=True
+        )
     ]
 
 
 def load_mimic(root, split=None, schema="chexpert14", uncertain=DEFAULT_UNCERTAIN, labeler="chexpert",
-               frontal_only=True) -> list[XraySample]:  # fmt: skip
+               frontal_only=True, uncertain_only=DEFAULT_UNCERTAIN_ONLY,
+               out_of_schema=DEFAULT_OUT_OF_SCHEMA) -> list[XraySample]:  # fmt: skip
     splits = (split,) if isinstance(split, str) else split
-    return frame_to_samples(read_mimic_frame(root, splits, labeler, frontal_only), "mimic", schema, uncertain)
+    frame = read_mimic_frame(root, splits, labeler, frontal_only)
+    return frame_to_samples(frame, "mimic", schema, uncertain, out_of_schema, uncertain_only)
 
 
-def load_chexpert(root, split=None, schema="chexpert14", uncertain=DEFAULT_UNCERTAIN, frontal_only=True):
+def load_chexpert(root, split=None, schema="chexpert14", uncertain=DEFAULT_UNCERTAIN, frontal_only=True,
+                  uncertain_only=DEFAULT_UNCERTAIN_ONLY, out_of_schema=DEFAULT_OUT_OF_SCHEMA):  # fmt: skip
     splits = (split,) if isinstance(split, str) else split
-    return frame_to_samples(read_chexpert_frame(root, splits, frontal_only), "chexpert", schema, uncertain)
+    frame = read_chexpert_frame(root, splits, frontal_only)
+    return frame_to_samples(frame, "chexpert", schema, uncertain, out_of_schema, uncertain_only)
 
 
 def load_nih(root, split=None, schema="nih9", out_of_schema=DEFAULT_OUT_OF_SCHEMA, table="auto"):

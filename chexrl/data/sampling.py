@@ -138,3 +138,116 @@ def load_samples(path: str | Path) -> list[XraySample]:
                 d = json.loads(line)
                 out.append(XraySample(**{**d, "labels": tuple(d["labels"])}))
     return out
+
+
+# ---------------------------------------------------------------- the RL set of a run (grpo.data, grpo.limit)
+
+SAMPLE_FILES = {"rl": "rl.jsonl", "sft": ("sft.jsonl", "sft_val.jsonl")}
+
+
+def is_sample_source(source: str) -> bool:
+    """A `chexrl data sample` output (its folder, or one of its .jsonl files) rather than a dataset spec."""
+    path = Path(source).expanduser()
+    return source.endswith(".jsonl") or (path.is_dir() and (path / SAMPLE_FILES["rl"]).is_file())
+
+
+def load_pool(source: str) -> list[XraySample]:
+    """The samples `grpo.data` names: a dataset spec (docs/data.md), a sample JSONL, or a `chexrl data
+    sample` folder (its rl.jsonl)."""
+    from chexrl.data.loaders import load_dataset
+
+    if not is_sample_source(source):
+        return load_dataset(source)
+    path = Path(source).expanduser()
+    path = path / SAMPLE_FILES["rl"] if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"sample file {path} not found")
+    return load_samples(path)
+
+
+def _sft_files(source: str) -> list[Path]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = [path / name for name in SAMPLE_FILES["sft"] if (path / name).is_file()]
+        if not files:
+            raise FileNotFoundError(
+                f"{path} holds no {' or '.join(SAMPLE_FILES['sft'])} (a `chexrl data sample` output)"
+            )
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"SFT set {path} not found")
+    return [path]
+
+
+def sft_patients(sources: list[str], pool: list[XraySample]) -> tuple[set[tuple[str, str]], int, int]:
+    """(dataset, patient_id) of the SFT set named by `sources`, and how many records (all, matched).
+
+    A source is a `chexrl data sample` folder (its sft.jsonl and sft_val.jsonl), a sample JSONL (records
+    carry `patient_id`), or a trace JSONL (`chexrl traces ...`), whose records are matched to the pool's
+    patients by sample id (dataset:study_id:image stem, so a moved data root still matches) or image path.
+    """
+    by_study = {(s.dataset, s.study_id): s.patient_id for s in pool}
+    by_image = {s.image_path: (s.dataset, s.patient_id) for s in pool}
+    patients: set[tuple[str, str]] = set()
+    total = matched = 0
+    for source in sources:
+        for path in _sft_files(source):
+            with open(path, encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except ValueError as err:
+                        raise ValueError(f"{path}: line {line_no} is not JSON: {err}") from None
+                    total += 1
+                    key = _record_patient(rec, by_study, by_image)
+                    if key is not None:
+                        patients.add(key)
+                        matched += 1
+    return patients, total, matched
+
+
+def _record_patient(rec: dict, by_study: dict, by_image: dict) -> tuple[str, str] | None:
+    if "patient_id" in rec and "dataset" in rec:  # a sample record
+        return str(rec["dataset"]), str(rec["patient_id"])
+    dataset, _, rest = str(rec.get("sample_id", "")).partition(":")
+    study = rest.rpartition(":")[0]
+    if (dataset, study) in by_study:
+        return dataset, by_study[(dataset, study)]
+    return by_image.get(str(rec.get("image", "")))
+
+
+def rl_samples(
+    source: str,
+    limit: int | None,
+    seed: int,
+    sft_sources: list[str] = (),
+    log=print,
+) -> list[XraySample]:
+    """The RL set of a GRPO run: the pool `source` names, without the SFT set's patients, and with
+    `limit` a seeded, label-stratified, patient-grouped draw of that many images (never the first N in
+    file order: MIMIC's files are sorted by patient, so those would be a few hundred patients).
+
+    A `chexrl data sample` folder as `source` is its own SFT reference (its sft*.jsonl files)."""
+    pool = load_pool(source)
+    sources = list(sft_sources)
+    path = Path(source).expanduser()
+    if path.is_dir() and is_sample_source(source) and str(path) not in sources:
+        sources.append(str(path))
+    if sources:
+        excluded, total, matched = sft_patients(sources, pool)
+        before = len(pool)
+        pool = [s for s in pool if (s.dataset, s.patient_id) not in excluded]
+        log(f"RL pool {source}: {before} images; {before - len(pool)} of them belong to the "
+            f"{len(excluded)} patients of the SFT set ({matched} of its {total} records matched)")  # fmt: skip
+        if total and not matched:
+            log(f"warning: no record of the SFT set {sources} matched the RL pool's images or studies")
+    elif limit:
+        log("warning: no SFT set named (grpo.sft_data, sft.traces): the RL draw cannot be kept "
+            "patient-disjoint from SFT")  # fmt: skip
+    if not limit or limit >= len(pool):
+        if limit:
+            log(f"grpo.limit {limit} >= the {len(pool)} images left in the pool: using them all")
+        return pool
+    return stratified_budget_split(pool, {"rl": limit}, seed=seed)["rl"]

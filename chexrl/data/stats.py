@@ -1,28 +1,27 @@
 """`chexrl data stats`: images, patients, studies, splits and per-label positive counts of a data set,
-computed on the loader's frame (vectorised), so the full real tables take seconds."""
+computed on the loader's frame (vectorised), so the full real tables take seconds. Labels are counted as the
+loader gives them to training (after the spec's policies); No Finding is what the file says (see
+`labeler_labels`), and the rows each policy dropped or changed are counted by reason."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 
-from chexrl.core.label_mapping import DEFAULT_OUT_OF_SCHEMA, DEFAULT_UNCERTAIN
 from chexrl.core.schemas import get_schema
-from chexrl.data.loaders import DatasetSpec, frame_labels, read_frame
+from chexrl.data.loaders import DatasetSpec, frame_labels, label_policies, read_frame, resolve_spec
 
 
 def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
     """Counts for a dataset spec (see `DatasetSpec`); labels are counted after mapping and policies."""
     t0 = time.perf_counter()
-    s = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
-    opts = {**s.options, **overrides}
-    frame = read_frame(replace(s, options=opts))
-    uncertain = opts.get("uncertain", DEFAULT_UNCERTAIN)
-    out_of_schema = opts.get("out_of_schema", DEFAULT_OUT_OF_SCHEMA)
-    labels, keep = frame_labels(frame, s.dataset, s.schema, uncertain, out_of_schema)
+    s = resolve_spec(spec, overrides)
+    frame = read_frame(s)
+    policies = label_policies(s)
+    fl = frame_labels(frame, s.dataset, s.schema, **policies)
+    labels, keep = fl.labels, fl.keep
     kept = frame[keep]
     counts = dict.fromkeys(get_schema(s.schema).labels, 0)
     for combo, c in Counter(labels[keep].tolist()).items():  # per distinct label tuple: a few thousand
@@ -32,13 +31,16 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
         "dataset": s.dataset,
         "root": s.root,
         "schema": s.schema,
-        "uncertain": uncertain if s.dataset != "nih" else None,
-        "out_of_schema": out_of_schema if s.dataset == "nih" else None,
+        "uncertain": policies["uncertain"] if s.dataset != "nih" else None,
+        "uncertain_only": policies["uncertain_only"] if s.dataset != "nih" else None,
+        "out_of_schema": policies["out_of_schema"],
         "images": len(kept),
         "patients": int(kept["patient_id"].nunique()),
         "studies": int(kept["study_id"].nunique()),
         "splits": {str(k): int(v) for k, v in kept["split"].value_counts().sort_index().items()},
         "dropped": int((~keep).sum()),
+        "dropped_by": fl.dropped,
+        "rows": fl.counts,  # rows each policy saw: uncertain-only, out of schema, where No Finding came from
         "labels": counts,
     }
     if s.dataset == "nih":
@@ -58,8 +60,26 @@ def format_stats(st: dict) -> str:
     """A human-readable table of `dataset_stats`."""
     lines = [
         f"{st['dataset']} at {st['root']} (schema {st['schema']})",
-        f"images {st['images']}  patients {st['patients']}  studies {st['studies']}  dropped {st['dropped']}",
+        f"images {st['images']}  patients {st['patients']}  studies {st['studies']}  dropped {st['dropped']}"
+        + (
+            " (" + ", ".join(f"{k} {v}" for k, v in st["dropped_by"].items()) + ")"
+            if st["dropped_by"]
+            else ""
+        ),
         "splits: " + ", ".join(f"{k} {v}" for k, v in st["splits"].items()),
+        "policies: "
+        + ", ".join(f"{k} {st[k]}" for k in ("uncertain", "uncertain_only", "out_of_schema") if st[k]),
+    ]
+    rows = st["rows"]
+    if "no_finding_in_file" in rows:
+        lines.append(
+            f"rows: uncertain-only {rows['uncertain_only']}, out of schema {rows['out_of_schema']}; No Finding "
+            f"from the file {rows['no_finding_in_file']}, derived (blank cell) {rows['no_finding_derived']}, "
+            f"overruled by a positive pathology {rows['no_finding_conflicts']}"
+        )
+    else:
+        lines.append(f"rows: out of schema {rows['out_of_schema']}")
+    lines += [
         f"{'label':<28}{'positives':>10}{'share':>8}" + ("  uncertain" if "uncertain_counts" in st else ""),
     ]
     for lab, n in st["labels"].items():

@@ -426,7 +426,10 @@ def synth_tables(style: str, out: str | Path, n: int, seed: int = 0) -> Path:
             u = rng.uniform(size=n)
             p = prev.get(lab, 0.08)
             df[lab] = np.where(u < p, 1.0, np.where(u < p + 0.05, -1.0, np.where(u < p + 0.2, 0.0, np.nan)))
-        df.insert(5, "No Finding", np.where(rng.uniform(size=n) < 0.1, 1.0, np.nan))
+        # As the CheXpert labeler writes it: 1.0 when no pathology is positive or uncertain (Support
+        # Devices may co-occur), else blank. The loaders read this column as written.
+        pathology = df[[lab for lab in F.CHEXPERT_LABEL_ORDER[1:] if lab != "Support Devices"]].to_numpy()
+        df.insert(5, "No Finding", np.where(((pathology == 1) | (pathology == -1)).any(axis=1), np.nan, 1.0))
         path = out / "train.csv"
         df.to_csv(path, index=False)
         return path

@@ -1,5 +1,5 @@
-"""PNG figures: training dynamics (the paper's Figures 2 and 3), in-training ID/OOD macro-F1, and the
-side-by-side and prompt-ablation bar charts. Drawn with matplotlib's Agg canvas directly (no pyplot, so no
+"""PNG figures: training dynamics (the paper's Figures 2 and 3), in-training ID/OOD macro-F1, the
+side-by-side and prompt-ablation bar charts, and Acc@1 against Pass@K. Drawn with matplotlib's Agg canvas directly (no pyplot, so no
 global backend state and no display needed)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chexrl.evaluation.comparison import metrics_of
 from chexrl.evaluation.selection import POLICIES, ema, macro_f1
-from chexrl.evaluation.tables import curve_keys, prompt_title, series
+from chexrl.evaluation.tables import curve_keys, has_pass_at_k, pass_at_k_of, prompt_title, series
 
 DPI = 110
 
@@ -212,3 +212,49 @@ def ablation_png(doc: Mapping, path: str | Path) -> Path:
     }
     names = [prompt_title(s["prompt"]) if doc["kind"] == "prompt_ablation" else s["label"] for s in systems]
     return grouped_bars_png(names, bars, path, title=f"Prompt ablation on {dataset}", ylabel="score")
+
+
+def pass_at_k_png(doc: Mapping, path: str | Path) -> Path | None:
+    """Acc@1 (x) against Pass@K (y) per model, a circle in distribution and a square out of it, with the
+    bootstrap intervals as error bars; left the exact label-set match, right the Jaccard measures. A point
+    above the diagonal is a model whose K samples reach answers its first try misses. None when the
+    document holds no Pass@K."""
+    if not has_pass_at_k(doc):
+        return None
+    k = doc["entries"][0]["pass_at_k"]["k"]
+    panels = (
+        ("exact label-set match", "acc_at_1", "pass_at_k", f"Pass@{k}"),
+        ("Jaccard", "acc_at_1_jaccard", "pass_at_k_jaccard", f"best-of-{k} Jaccard"),
+    )
+    fig = _figure(11.0, 4.8)
+    axes = fig.subplots(1, 2)
+    systems = [s["label"] for s in doc["systems"]]
+    for ax, (title, x_key, y_key, y_label) in zip(axes, panels, strict=True):
+        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="Pass@K = Acc@1")
+        for i, system in enumerate(systems):
+            for d in doc["datasets"]:
+                p = pass_at_k_of(doc, system, d["name"])
+                x, y = p[x_key], p[y_key]
+                ax.errorbar(
+                    x["mean"],
+                    y["mean"],
+                    xerr=[[x["mean"] - x["low"]], [x["high"] - x["mean"]]],
+                    yerr=[[y["mean"] - y["low"]], [y["high"] - y["mean"]]],
+                    fmt="o" if d["role"] == "id" else "s",
+                    color=f"C{i % 10}",
+                    markersize=7,
+                    capsize=3,
+                    elinewidth=1,
+                    alpha=0.85,  # overlapping intervals stay readable
+                    label=f"{system}: {d['name']} ({d['role'].upper()})",
+                )
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Acc@1 (greedy)")
+        ax.set_ylabel(f"{y_label} (sampled)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize="x-small", loc="lower right")
+    fig.suptitle(f"Acc@1 against Pass@{k} per model, in (circle) and out of (square) distribution")
+    return _save(fig, path)

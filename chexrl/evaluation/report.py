@@ -3,6 +3,7 @@ as self-contained HTML (figures embedded).
 
 Reads what the run directory has (docs/evaluation.md, "Run directory"): config.yaml, metrics.jsonl,
 evals.jsonl, selection.json and evaluation/results.json. Each is optional; the page says which are missing.
+prefilter.jsonl (grpo.prefilter's pass rates), when the run has one, adds a section on the RL set it kept.
 selection.json, when missing, is computed from evals.jsonl with the same function the training loop uses.
 """
 
@@ -45,7 +46,13 @@ def _read_json(path: Path) -> dict | None:
 def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, smoothing: float = 0.95) -> Path:
     """Write `report.md`, `report.html` and `figures/*.png` under `out_dir` (default RUN_DIR/report);
     returns the HTML page's path."""
-    from chexrl.evaluation.plots import ablation_png, comparison_png, eval_curves_png, training_curves_png
+    from chexrl.evaluation.plots import (
+        ablation_png,
+        comparison_png,
+        eval_curves_png,
+        pass_at_k_png,
+        training_curves_png,
+    )
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -76,6 +83,7 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, smoo
         )
         if results
         else None,
+        "pass_at_k": pass_at_k_png(results, figures_dir / "pass_at_k.png") if results else None,
     }
     figures = {
         name: Image(f"figures/{path.name}", name.replace("_", " "), path.read_bytes())
@@ -93,6 +101,7 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, smoo
         figures=figures,
         missing=missing,
         smoothing=smoothing,
+        prefilter=read_jsonl(run / "prefilter.jsonl"),  # written by trainer/prefilter.py when it ran
     )
     title = f"chexrl run report: {_run_name(run, config_text)}"
     (out / "report.md").write_text(markdown_page(title, blocks))

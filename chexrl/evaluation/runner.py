@@ -4,6 +4,8 @@ Completions come from trainer.evaluation.evaluate_samples (the same path as eval
 metrics from chexrl.core.metrics.completion_metrics, the function behind the evaluator's /evaluate: the
 numbers are /evaluate's. One engine per distinct base checkpoint: the models on it without an adapter are
 evaluated first, then each adapter is pushed in turn (an engine cannot drop an adapter again).
+With `samples` (Pass@K), each greedy evaluation is followed by n >= K sampled completions per image on the
+same engine and adapter, scored by chexrl.core.pass_at_k against the greedy answers (Acc@1).
 Needs a connected Ray (ray.init) for the engines.
 """
 
@@ -207,6 +209,9 @@ def evaluate_models(
     rollout: RolloutConfig | None = None,
     margin: float = 0.05,
     relative: bool = False,
+    samples: int | None = None,
+    samples_n: int | None = None,
+    pass_sampling: SamplingConfig | None = None,
     router_factory: Callable[[str, RolloutConfig | None], AbstractContextManager] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[dict, list[dict]]:
@@ -215,16 +220,24 @@ def evaluate_models(
     `sampling` None (default) is greedy decoding; otherwise its temperature / top-p / seed with one
     completion per image. `router_factory(model_dir, rollout)` yields a router serving that checkpoint
     with no adapter (default: `open_router`, a new engine each; tests pass a shared one).
+
+    `samples` K (None: off) adds Acc@1 against Pass@K to each entry ("pass_at_k", chexrl.core.pass_at_k's
+    summary): the greedy completions are the Acc@1 answers, and `samples_n` (default K, at least K) more per
+    image are sampled at `pass_sampling`'s temperature, top-p and seed (default: SamplingConfig(), the GRPO
+    sampling settings). The sampled completions are added to the records with their "sample" index.
     """
     from chexrl.core.metrics import completion_metrics
+    from chexrl.core.pass_at_k import pass_at_k_summary
     from chexrl.core.schemas import get_schema
     from trainer.adapter_io import load_adapter_dir
-    from trainer.evaluation import evaluate_samples
+    from trainer.evaluation import evaluate_samples, sample_completions
 
     check_parents([asdict(m) for m in models])
     check_prompts(prompts)
     for m in models:
         check_model(m)
+    n_samples = check_samples(samples, samples_n, sampling)
+    pass_sampling = pass_sampling or SamplingConfig()
     factory = router_factory or open_router
     entries, completions, seconds = [], [], {}
     for group in _engine_groups(models):
@@ -244,33 +257,62 @@ def evaluate_models(
                             batch_size=batch_size,
                         )
                         texts = out["completions"]
+                        golds = [s.labels for s in ts.samples]
                         # the evaluator's own function on the same inputs /evaluate receives
-                        metrics = completion_metrics(
-                            texts, [s.labels for s in ts.samples], get_schema(ts.schema)
-                        )
-                        entries.append(
-                            {
-                                "model": m.name,
-                                "prompt": prompt,
-                                "dataset": ts.name,
-                                "metrics": metrics.as_dict(),
-                            }
-                        )
+                        metrics = completion_metrics(texts, golds, get_schema(ts.schema))
+                        entry = {
+                            "model": m.name,
+                            "prompt": prompt,
+                            "dataset": ts.name,
+                            "metrics": metrics.as_dict(),
+                        }
+                        key = {"model": m.name, "prompt": prompt, "dataset": ts.name}
                         completions += [
-                            {"model": m.name, "prompt": prompt, "dataset": ts.name, "index": i}
-                            | {"image_path": s.image_path, "labels": list(s.labels), "completion": text}
+                            key
+                            | {"index": i, "image_path": s.image_path, "labels": list(s.labels)}
+                            | {"completion": text}
                             for i, (s, text) in enumerate(zip(ts.samples, texts, strict=True))
                         ]
                         log(
                             f"{m.name} | {prompt} | {ts.name}: macro-F1 {metrics.macro.f1:.3f}, "
                             f"micro-F1 {metrics.micro.f1:.3f}, fail {metrics.fail_rate:.3f} (n={metrics.n})"
                         )
+                        if samples:
+                            sampled = sample_completions(
+                                router,
+                                list(ts.samples),
+                                pass_sampling,
+                                n=n_samples,
+                                prompt_name=prompt,
+                                max_tokens=max_tokens,
+                                batch_size=batch_size,
+                            )
+                            entry["pass_at_k"] = p = pass_at_k_summary(
+                                texts, sampled, golds, get_schema(ts.schema), samples
+                            )
+                            completions += [
+                                key
+                                | {"index": i, "image_path": s.image_path, "labels": list(s.labels)}
+                                | {"sample": j, "completion": text}
+                                for i, (s, group) in enumerate(zip(ts.samples, sampled, strict=True))
+                                for j, text in enumerate(group)
+                            ]
+                            log(
+                                f"{m.name} | {prompt} | {ts.name}: Acc@1 {p['acc_at_1']['mean']:.3f}, "
+                                f"Pass@{samples} {p['pass_at_k']['mean']:.3f} (n={n_samples} samples), "
+                                f"Acc@1 Jaccard {p['acc_at_1_jaccard']['mean']:.3f}, best-of-{samples} "
+                                f"Jaccard {p['pass_at_k_jaccard']['mean']:.3f}"
+                            )
+                        entries.append(entry)
                 seconds[m.name] = time.perf_counter() - t0
     decoding = (
         {"greedy": True}
         if sampling is None
         else sampling.model_dump(include={"temperature", "top_p", "seed"}) | {"greedy": False}
     )
+    extra = {}
+    if samples:
+        extra["pass_at_k_settings"] = pass_at_k_settings(samples, n_samples, pass_sampling, max_tokens)
     doc = build_results(
         datasets=[
             {"name": t.name, "spec": t.spec, "schema": t.schema, "n": len(t.samples)} for t in test_sets
@@ -282,8 +324,41 @@ def evaluate_models(
         relative=relative,
         sampling=decoding | {"max_tokens": max_tokens},
         seconds=seconds,
+        **extra,
     )
     return doc, completions
+
+
+def check_samples(samples: int | None, samples_n: int | None, sampling: SamplingConfig | None) -> int:
+    """The number of samples per image for Pass@`samples` (0 when off); errors name the option at fault."""
+    if samples is None:
+        if samples_n is not None:
+            raise ValueError("--samples-n needs --samples K (Pass@K is off)")
+        return 0
+    if samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {samples}")
+    n = samples if samples_n is None else samples_n
+    if n < samples:
+        raise ValueError(f"--samples-n {n} is below --samples {samples}: Pass@K needs n >= K samples")
+    if sampling is not None:
+        raise ValueError(
+            "--samples compares sampling with the greedy answer (Acc@1): the main evaluation must be "
+            "greedy (--temperature 0); the samples use the config's sampling settings"
+        )
+    return n
+
+
+def pass_at_k_settings(k: int, n: int, sampling: SamplingConfig, max_tokens: int) -> dict:
+    """How the Pass@K numbers of a results document were made."""
+    from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+    return {
+        "k": k,
+        "n_samples": n,
+        **sampling.model_dump(include={"temperature", "top_p", "seed"}),
+        "max_tokens": max_tokens,
+        "bootstrap": {"level": 0.95, "n_resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+    }
 
 
 METRIC_KEYS = ("n", "fail_rate", "micro", "macro", "per_label")  # /evaluate's response
@@ -316,7 +391,8 @@ def results_from_metrics(
     """The results document of `chexrl evaluate` from metrics computed elsewhere (the demo's own
     evaluation, evaluation during training): `metrics[model_name][set_name]` in /evaluate's shape
     (trainer.evaluation.evaluate_samples' output is accepted as is: its "schema" and "completions" keys are
-    not copied). Test sets come in the order of the first model's dict, the in-distribution one first;
+    not copied; a "pass_at_k" summary is, with `pass_at_k_settings=...` in `extra` to describe it). Test
+    sets come in the order of the first model's dict, the in-distribution one first;
     `specs[set_name]` says where a set came from. `extra` (e.g. sampling={"greedy": True, "max_tokens": 64})
     is stored as is. Write the files with `write_results`.
     """
@@ -340,6 +416,12 @@ def results_from_metrics(
             "dataset": name,
             "metrics": {k: metrics[model.name][name][k] for k in METRIC_KEYS},
         }
+        # a "pass_at_k" summary (chexrl.core.pass_at_k.summarize) next to the metrics is kept
+        | (
+            {"pass_at_k": metrics[model.name][name]["pass_at_k"]}
+            if "pass_at_k" in metrics[model.name][name]
+            else {}
+        )
         for model in models
         for name in metrics[model.name]
     ]
@@ -355,8 +437,9 @@ def results_from_metrics(
 
 
 def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = ()) -> dict[str, Path]:
-    """results.json, results.md, results.csv, per_label.csv, the chart PNG and completions.jsonl."""
-    from chexrl.evaluation.plots import ablation_png, comparison_png
+    """results.json, results.md, results.csv, per_label.csv, the chart PNG and completions.jsonl; with
+    Pass@K, the Acc@1-against-Pass@K chart (pass_at_k.png) and the sampled completions (samples.jsonl)."""
+    from chexrl.evaluation.plots import ablation_png, comparison_png, pass_at_k_png
     from chexrl.evaluation.render import Image, csv_text, markdown_page
     from chexrl.evaluation.sections import results_blocks
     from chexrl.evaluation.tables import per_label_csv_table, results_csv_table
@@ -377,11 +460,23 @@ def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = 
     paths["csv"].write_text(csv_text(results_csv_table(doc)))
     paths["per_label_csv"].write_text(csv_text(per_label_csv_table(doc)))
     chart = Image(chart_name, "chart", paths["chart"].read_bytes())
+    pass_chart = pass_at_k_png(doc, out / "pass_at_k.png")
+    if pass_chart is not None:
+        paths["pass_at_k_chart"] = pass_chart
     title = "chexrl evaluation: " + (
         "prompt ablation" if doc["kind"] == "prompt_ablation" else "models side by side"
     )
-    paths["markdown"].write_text(markdown_page(title, results_blocks(doc, chart)))
-    if completions:
-        paths["completions"] = out / "completions.jsonl"
-        paths["completions"].write_text("".join(json.dumps(c) + "\n" for c in completions))
+    pass_image = (
+        Image(pass_chart.name, "Acc@1 against Pass@K", pass_chart.read_bytes()) if pass_chart else None
+    )
+    paths["markdown"].write_text(markdown_page(title, results_blocks(doc, chart, pass_chart=pass_image)))
+    greedy = [c for c in completions if "sample" not in c]
+    sampled = [c for c in completions if "sample" in c]
+    for key, name, rows in (
+        ("completions", "completions.jsonl", greedy),
+        ("samples", "samples.jsonl", sampled),
+    ):
+        if rows:
+            paths[key] = out / name
+            paths[key].write_text("".join(json.dumps(c) + "\n" for c in rows))
     return paths

@@ -8,11 +8,13 @@ from collections.abc import Mapping, Sequence
 from chexrl.evaluation.render import Block, Bullets, Code, Heading, Image, Para
 from chexrl.evaluation.selection import POLICIES
 from chexrl.evaluation.tables import (
+    Table,
     ablation_table,
     evals_table,
     metrics_table,
     overview_table,
     parent_table,
+    pass_at_k_table,
     per_label_table,
     selection_table,
     training_table,
@@ -42,9 +44,30 @@ def _warning_blocks(warnings: Sequence[str], none_text: str) -> list[Block]:
     return [Bullets(tuple(warnings), warning=True)] if warnings else [Para(none_text)]
 
 
-def results_blocks(doc: Mapping, chart: Image | None, level: int = 2, warnings: bool = True) -> list[Block]:
+def _describe_pass_at_k(doc: Mapping) -> str:
+    p = doc.get("pass_at_k_settings") or {}
+    k, n = p.get("k", "K"), p.get("n_samples", "n")
+    seed = f", seed {p['seed']}" if p.get("seed") is not None else ""
+    boot = p.get("bootstrap") or {}
+    return (
+        f"Acc@1 is the greedy answer; Pass@{k} comes from {n} samples per image at temperature "
+        f"{p.get('temperature')}, top-p {p.get('top_p')}{seed} (at most {p.get('max_tokens')} tokens). "
+        f"Intervals: {boot.get('level', 0.95):.0%} percentile bootstrap over images "
+        f"({boot.get('n_resamples', '?')} resamples, seed {boot.get('seed', '?')}). High Pass@K with lower "
+        "Acc@1 is where RL can help: it sharpens answers the model already reaches (arXiv 2603.01301)."
+    )
+
+
+def results_blocks(
+    doc: Mapping,
+    chart: Image | None,
+    level: int = 2,
+    warnings: bool = True,
+    pass_chart: Image | None = None,
+) -> list[Block]:
     """A results document (chexrl.evaluation.comparison.build_results) as page blocks; `warnings=False`
-    leaves its trade-off warnings to a page that lists them already."""
+    leaves its trade-off warnings to a page that lists them already. With Pass@K in the document, a section
+    "Acc@1 against Pass@K" with its table and `pass_chart`."""
     sets = [d["name"] for d in doc["datasets"]]
     margin = doc.get("tradeoff_margin")
     mode = "relative" if doc.get("tradeoff_relative") else "absolute"
@@ -69,6 +92,11 @@ def results_blocks(doc: Mapping, chart: Image | None, level: int = 2, warnings: 
         parents = parent_table(doc)
         if parents is not None:
             blocks += [Heading("Change against the parent model", level), parents]
+    passes = pass_at_k_table(doc)
+    if passes is not None:
+        blocks += [Heading("Acc@1 against Pass@K", level), Para(_describe_pass_at_k(doc)), passes]
+        if pass_chart:
+            blocks.append(pass_chart)
     blocks.append(Heading("Micro and macro metrics", level))
     blocks += [metrics_table(doc, name) for name in sets]
     blocks.append(Heading("F1 per label", level))
@@ -88,6 +116,7 @@ def run_blocks(
     figures: Mapping[str, Image],
     missing: Sequence[str],
     smoothing: float,
+    prefilter: Sequence[Mapping] = (),
 ) -> list[Block]:
     """The run report: warnings first (the point of the tool), then selection, in-training evaluation,
     training dynamics, the final side-by-side evaluation and the configuration."""
@@ -120,6 +149,9 @@ def run_blocks(
         if "eval_curves" in figures:
             blocks.append(figures["eval_curves"])
 
+    if prefilter:
+        blocks += prefilter_blocks(prefilter)
+
     blocks.append(Heading("Training dynamics"))
     if records:
         blocks.append(
@@ -137,7 +169,9 @@ def run_blocks(
     if results:
         what = "prompt ablation" if results.get("kind") == "prompt_ablation" else "models side by side"
         blocks.append(Heading(f"Final evaluation: {what}"))
-        blocks += results_blocks(results, figures.get("comparison"), level=3, warnings=False)
+        blocks += results_blocks(
+            results, figures.get("comparison"), level=3, warnings=False, pass_chart=figures.get("pass_at_k")
+        )
 
     blocks.append(Heading("Definitions"))
     blocks.append(
@@ -154,3 +188,28 @@ def run_blocks(
     blocks.append(Heading("Configuration"))
     blocks.append(Code(config_text) if config_text else Para("No config.yaml in the run directory."))
     return blocks
+
+
+def prefilter_blocks(rows: Sequence[Mapping]) -> list[Block]:
+    """The RL set's pass-rate prefilter (RUN_DIR/prefilter.jsonl): images kept and set aside, and how many
+    images had each pass count out of k (the pass-rate histogram)."""
+    kept = sum(bool(r["kept"]) for r in rows)
+    k, measure = rows[0]["k"], rows[0]["measure"]
+    counts: dict[int, list[int]] = {}
+    for r in rows:
+        counts.setdefault(int(r["passes"]), [0, 0])[0 if r["kept"] else 1] += 1
+    table = Table(
+        "Prefilter: pass rate of the starting policy per RL image",
+        ("passes", "pass rate", "images kept", "images set aside"),
+        ("text", "f3", "int", "int"),
+        tuple((f"{c} of {k}", c / k, kc, ac) for c, (kc, ac) in sorted(counts.items())),
+    )
+    return [
+        Heading("RL set prefilter"),
+        Para(
+            f"Before step 0 the starting policy sampled {k} completions per RL image; a completion passes by "
+            f"'{measure}'. Kept {kept} of {len(rows)} images, set aside {len(rows) - kept} (pass rate outside "
+            "grpo.prefilter's [min_pass, max_pass]); GRPO drew its prompts from the kept ones only."
+        ),
+        table,
+    ]

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from chexrl.core.pass_at_k import MEASURES
 from chexrl.evaluation.comparison import metrics_of, transfer_gap
 from chexrl.evaluation.selection import POLICIES, ema, macro_f1
 
@@ -211,9 +212,63 @@ def ablation_table(doc: Mapping, dataset: str) -> Table:
     )
 
 
+PASS_COLUMNS = (  # (measure of chexrl.core.pass_at_k, column title with K filled in)
+    ("acc_at_1", "Acc@1 (exact)"),
+    ("pass_at_k", "Pass@{k} (exact)"),
+    ("gap", "Pass@{k} - Acc@1"),
+    ("acc_at_1_jaccard", "Acc@1 Jaccard"),
+    ("pass_at_k_jaccard", "best-of-{k} Jaccard"),
+    ("pass_at_1", "sampled pass@1"),
+)
+
+
+def pass_at_k_of(doc: Mapping, system: str, dataset: str) -> Mapping | None:
+    """The Pass@K summary of one system on one test set, None when the evaluation sampled none."""
+    by_name = {s["label"]: (s["model"], s["prompt"]) for s in doc["systems"]}
+    model, prompt = by_name[system]
+    for e in doc["entries"]:
+        if (e["model"], e["prompt"], e["dataset"]) == (model, prompt, dataset):
+            return e.get("pass_at_k")
+    raise KeyError(f"no entry for {system!r} on {dataset!r}")
+
+
+def has_pass_at_k(doc: Mapping) -> bool:
+    return any("pass_at_k" in e for e in doc.get("entries", ()))
+
+
+def _interval(m: Mapping) -> str:
+    return f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+
+
+def pass_at_k_table(doc: Mapping) -> Table | None:
+    """Acc@1 against Pass@K, one row per (system, test set): each measure's mean over images with its 95%
+    bootstrap interval in brackets. None when the evaluation sampled nothing."""
+    if not has_pass_at_k(doc):
+        return None
+    k = doc["entries"][0]["pass_at_k"]["k"]
+    rows = []
+    for s in doc["systems"]:
+        for d in doc["datasets"]:
+            p = pass_at_k_of(doc, s["label"], d["name"])
+            rows.append((s["label"], f"{d['name']} ({d['role'].upper()})", p["n_images"], p["n_samples"]))
+            rows[-1] += tuple(_interval(p[key]) for key, _ in PASS_COLUMNS)
+    header = ("model", "test set", "images", "samples", *(t.format(k=k) for _, t in PASS_COLUMNS))
+    return Table(
+        f"Acc@1 (greedy) against Pass@{k} (sampled), mean over images [95% bootstrap interval]",
+        header,
+        ("text", "text", "int", "int") + ("text",) * len(PASS_COLUMNS),
+        tuple(rows),
+        note="Exact: the label set equals the gold set. Pass@K: unbiased estimate that one of K samples "
+        "matches exactly; best-of-K Jaccard: expected best Jaccard of K samples; gap: Pass@K - Acc@1, what "
+        "sampling reaches that the first try misses.",
+    )
+
+
 def results_csv_table(doc: Mapping) -> Table:
-    """results.csv: one row per (system, test set), every number at full precision."""
+    """results.csv: one row per (system, test set), every number at full precision; with Pass@K, each
+    measure's mean and bootstrap interval (MEASURE, MEASURE_low, MEASURE_high) and k, n_samples."""
     changes = {(c["system"], c["dataset"]): c for c in doc["changes_vs_parent"]}
+    with_pass = has_pass_at_k(doc)
     rows = []
     for s in doc["systems"]:
         for d in doc["datasets"]:
@@ -230,11 +285,24 @@ def results_csv_table(doc: Mapping) -> Table:
                     else (None, None, None)
                 )
             )
+            if with_pass:
+                p = pass_at_k_of(doc, s["label"], d["name"]) or {}
+                rows[-1] += (p.get("k"), p.get("n_samples"))
+                rows[-1] += tuple(
+                    p[x][part] if p else None for x in MEASURES for part in ("mean", "low", "high")
+                )
     header = ("system", "model", "prompt", "parent", "dataset", "role", "schema", "n", "fail_rate")
     header += ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
     header += ("transfer_gap", "macro_f1_change_vs_parent", "micro_f1_change_vs_parent")
     header += ("fail_rate_delta_vs_parent",)
     formats = ("text",) * 7 + ("int",) + ("f3",) * 7 + ("pct", "pct", "pct", "delta")
+    if with_pass:
+        header += (
+            "pass_k",
+            "pass_n_samples",
+            *(f"{x}{sfx}" for x in MEASURES for sfx in ("", "_low", "_high")),
+        )
+        formats += ("int", "int") + ("f3",) * (3 * len(MEASURES))
     return Table("results", header, formats, tuple(rows))
 
 
@@ -272,7 +340,10 @@ def per_label_csv_table(doc: Mapping) -> Table:
 
 
 def evals_table(evals: Sequence[Mapping]) -> Table:
-    """The in-training evaluations, one row per evaluated step."""
+    """The in-training evaluations, one row per evaluated step; with Pass@K (grpo.eval_samples), Acc@1
+    and Pass@K in and out of distribution as well (n/a at a step without them)."""
+    passes = [e["pass_at_k"] for e in evals if e.get("pass_at_k")]
+    k = passes[0]["id"]["k"] if passes else None
     rows = []
     for e in sorted(evals, key=lambda e: e["step"]):
         id_f1, ood_f1 = macro_f1(e["id"]), macro_f1(e["ood"])
@@ -289,23 +360,32 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
                 "yes" if e.get("warnings") else "",
             )
         )
+        if k is not None:
+            p = e.get("pass_at_k") or {}
+            rows[-1] += tuple(
+                p[side][key]["mean"] if p else None
+                for side in ("id", "ood")
+                for key in ("acc_at_1", "pass_at_k")
+            )
     first = evals[0] if evals else {}
     id_name, ood_name = first.get("id_name", "ID"), first.get("ood_name", "OOD")
+    header = (
+        "step",
+        "ID macro-F1",
+        "OOD macro-F1",
+        "transfer gap",
+        "ID micro-F1",
+        "OOD micro-F1",
+        "ID fail rate",
+        "OOD fail rate",
+        "trade-off warning",
+    )
+    formats = ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text")
+    if k is not None:
+        header += ("ID Acc@1", f"ID Pass@{k}", "OOD Acc@1", f"OOD Pass@{k}")
+        formats += ("f3",) * 4
     return Table(
-        f"Evaluation during training: {id_name} (ID) and {ood_name} (OOD)",
-        (
-            "step",
-            "ID macro-F1",
-            "OOD macro-F1",
-            "transfer gap",
-            "ID micro-F1",
-            "OOD micro-F1",
-            "ID fail rate",
-            "OOD fail rate",
-            "trade-off warning",
-        ),
-        ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text"),
-        tuple(rows),
+        f"Evaluation during training: {id_name} (ID) and {ood_name} (OOD)", header, formats, tuple(rows)
     )
 
 

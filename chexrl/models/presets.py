@@ -8,7 +8,9 @@ the vocabulary size when it is None (the tiny tokenizer's length). `processor` h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FAMILIES: tuple[str, ...] = ("gemma3", "qwen2_5_vl")
@@ -184,3 +186,36 @@ QWEN2_5_VL_3B = Preset(
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (TINY_GEMMA3, MEDGEMMA_4B, TINY_QWEN2_5_VL, QWEN2_5_VL_3B)}
 TINY_BY_FAMILY: dict[str, str] = {"gemma3": "tiny-gemma3", "qwen2_5_vl": "tiny-qwen2.5-vl"}
+
+
+def scaled_preset(preset: Preset, *, layers: int | None = None, small_vision: bool = False) -> Preset:
+    """`preset` at its real width and vocabulary but `layers` decoder layers and, with `small_vision`, a
+    one-layer vision tower at the published width that still yields the published number of image tokens
+    (the CPU benchmarks' model: MedGemma-4B's 2,560 hidden and 262,208 vocabulary in 2 layers).
+
+    >>> p = scaled_preset(MEDGEMMA_4B, layers=2, small_vision=True)
+    >>> p.config["text_config"]["num_hidden_layers"], p.config["text_config"]["hidden_size"], p.name
+    (2, 2560, 'medgemma-4b-2l-sv')
+    """
+    config = copy.deepcopy(preset.config)
+    processor = dict(preset.processor)
+    suffix = ""
+    if layers is not None:
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        text = config["text_config"] if preset.family == "gemma3" else config
+        text["num_hidden_layers"] = layers
+        suffix += f"-{layers}l"
+    if small_vision:
+        vision = config["vision_config"]
+        if preset.family == "gemma3":
+            # image_size / patch_size = sqrt(mm_tokens_per_image): one patch per image token (no pooling)
+            side = math.isqrt(config["mm_tokens_per_image"]) * vision["patch_size"]
+            vision.update(num_hidden_layers=1, image_size=side)
+            processor["image_size"] = side
+        else:
+            vision.update(depth=1, fullatt_block_indexes=[0])
+            # 256 tokens = 32 x 32 patches of 14 px merged 2 x 2: a 448 x 448 image
+            processor = {"min_pixels": 448 * 448, "max_pixels": 448 * 448}
+        suffix += "-sv"
+    return replace(preset, name=preset.name + suffix, config=config, processor=processor)

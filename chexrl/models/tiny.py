@@ -226,15 +226,16 @@ def build_model_dir(
     out: str | Path = "tiny-model",
     *,
     seed: int = 0,
-    preset: str | None = None,
+    preset: str | Preset | None = None,
     max_shard_size: str | None = None,
 ) -> BuildResult:
-    """Write a random-weight checkpoint of `preset` (default: the family's tiny one) into `out`.
+    """Write a random-weight checkpoint of `preset` (a name or a Preset, e.g. `scaled_preset(...)`;
+    default: the family's tiny one) into `out`.
     `max_shard_size` (e.g. "200KB", "2GB") overrides the preset's safetensors shard size."""
     import torch
 
     start = time.perf_counter()
-    chosen = resolve_preset(family, preset)
+    chosen = preset if isinstance(preset, Preset) else resolve_preset(family, preset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

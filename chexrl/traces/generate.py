@@ -1,10 +1,18 @@
 """Teacher traces from any OpenAI-compatible chat endpoint (vLLM, an inference gateway, a hosted API).
 
 For each sample: send the image (base64 data URL in an `image_url` part) with the gold labels, told to
-reason as if it had not seen them; validate the reply with the shared parser (it must parse, and its
-label set must equal the gold set); retry with exponential backoff and jitter; append the accepted record
-to the output JSONL, or, once the attempts are spent, a rejection with its reason to
-`<out>.rejected.jsonl`. Both files mark a sample final, so a re-run resumes where the last one stopped.
+reason as if it had not seen them; validate the reply as the rewards read it (`validate_trace`: the shared
+parser must accept it, its label set must equal the gold set, and nothing the nuanced reward penalises may
+be in it: unknown or repeated labels, text outside the blocks); retry with exponential backoff and jitter;
+append the accepted record to the output JSONL, or, once the attempts are spent on invalid traces, a
+rejection with its reason to `<out>.rejected.jsonl`. Both files mark a sample final, so a re-run resumes
+where the last one stopped.
+
+Transport failures are never final: an HTTP error, a timeout or a broken answer leaves the sample pending
+(counted in `Summary.failed`), so a rerun asks again. An endpoint that refuses every request (HTTP 401, 403,
+404: a wrong key, URL or model name) stops the run with `TeacherEndpointError` instead of failing each
+sample. On any error or Ctrl-C the queued requests are cancelled, never sent; the requests already in flight
+finish without further retries, and their answers are still recorded.
 
 `--guided` asks a vLLM server to constrain decoding with a regex that spells a valid trace ending in the
 gold labels (vLLM's `structured_outputs={"regex": ...}` request field): useful for weak teachers, and how
@@ -16,7 +24,7 @@ from __future__ import annotations
 import base64
 import mimetypes
 import random
-import time
+import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,11 +45,27 @@ from chexrl.traces.store import (
     repair_jsonl,
 )
 
-REASON_HTTP = "http error"
+REASON_HTTP = "http error"  # not final: the sample stays pending
+REASON_CANCELLED = "cancelled"  # not final: the run stopped before the sample's attempts were spent
 REASON_UNPARSEABLE = "unparseable"
 REASON_MISMATCH = "labels mismatch"
+REASON_DUPLICATE = "duplicate labels"
+REASON_OUTSIDE = "text outside the blocks"
 REASON_IMAGE = "image unreadable"
+FINAL_REASONS = frozenset(
+    {REASON_UNPARSEABLE, REASON_MISMATCH, REASON_DUPLICATE, REASON_OUTSIDE, REASON_IMAGE}
+)
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# The endpoint refuses every request alike (wrong key, URL or model name): asking per sample only repeats it.
+_FATAL_STATUS = {401, 403, 404}
+
+
+class TeacherEndpointError(RuntimeError):
+    """The endpoint refused a request in a way no retry fixes; the run stopped, nothing was recorded for it."""
+
+    def __init__(self, message: str, summary: Summary | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -71,6 +95,8 @@ class Summary:
 
     accepted: int = 0
     rejected: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)  # not final (HTTP errors): a rerun asks again
+    cancelled: int = 0  # never sent, or stopped mid-retries, because the run stopped: a rerun asks again
     skipped: int = 0  # already final in the output files before this run
     retried: int = 0  # samples that needed more than one attempt
     requests: int = 0  # HTTP requests sent
@@ -81,6 +107,9 @@ class Summary:
             "accepted": self.accepted,
             "rejected": dict(self.rejected),
             "rejected_total": sum(self.rejected.values()),
+            "failed": dict(self.failed),
+            "failed_total": sum(self.failed.values()),
+            "cancelled": self.cancelled,
             "skipped": self.skipped,
             "retried": self.retried,
             "requests": self.requests,
@@ -131,12 +160,21 @@ def teacher_messages(job: TraceJob, fmt: str, image_url: str) -> list[dict]:
 
 
 def validate_trace(text: str, gold: tuple[str, ...], schema: str) -> tuple[str | None, str]:
-    """(None, '') when the trace is acceptable, else (reason, detail)."""
+    """(None, '') when the trace is acceptable, else (reason, detail).
+
+    A trace is SFT's target, so it must be what the rewards score best: valid for `parse_completion`, the
+    gold label set, and none of what the nuanced reward penalises (unknown labels, a label repeated, text
+    outside the two blocks), read from the same parse.
+    """
     parsed = parse_completion(text, get_schema(schema))
     if not parsed.valid:
         return REASON_UNPARSEABLE, parsed.error or ""
     if parsed.label_set != frozenset(gold) or parsed.unknown:
         return REASON_MISMATCH, f"got {sorted(parsed.labels)} unknown {list(parsed.unknown)}"
+    if parsed.duplicates:
+        return REASON_DUPLICATE, f"repeated {list(parsed.duplicates)}"
+    if parsed.outside_text:
+        return REASON_OUTSIDE, repr(parsed.outside_text[:200])
     return None, ""
 
 
@@ -149,14 +187,21 @@ class _Outcome:
     attempts: int
     requests: int
     last_trace: str
+    fatal: bool = False  # the endpoint refuses every request: stop the run
 
 
 class TeacherClient:
     """A thin OpenAI chat-completions client (httpx) with the retry policy of a trace run."""
 
-    def __init__(self, cfg: GenerateConfig, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        cfg: GenerateConfig,
+        sleep: Callable[[float], object] | None = None,
+        stop: threading.Event | None = None,
+    ):
         self.cfg = cfg
-        self.sleep = sleep
+        self.stop = stop or threading.Event()  # set when the run stops: no new attempt, no more back-off
+        self.sleep = sleep or self.stop.wait  # a back-off ends early when the run stops
         headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
         self.http = httpx.Client(base_url=cfg.endpoint.rstrip("/"), headers=headers, timeout=cfg.timeout_s)
 
@@ -176,6 +221,10 @@ class TeacherClient:
         resp.raise_for_status()
         return resp.json()["choices"][0]["message"]["content"] or ""
 
+    def _back_off(self, attempt: int, rng: random.Random) -> None:
+        if attempt < self.cfg.max_retries:  # no wait after the last attempt
+            self.sleep(backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, rng))
+
     def trace_for(self, job: TraceJob, rng: random.Random) -> _Outcome:
         """Ask until a valid trace comes back or the attempts are spent."""
         try:
@@ -183,22 +232,33 @@ class TeacherClient:
         except OSError as err:
             return _Outcome(job, None, REASON_IMAGE, str(err), 0, 0, "")
         messages = teacher_messages(job, self.cfg.format, url)
-        reason, detail, last, requests = REASON_HTTP, "", "", 0
+        reason, detail, last, requests = REASON_CANCELLED, "the run stopped before it was sent", "", 0
         attempts = 0
         for attempt in range(self.cfg.max_retries + 1):
+            if self.stop.is_set():  # the run stopped: this sample is not final, a rerun asks again
+                why = (
+                    f"the run stopped after {attempts} attempts ({reason}: {detail})"[:300]
+                    if attempts
+                    else detail
+                )
+                return _Outcome(job, None, REASON_CANCELLED, why, attempts, requests, last)
             attempts = attempt + 1
             requests += 1
             try:
                 text = self.complete(messages, job.labels)
             except httpx.HTTPStatusError as err:
-                reason, detail = REASON_HTTP, f"HTTP {err.response.status_code}: {err.response.text[:200]}"
-                if err.response.status_code not in _RETRYABLE_STATUS:
-                    break  # a malformed request will not get better by asking again
-                self.sleep(backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, rng))
+                status = err.response.status_code
+                reason, detail = REASON_HTTP, f"HTTP {status}: {err.response.text[:200]}"
+                if status in _FATAL_STATUS:
+                    self.stop.set()  # at once, so no other worker sends one more request to be refused
+                    return _Outcome(job, None, reason, detail, attempts, requests, last, fatal=True)
+                if status not in _RETRYABLE_STATUS:
+                    break  # a malformed request will not get better by asking again in this run
+                self._back_off(attempt, rng)
                 continue
-            except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:
+            except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as err:
                 reason, detail = REASON_HTTP, f"{type(err).__name__}: {err}"[:300]
-                self.sleep(backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_cap_s, rng))
+                self._back_off(attempt, rng)
                 continue
             last = text
             reason, detail = validate_trace(text, job.labels, job.schema)
@@ -212,10 +272,15 @@ def generate_traces(
     out: str | Path,
     cfg: GenerateConfig,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Summary:
-    """Write traces for `jobs` to `out` (and rejections next to it), resuming a previous run."""
+    """Write traces for `jobs` to `out` (and rejections next to it), resuming a previous run.
+
+    `sleep` waits out a back-off (default: a wait that a stopping run cuts short). Raises
+    `TeacherEndpointError` when the endpoint refuses every request; on that, any other error or Ctrl-C,
+    queued requests are cancelled and the answers of those in flight are still written before it re-raises.
+    """
     get_format(cfg.format)
     out = Path(out)
     rej = rejected_path(out)
@@ -228,50 +293,89 @@ def generate_traces(
     if not pending:
         return summary
 
-    client = TeacherClient(cfg, sleep=sleep)
+    stop = threading.Event()
+    client = TeacherClient(cfg, sleep=sleep, stop=stop)
     with JsonlAppender(out) as accepted_file, JsonlAppender(rej) as rejected_file:
+
+        def record(o: _Outcome) -> None:
+            summary.requests += o.requests
+            summary.retried += o.attempts > 1
+            if o.trace is not None:
+                record = TraceRecord(
+                    o.job.sample_id,
+                    o.job.image,
+                    list(o.job.labels),
+                    o.trace,
+                    cfg.format,
+                    cfg.model,
+                    o.job.schema,
+                )
+                accepted_file.append(record.to_json())
+                summary.accepted += 1
+            elif o.reason in FINAL_REASONS:
+                rejected_file.append(
+                    {
+                        "sample_id": o.job.sample_id,
+                        "image": o.job.image,
+                        "labels": list(o.job.labels),
+                        "format": cfg.format,
+                        "teacher": cfg.model,
+                        "reason": o.reason,
+                        "attempts": o.attempts,
+                        "detail": o.detail,
+                        "last_trace": o.last_trace[:2000],
+                    }
+                )
+                summary.rejected[o.reason] += 1
+            elif o.reason == REASON_CANCELLED:
+                summary.cancelled += 1
+            else:  # transport: left pending for the next run
+                summary.failed[o.reason] += 1
+            if log:
+                state = (
+                    "accepted"
+                    if o.trace
+                    else o.reason
+                    if o.reason in FINAL_REASONS
+                    else f"{o.reason}, still pending"
+                )
+                log(
+                    f"{o.job.sample_id}: {state} ({o.attempts} attempts){'' if o.trace else ': ' + o.detail[:200]}"
+                )
+
+        pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
+        futures = [
+            pool.submit(client.trace_for, job, random.Random(f"{cfg.seed}:{job.sample_id}"))
+            for job in pending
+        ]
+        handled: set = set()
         try:
-            with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
-                futures = [
-                    pool.submit(client.trace_for, job, random.Random(f"{cfg.seed}:{job.sample_id}"))
-                    for job in pending
-                ]
-                for future in as_completed(futures):
+            for future in as_completed(futures):
+                o = future.result()
+                handled.add(future)
+                record(o)
+                if o.fatal:
+                    raise TeacherEndpointError(
+                        f"{cfg.endpoint} refused a request ({o.detail}); check the endpoint, --model and the "
+                        "API key. The run stopped and recorded nothing for the refused samples: rerun to ask again.",
+                        summary,
+                    )
+        except BaseException:
+            # Stop: queued requests are never sent; those in flight make no further attempt, and their
+            # answers (already paid for) are still recorded before the error goes on.
+            stop.set()
+            summary.cancelled += sum(f.cancel() for f in futures if f not in handled)
+            for future in futures:
+                if future in handled or future.cancelled():
+                    continue
+                try:
                     o = future.result()
-                    summary.requests += o.requests
-                    summary.retried += o.attempts > 1
-                    if o.trace is not None:
-                        record = TraceRecord(
-                            o.job.sample_id,
-                            o.job.image,
-                            list(o.job.labels),
-                            o.trace,
-                            cfg.format,
-                            cfg.model,
-                            o.job.schema,
-                        )
-                        accepted_file.append(record.to_json())
-                        summary.accepted += 1
-                    else:
-                        rejected_file.append(
-                            {
-                                "sample_id": o.job.sample_id,
-                                "image": o.job.image,
-                                "labels": list(o.job.labels),
-                                "format": cfg.format,
-                                "teacher": cfg.model,
-                                "reason": o.reason,
-                                "attempts": o.attempts,
-                                "detail": o.detail,
-                                "last_trace": o.last_trace[:2000],
-                            }
-                        )
-                        summary.rejected[o.reason] += 1
-                    if log:
-                        log(
-                            f"{o.job.sample_id}: {'accepted' if o.trace else o.reason} ({o.attempts} attempts)"
-                        )
+                except Exception:  # the first error is the one re-raised
+                    continue
+                record(o)
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             client.close()
     return summary
 

@@ -1,2 +1,3 @@
 """The evaluator service (FastAPI): /score (hard and nuanced rewards), /evaluate (micro/macro F1, fail
-rate), /runs/{run_id}/window, /healthz, /metrics. Start it with `chexrl serve-evaluator`."""
+rate), /runs/{run_id}/window (GET, PUT, DELETE), /healthz, /metrics. Start it with `chexrl
+serve-evaluator`; security.py says who may call it, window_store.py owns the run state."""

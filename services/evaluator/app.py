@@ -1,42 +1,93 @@
 """The evaluator service: reward scoring (`/score`) and data-set metrics (`/evaluate`) over HTTP.
 
 Every number comes from chexrl.core (score_completion, completion_metrics): the trainer and this service
-cannot disagree. Client input never causes a 5xx: bodies are size-limited before they are read (413),
-validated by pydantic models whose errors name the field (422), and gold labels are checked against the
-schema with the item index in the error.
+cannot disagree. Client input never causes a 5xx: the bearer token is checked before the body is read
+(401, security.py), bodies are size-limited before they are read (413), validated by pydantic models
+whose errors name the field (422, at most `max_validation_errors` listed, every string echoed as valid
+JSON), and gold labels are checked against the schema with the item index in the error. The run state
+(nuanced windows) is the only part that can fail on the server's side: a 503 naming the database, while
+the hard reward and /evaluate keep working.
 """
 
-import hmac
-import os
+import json
+import math
 import time
+from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chexrl.core.metrics import completion_metrics
 from chexrl.core.schemas import SCHEMAS, get_schema
 from chexrl.core.scoring import score_completion
 from services.evaluator.body_limit import BodySizeLimit
+from services.evaluator.run_ids import RUN_ID_DESCRIPTION, RUN_ID_MAX_LENGTH, RUN_ID_PATTERN
+from services.evaluator.security import BearerAuth
 from services.evaluator.settings import EvaluatorSettings
-from services.evaluator.window_store import WindowStore
+from services.evaluator.window_store import StateUnavailable, WindowStore
 
-TOKEN_ENV = "CHEXRL_EVALUATOR_TOKEN"
-RUN_ID_PATTERN = r"^[A-Za-z0-9._:@/-]+$"
+
+def _valid_unicode(text: str) -> str:
+    # JSON's \ud800-style escapes can spell lone surrogates, which Python decodes but which cannot be
+    # encoded as UTF-8 (SQLite, the response): refused here with the field's name, never a 500 later.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"not valid Unicode: lone surrogate {text[exc.start]!a} at character {exc.start}"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
 # Separate objects for the body and the path: FastAPI marks a path parameter's FieldInfo required in
 # place, which would make the (optional) body field required in the OpenAPI document too.
-RunIdBody = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=RUN_ID_PATTERN)]
-RunIdPath = Annotated[str, Path(min_length=1, max_length=200, pattern=RUN_ID_PATTERN)]
+RunIdBody = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=RUN_ID_PATTERN),
+    Field(description=RUN_ID_DESCRIPTION),
+]
+RunIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=RUN_ID_MAX_LENGTH, pattern=RUN_ID_PATTERN, description=RUN_ID_DESCRIPTION),
+]
+
+
+# Any text, "/" and new lines included, so that every run id reaches the pattern check (a 422 that names
+# it) instead of missing the route (404): Starlette's own `path` convertor stops at a new line.
+class _AnyText(Convertor):
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", _AnyText())
+_ECHO_CHARS = 200  # longest string a 422 echoes back (a 16 KiB completion is not worth returning)
 
 
 def _models(settings: EvaluatorSettings):
     """Request models whose limits come from the settings."""
-    CompletionText = Annotated[str, Field(max_length=settings.max_completion_chars)]
-    LabelText = Annotated[str, Field(max_length=100)]
+    CompletionText = Annotated[Text, Field(max_length=settings.max_completion_chars)]
+    LabelText = Annotated[Text, Field(max_length=100)]
     LabelList = Annotated[list[LabelText], Field(max_length=settings.max_labels_per_item)]
 
     class Strict(BaseModel):
@@ -51,7 +102,7 @@ def _models(settings: EvaluatorSettings):
     class ScoreRequest(Strict):
         reward: Literal["hard", "nuanced"]
         run_id: RunIdBody | None = None
-        request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+        request_id: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
         items: Annotated[list[ScoreItem], Field(min_length=1, max_length=settings.max_items_per_request)]
 
     class EvaluateItem(Strict):
@@ -183,47 +234,112 @@ class _Metrics:
             ["reward"],
             registry=self.registry,
         )
+        self.cached_runs = Gauge(
+            "chexrl_evaluator_cached_runs", "Nuanced windows held in memory", registry=self.registry
+        )
 
 
-def create_app(settings: EvaluatorSettings) -> FastAPI:
+def _echo(value):
+    """A value as a 422 may echo it: valid UTF-8 (lone surrogates spelled out), finite, and short."""
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + f"... ({len(text)} characters)"
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 2**53 else _echo(str(value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no inf or nan
+    return _echo(repr(value))  # a list or object: its start, as text
+
+
+def validation_error_body(errors: list[dict], limit: int) -> bytes:
+    """The 422's JSON: the first `limit` errors (each JSON-safe), then one entry counting the rest."""
+    shown = []
+    for err in errors[:limit]:
+        out = {
+            "type": _echo(str(err.get("type", "value_error"))),
+            "loc": [part if isinstance(part, int) else _echo(str(part)) for part in err.get("loc", ())],
+            "msg": _echo(str(err.get("msg", ""))),
+        }
+        if "input" in err:
+            out["input"] = _echo(err["input"])
+        if err.get("ctx"):
+            out["ctx"] = {_echo(str(k)): _echo(v) for k, v in err["ctx"].items()}
+        shown.append(out)
+    if len(errors) > limit:
+        shown.append(
+            {
+                "type": "too_many_errors",
+                "loc": ["body"],
+                "msg": f"{len(errors) - limit} more errors not listed ({len(errors)} in all)",
+            }
+        )
+    return json.dumps({"detail": shown}, allow_nan=False).encode()
+
+
+def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI:
+    """The application; `token` (None: no auth) is the bearer token every route but /healthz requires."""
     ScoreRequest, EvaluateRequest, WindowBody = _models(settings)
-    store = WindowStore(settings.state_dir, settings.reward.nuanced.window_size)
+    store = WindowStore(
+        settings.state_dir,
+        settings.reward.nuanced.window_size,
+        max_cached_runs=settings.max_cached_runs,
+        answers_per_run=settings.answers_per_run,
+    )
     metrics = _Metrics()
-    token = os.environ.get(TOKEN_ENV) or None
+    metrics.cached_runs.set_function(lambda: store.cached_runs)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        store.close()  # also releases the state directory's lock
+
     app = FastAPI(
+        lifespan=lifespan,
         title="chexrl evaluator",
         version="1",
         description="Rewards (the ChexReason paper's hard and nuanced) and multi-label metrics for chest X-ray completions.",
     )
     app.state.store = store
-
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(require_token)]
     errors = {
         400: {"description": "The body is not JSON, or Content-Length is invalid"},
-        401: {"description": "Missing or wrong bearer token (only when CHEXRL_EVALUATOR_TOKEN is set)"},
+        401: {"description": "Missing or wrong bearer token (when the evaluator has one)"},
         413: {"description": f"Body over {settings.max_body_bytes} bytes"},
     }
+    state_errors = {503: {"description": "The run-state database is unusable (the detail names it)"}}
 
-    app.add_middleware(Instrument, metrics=metrics)
+    # The last added runs outermost: Instrument (counts every answer, 401 and 413 included), then the
+    # token check (before any body byte), then the body size limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BearerAuth, token=token)
+    app.add_middleware(Instrument, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        body = validation_error_body(list(exc.errors()), settings.max_validation_errors)
+        return Response(body, status_code=422, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail
+        if isinstance(detail, str):  # valid UTF-8 whatever it quotes
+            detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+        body = json.dumps({"detail": detail})
+        return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+
+    @app.exception_handler(StateUnavailable)
+    async def _state_unavailable(request: Request, exc: StateUnavailable) -> Response:
+        return Response(json.dumps({"detail": str(exc)}), status_code=503, media_type="application/json")
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok"}
+        # Liveness only: a broken state database is reported, not fatal (the hard reward still works).
+        return {"status": "ok", "state": "ok" if store.broken is None else store.broken}
 
-    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse, responses={401: errors[401]})
+    @app.get("/metrics", response_class=PlainTextResponse, responses={401: errors[401]})
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/score", dependencies=auth, response_model=ScoreResponse, responses=errors)
+    @app.post("/score", response_model=ScoreResponse, responses={**errors, **state_errors})
     async def score(body: ScoreRequest) -> Response:
         golds = _canonical_labels(body.items, "chexpert14")
         cfg = settings.reward
@@ -257,25 +373,35 @@ def create_app(settings: EvaluatorSettings) -> FastAPI:
                         }
                     ]
                 )
-            answer = store.apply(body.run_id, body.request_id, run)
+            # In a worker thread: it waits on the run's lock and on SQLite's fsync.
+            answer = await run_in_threadpool(store.apply, body.run_id, body.request_id, run)
+        elif sum(len(item.completion) for item in body.items) > settings.offload_chars:
+            answer = await run_in_threadpool(run, None)  # a large request: keep the event loop free
         else:
-            answer = run(None)
+            answer = run(None)  # small ones are cheaper on the loop than a thread hop
         metrics.scored.labels(body.reward).inc(len(body.items))
         metrics.invalid.labels(body.reward).inc(sum(not i["valid"] for i in answer["items"]))
         # Serialised here, not re-validated against the response model (which documents the shape).
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    @app.post("/evaluate", dependencies=auth, response_model=EvaluateResponse, responses=errors)
+    @app.post("/evaluate", response_model=EvaluateResponse, responses=errors)
     async def evaluate(body: EvaluateRequest) -> Response:
         golds = _canonical_labels(body.items, body.schema_)
-        m = completion_metrics([i.completion for i in body.items], golds, get_schema(body.schema_))
+        completions = [i.completion for i in body.items]
+        schema = get_schema(body.schema_)
+        if sum(map(len, completions)) > settings.offload_chars:
+            m = await run_in_threadpool(completion_metrics, completions, golds, schema)
+        else:
+            m = completion_metrics(completions, golds, schema)
         return Response(orjson.dumps(m.as_dict()), media_type="application/json")
 
-    @app.get("/runs/{run}/window", dependencies=auth, response_model=WindowOut, responses={401: errors[401]})
+    @app.get(
+        "/runs/{run:any_text}/window", response_model=WindowOut, responses={401: errors[401], **state_errors}
+    )
     def get_window(run: RunIdPath) -> dict:
         return {"run_id": run, "window": store.get(run)}
 
-    @app.put("/runs/{run}/window", dependencies=auth, response_model=WindowOut, responses=errors)
+    @app.put("/runs/{run:any_text}/window", response_model=WindowOut, responses={**errors, **state_errors})
     def put_window(run: RunIdPath, body: WindowBody) -> dict:
         cx = SCHEMAS["chexpert14"]
         bad = [(i, lab) for i, labels in enumerate(body.window) for lab in labels if lab not in cx]
@@ -294,8 +420,12 @@ def create_app(settings: EvaluatorSettings) -> FastAPI:
         store.put(run, body.window)
         return {"run_id": run, "window": store.get(run)}
 
-    @app.on_event("shutdown")
-    def _close() -> None:
-        store.close()
+    @app.delete(
+        "/runs/{run:any_text}/window", response_model=WindowOut, responses={401: errors[401], **state_errors}
+    )
+    def reset_window(run: RunIdPath) -> dict:
+        """Forget the run's window and stored answers: a fresh run of this name starts clean."""
+        store.reset(run)
+        return {"run_id": run, "window": []}
 
     return app

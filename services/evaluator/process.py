@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-TOKEN_ENV = "CHEXRL_EVALUATOR_TOKEN"
+from services.evaluator.security import TOKEN_ENV
 
 
 def free_port() -> int:
@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 class EvaluatorProcess:
-    """`chexrl serve-evaluator` on a free loopback port, with start / stop / kill."""
+    """`chexrl serve-evaluator` on a free port (bound to `host`, default the settings' loopback; reached over
+    loopback), with start / stop / kill; `args` are extra command-line options (e.g. `--insecure`)."""
 
     def __init__(
         self,
@@ -32,10 +33,13 @@ class EvaluatorProcess:
         token: str | None = None,
         config: Path | None = None,
         log: Path | None = None,
+        host: str | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.state_dir, self.token, self.config, self.log = Path(state_dir), token, config, log
+        self.host, self.args = host, tuple(args)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}"  # loopback reaches a 0.0.0.0 bind too
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60) -> EvaluatorProcess:
@@ -43,7 +47,9 @@ class EvaluatorProcess:
         if self.token:
             env[TOKEN_ENV] = self.token
         cmd = [sys.executable, "-m", "chexrl.cli", "serve-evaluator", "--port", str(self.port)]
-        cmd += ["--state-dir", str(self.state_dir)]
+        cmd += ["--state-dir", str(self.state_dir), *self.args]
+        if self.host:
+            cmd += ["--host", self.host]
         if self.config:
             cmd += ["--config", str(self.config)]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
@@ -51,7 +57,9 @@ class EvaluatorProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"evaluator exited with {self.proc.returncode} (log: {self.log})")
+                raise RuntimeError(
+                    f"evaluator exited with {self.proc.returncode} (log: {self.log}){self._tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
@@ -60,6 +68,11 @@ class EvaluatorProcess:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"evaluator not healthy after {timeout_s:.0f} s (log: {self.log})")
+
+    def _tail(self) -> str:
+        if self.log is None or not Path(self.log).is_file():
+            return ""
+        return ":\n" + Path(self.log).read_text(errors="replace")[-2000:]
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, as in a crash."""

@@ -20,6 +20,22 @@ class EvaluatorSettings(StrictModel):
     max_completion_chars: int = Field(16384, ge=1, description="Longest completion accepted.")
     max_labels_per_item: int = Field(64, ge=1, description="Most gold labels one item may list.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_concurrency: int = Field(
+        64, ge=2, description="Open connections plus requests in flight; beyond it uvicorn answers 503."
+    )
+    offload_chars: int = Field(
+        64 * 1024,
+        ge=0,
+        description="A hard-reward request with more completion characters is scored in a worker thread, "
+        "off the event loop (nuanced ones always are: they wait on a run's lock and SQLite).",
+    )
+    max_validation_errors: int = Field(20, ge=1, description="Most errors one 422 lists (then a count).")
+    max_cached_runs: int = Field(
+        256, ge=1, description="Nuanced windows kept in memory (LRU; the rest in SQLite)."
+    )
+    answers_per_run: int = Field(
+        64, ge=1, description="Stored answers per run for retried request ids (the most recent ones)."
+    )
     reward: RewardConfig = Field(default_factory=RewardConfig)
 
 

@@ -1,0 +1,146 @@
+"""`chexrl plan`: the GPU memory a colocated GRPO run needs, phase by phase, before it runs; and
+`chexrl bench learner`: one learner step at a real width and vocabulary, chunked log-probs against full
+logits. The arithmetic lives in chexrl.models.memory_plan, the measurement in chexrl.bench.learner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from chexrl.cli import app, bench_app
+
+
+def _config_of(preset: str | None, model: Path | None):
+    """The transformers config of a preset (published dimensions) or of a checkpoint directory."""
+    if (preset is None) == (model is None):
+        raise typer.BadParameter("give --preset or --model (a checkpoint directory), one of them")
+    if model is not None:
+        from transformers import AutoConfig
+
+        from chexrl.models.loading import detect_family
+
+        try:
+            detect_family(model)
+        except (FileNotFoundError, ValueError) as err:
+            raise typer.BadParameter(str(err)) from None
+        return AutoConfig.from_pretrained(str(model))
+    from chexrl.models.tiny import build_tokenizer, make_config, resolve_preset
+
+    try:
+        chosen = resolve_preset(None, preset)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    return make_config(chosen, build_tokenizer(chosen))
+
+
+@app.command("plan")
+def plan_cmd(
+    preset: str | None = typer.Option(None, help="medgemma-4b, qwen2.5-vl-3b, or a tiny preset."),
+    model: Path | None = typer.Option(None, help="A checkpoint directory instead of a preset."),
+    config: Path | None = typer.Option(
+        None, help="A chexrl YAML config: batch shape and settings from its grpo/sampling/rollout sections."
+    ),
+    gpu_gib: float = typer.Option(80.0, min=1, help="GPU memory in GiB (A100-80GB: 80)."),
+    prompts: int | None = typer.Option(
+        None, min=1, help="Prompts per step (default: grpo.prompts_per_step)."
+    ),
+    n: int | None = typer.Option(None, min=1, help="Completions per prompt (default: sampling.n)."),
+    completion_tokens: int = typer.Option(300, min=1, help="Completion length (the paper's traces: ~300)."),
+    prompt_tokens: int = typer.Option(400, min=1, help="Rendered prompt text tokens, without the image."),
+    image_tokens: int | None = typer.Option(
+        None, min=1, help="Image tokens (default: Gemma3's 256, else 256)."
+    ),
+    micro_batch: int | None = typer.Option(None, min=1, help="Completions per forward/backward."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON here."),
+) -> None:
+    """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner."""
+    from chexrl.config import ChexrlConfig, RolloutConfig, load_config
+    from chexrl.models.memory_plan import PlanSettings, StepShape, model_shape, plan, render_table
+
+    try:
+        cfg = load_config(config) if config is not None else ChexrlConfig()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    g, rollout = cfg.grpo, cfg.rollout or RolloutConfig(model="-")
+    shape = model_shape(_config_of(preset, model))
+    step = StepShape(
+        prompts=prompts or g.prompts_per_step,
+        n=n or cfg.sampling.n,
+        prompt_tokens=prompt_tokens,
+        image_tokens=image_tokens or shape.image_tokens or 256,
+        completion_tokens=completion_tokens,
+        micro_batch=micro_batch or g.micro_batch_size,
+    )
+    settings = PlanSettings(
+        gpu_gib=gpu_gib,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        sleep=rollout.sleep_between_phases is not False,  # None: on with a GPU, which this plans for
+        gradient_checkpointing=g.gradient_checkpointing,
+        logprob_chunk_tokens=g.logprob_chunk_tokens,
+        lora_rank=g.lora.rank,
+    )
+    result = plan(shape, step, settings)
+    typer.echo(render_table(result))
+    if json_path is not None:
+        from chexrl.bench.common import write_json
+
+        write_json(json_path, result)
+        typer.echo(f"-> {json_path}")
+    if not result["fits"]:
+        raise typer.Exit(1)
+
+
+@bench_app.command("learner")
+def bench_learner_cmd(
+    json_path: Path = typer.Option(..., "--json", help="Where to write the figures."),
+    preset: str = typer.Option(
+        "medgemma-4b", help="medgemma-4b or qwen2.5-vl-3b (their width and vocabulary)."
+    ),
+    layers: int | None = typer.Option(
+        2, min=1, help="Decoder layers, with a one-layer vision tower (--full-depth: the whole model)."
+    ),
+    full_depth: bool = typer.Option(False, help="The preset's own depth and vision tower (a GPU's job)."),
+    prompts: int = typer.Option(8, min=1, help="Prompts per step."),
+    n: int = typer.Option(4, min=1, help="Completions per prompt."),
+    completion_tokens: int = typer.Option(300, min=1, help="Tokens per completion."),
+    micro_batch: int = typer.Option(4, min=1, help="Completions per forward/backward."),
+    chunk_tokens: int = typer.Option(256, min=1, help="grpo.logprob_chunk_tokens of the chunked path."),
+    gradient_checkpointing: bool = typer.Option(True, help="grpo.gradient_checkpointing on both paths."),
+    steps: int = typer.Option(1, min=1, help="Measured steps on each path."),
+    warmup: int = typer.Option(0, min=0, help="Unmeasured steps first."),
+    paths: str = typer.Option("chunked,full", help="Which paths to run: chunked, full or both."),
+    work_dir: Path = typer.Option(
+        Path("runs/bench/models"), help="Where the benchmark's checkpoint is built."
+    ),
+) -> None:
+    """One GRPO learner step at a real model's width and vocabulary: peak memory and time of chunked
+    log-probs against the full-logits path, and peak_mem_chunked_over_full."""
+    from chexrl.bench.common import write_json
+    from chexrl.bench.learner import bench_learner, summary_table
+
+    chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
+    if not chosen or set(chosen) - {"chunked", "full"}:
+        raise typer.BadParameter(f"--paths takes chunked, full or both, not {paths!r}")
+    try:
+        figures = bench_learner(
+            preset=preset,
+            layers=None if full_depth else layers,
+            prompts=prompts,
+            n=n,
+            completion_tokens=completion_tokens,
+            micro_batch=micro_batch,
+            chunk_tokens=chunk_tokens,
+            gradient_checkpointing=gradient_checkpointing,
+            steps=steps,
+            warmup=warmup,
+            work_dir=work_dir,
+            paths=chosen,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    write_json(json_path, figures)
+    typer.echo(summary_table(figures))
+    typer.echo(f"-> {json_path}")
+    typer.echo(json.dumps({k: v for k, v in figures.items() if k.endswith("over_full")}))
