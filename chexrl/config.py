@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from chexrl.core.config import RewardConfig, StrictModel
+from chexrl.core.run_ids import RUN_ID_DESCRIPTION, check_run_id
 
 
 class SamplingConfig(StrictModel):
@@ -167,7 +168,9 @@ class GRPOConfig(StrictModel):
         "[]: none. `data` may itself be a `chexrl data sample` folder or JSONL (its rl.jsonl is used).",
     )
     run_dir: str = Field("runs/grpo", description="Where metrics, TensorBoard scalars and checkpoints go.")
-    run_id: str | None = Field(None, description="The run's name at the evaluator; default: run_dir's name.")
+    run_id: str | None = Field(
+        None, description=f"The run's name at the evaluator; default: run_dir's name. {RUN_ID_DESCRIPTION}."
+    )
     prompt: str = Field(
         "free_reasoning", description="Prompt variant (chexrl/core/prompts.py) the policy sees."
     )
@@ -281,6 +284,11 @@ class GRPOConfig(StrictModel):
     @classmethod
     def _one_path_is_a_list(cls, value):
         return [value] if isinstance(value, str) else value
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_pattern(cls, value: str | None) -> str | None:
+        return value if value is None else check_run_id(value)
 
 
 class SFTConfig(StrictModel):

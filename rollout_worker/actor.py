@@ -72,6 +72,10 @@ class RolloutWorker:
     def wake_up(self) -> None:
         self.engine.wake_up()
 
+    def close(self) -> None:
+        """Remove this worker's adapter scratch folder (a plain `ray.kill` skips exit handlers)."""
+        self.engine.close()
+
     def info(self) -> dict:
         return {
             "pid": os.getpid(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import ray
 
 from chexrl.config import RolloutConfig, SamplingConfig
@@ -72,6 +74,9 @@ class RolloutRouter:
         return ray.get([w.info.remote() for w in self.workers])
 
     def shutdown(self) -> None:
+        # let each worker clean its scratch folder first; a dead or stuck one is killed regardless
+        with contextlib.suppress(Exception):
+            ray.get([w.close.remote() for w in self.workers], timeout=30)
         for w in self.workers:
             ray.kill(w, no_restart=True)
         ray.kill(self.registry)

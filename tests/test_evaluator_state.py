@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from chexrl.core.parsing import format_completion
+from chexrl.core.run_ids import check_run_id
 from services.evaluator.process import EvaluatorProcess
-from services.evaluator.run_ids import check_run_id
 from services.evaluator.window_store import StateDirInUse, StateUnavailable, WindowStore
 from trainer.score_client import EvaluatorClient, ScoringError
 
@@ -211,3 +211,16 @@ def test_an_unreadable_stored_window_is_a_clear_error(tmp_path):
     store.reset("torn")
     assert store.get("torn") == []
     store.close()
+
+
+def test_the_config_refuses_a_run_id_the_evaluator_would_refuse():
+    """Checked once at the edge: a `grpo.run_id` with "/" fails when the config loads, not at the first
+    checkpoint of a running job."""
+    from pydantic import ValidationError
+
+    from chexrl.config import GRPOConfig
+
+    assert GRPOConfig(run_id="grpo-2026.11:a@b").run_id == "grpo-2026.11:a@b"
+    for bad in ("a/b", ".hidden", "", "x" * 129):
+        with pytest.raises(ValidationError, match="invalid run id"):
+            GRPOConfig(run_id=bad)

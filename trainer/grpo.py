@@ -167,6 +167,7 @@ class GRPOLearner:
         cfg = self.cfg
         if first_pass:
             logp, mask, ent = self._logprobs(batch, entropy=True)
+            entropy_tokens = float(mask.sum())  # every sampled token, truncated completions included
         else:
             logp, mask = self._logprobs(batch)
         if cfg.mask_truncated_completions:
@@ -184,9 +185,9 @@ class GRPOLearner:
             norm_constant=float(num_examples * self.max_completion_tokens),  # Dr. GRPO's constant divisor
         )
         loss.backward()
-        out = {"metrics": (metrics, float(mask.sum())), "tokens": float(mask.sum())}
+        out: dict = {"metrics": (metrics, float(mask.sum()))}
         if first_pass:
-            out["entropy_sum"] = float(ent.sum())  # zero where masked
+            out["entropy_sum"], out["tokens"] = float(ent.sum()), entropy_tokens  # ent: zero where padded
             diffs = _engine_mismatch(logp.detach(), mask, examples)
             out["engine_diff_sum"], out["rows"] = sum(diffs), len(diffs)
         return out

@@ -32,7 +32,7 @@ from chexrl.data.images import image_bytes
 from rollout_worker.router import RolloutRouter
 from rollout_worker.types import AdapterWeights, RolloutPrompt
 from trainer.adapter_io import save_adapter_dir
-from trainer.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import atomic_write_text, load_latest, save_checkpoint
 from trainer.filtering import collect_groups
 from trainer.grpo import GRPOLearner, TrainingExample
 from trainer.prefilter import prefilter_pool
@@ -260,11 +260,12 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
         images=[image_bytes(s.image_path) for s in run.samples],
     )
     if g.prefilter is not None:  # before step 0, with the starting policy: the cursor runs over the kept
-        parts.pool = prefilter_pool(cfg, run, parts, resume=resume)
+        parts.pool = _prefiltered(cfg, run, parts, resume)
         parts.cursor = PromptCursor(len(parts.pool), seed=g.seed)
-    latest = latest_checkpoint(Path(run.run_dir) / "checkpoints") if resume else None
+    # the newest checkpoint that verifies and loads as data (an older one when the latest is corrupt)
+    latest = load_latest(Path(run.run_dir) / "checkpoints") if resume else None
     if latest is not None:
-        state, meta = load_checkpoint(latest)
+        _, state, meta = latest
         parts.learner.load_state(state)
         parts.cursor = PromptCursor.from_state(meta["cursor"], size=parts.cursor.size)
         parts.start = meta["step"]
@@ -276,6 +277,16 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
         router.push_adapter(parts.learner.export(parts.start))
     write_run_config(cfg, run)
     return parts
+
+
+def _prefiltered(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, resume: bool) -> list[int]:
+    try:
+        return prefilter_pool(cfg, run, parts, resume=resume)
+    except BaseException:  # none kept, a stale prefilter.jsonl, a dead worker: do not leave the actors up
+        parts.client.close()
+        parts.router.shutdown()
+        parts.learner.close()
+        raise
 
 
 def colocated_gpu_share(cluster_gpus: float) -> float:

@@ -4,7 +4,7 @@ A step's scoring is retried as a whole on connection errors, timeouts and 5xx an
 backoff), so an evaluator restart mid-step delays the step instead of skipping it. Every request carries a
 `request_id`; the evaluator applies a nuanced-reward window update once per id, so a retry whose first
 attempt did reach the server does not count the predictions twice. Run ids are checked against the
-evaluator's one pattern (services/evaluator/run_ids.py) before anything is sent, and percent-quoted in
+evaluator's one pattern (chexrl/core/run_ids.py) before anything is sent, and percent-quoted in
 the `/runs/{run_id}/...` paths.
 """
 
@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from services.evaluator.run_ids import check_run_id
+from chexrl.core.run_ids import check_run_id
 
 log = logging.getLogger(__name__)
 

@@ -193,8 +193,8 @@ def trl_dataset(samples: list, prompt_name: str):
     import datasets
 
     from chexrl.core.prompts import build_messages
-    from rollout_worker.engine import decode_image
     from chexrl.data.images import image_bytes
+    from rollout_worker.engine import decode_image
 
     return datasets.Dataset.from_dict(
         {

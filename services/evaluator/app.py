@@ -33,10 +33,10 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chexrl.core.metrics import completion_metrics
+from chexrl.core.run_ids import RUN_ID_DESCRIPTION, RUN_ID_MAX_LENGTH, RUN_ID_PATTERN
 from chexrl.core.schemas import SCHEMAS, get_schema
 from chexrl.core.scoring import score_completion
 from services.evaluator.body_limit import BodySizeLimit
-from services.evaluator.run_ids import RUN_ID_DESCRIPTION, RUN_ID_MAX_LENGTH, RUN_ID_PATTERN
 from services.evaluator.security import BearerAuth
 from services.evaluator.settings import EvaluatorSettings
 from services.evaluator.window_store import StateUnavailable, WindowStore

@@ -1,4 +1,4 @@
-"""The one run-id pattern of the evaluator, its trainer client and the routes that name a run.
+"""The one run-id pattern of the config, the evaluator, its trainer client and the routes that name a run.
 
 A run id is a single URL path segment: it names the run in `/score` bodies and in `/runs/{run_id}/...`
 paths, so it may not contain "/" (a "/score" that accepted "a/b" left the run unable to save its window)
