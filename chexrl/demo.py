@@ -32,6 +32,9 @@ class DemoSizes(StrictModel):
     sft_images: int = Field(400, ge=2)
     rl_images: int = Field(120, ge=1)
     eval_images: int = Field(100, ge=1)
+    # Acc@1 against Pass@K in the final evaluation (K samples per image at the GRPO sampling settings;
+    # None: greedy only). K = the group size: what GRPO's groups can reach.
+    pass_at_k: int | None = Field(4, ge=1)
 
 
 def load_demo_config(path: str | Path | None = None) -> tuple[DemoSizes, ChexrlConfig]:
@@ -139,7 +142,9 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
             TestSet("chexpert", f"chexpert:{data / 'chexpert'}", tuple(id_test)),
             TestSet("nih-site-b", f"nih:{data / 'nih-site-b'}", tuple(ood_test)),
         ]
-        results = evaluate_checkpoints(base_dir, sft.merged_dir, out / "grpo", test_sets, cfg)
+        results = evaluate_checkpoints(
+            base_dir, sft.merged_dir, out / "grpo", test_sets, cfg, pass_at_k=sizes.pass_at_k
+        )
         timings["evaluation"] = time.perf_counter() - t
     finally:
         ray.shutdown()
@@ -268,10 +273,15 @@ def steps_per_pass(n_prompts: int, prompts_per_step: int) -> int | None:
     return n_prompts // prompts_per_step if n_prompts % prompts_per_step == 0 else None
 
 
-def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: ChexrlConfig) -> dict:
+def evaluate_checkpoints(
+    base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: ChexrlConfig, pass_at_k: int | None = None
+) -> dict:
     """Greedy evaluation of base, SFT and GRPO (the SFT checkpoint plus the final GRPO adapter) with
     `chexrl evaluate`'s code; its files (results.json/.md/.csv, per-label table, chart) go to the GRPO
-    run's evaluation/ folder, where `chexrl report` finds them. Returns each model's headline figures."""
+    run's evaluation/ folder, where `chexrl report` finds them. Returns each model's headline figures.
+
+    `pass_at_k` K adds Acc@1 against Pass@K (K samples per image at `cfg.sampling`'s temperature, top-p
+    and seed) per model and test set, under "pass_at_k" ("id"/"ood" -> measure -> mean over images)."""
     from chexrl.config import RolloutConfig
     from chexrl.evaluation.runner import ModelSpec, evaluate_models, write_results
 
@@ -286,9 +296,12 @@ def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: 
         max_tokens=cfg.sampling.max_tokens,
         rollout=RolloutConfig(model=str(sft_dir), max_model_len=1024),
         margin=cfg.grpo.tradeoff_margin,
+        samples=pass_at_k,
+        pass_sampling=cfg.sampling,
     )
     write_results(doc, grpo_run_dir / "evaluation", completions)
     metrics = {(e["model"], e["dataset"]): e["metrics"] for e in doc["entries"]}
+    passes = {(e["model"], e["dataset"]): e.get("pass_at_k") for e in doc["entries"]}
     id_name, ood_name = test_sets[0].name, test_sets[1].name
     results = {}
     for m in models:
@@ -301,7 +314,38 @@ def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: 
             "id_fail_rate": id_m["fail_rate"],
             "ood_fail_rate": ood_m["fail_rate"],
         }
+        if pass_at_k:
+            results[m.name]["pass_at_k"] = {
+                role: {"k": pass_at_k} | {key: passes[m.name, name][key]["mean"] for key in PASS_MEASURES}
+                for role, name in (("id", id_name), ("ood", ood_name))
+            }
     return results
+
+
+# Acc@1 (greedy) and its sampled counterpart, exact label set and Jaccard (chexrl.core.pass_at_k).
+PASS_MEASURES = ("acc_at_1", "pass_at_k", "acc_at_1_jaccard", "pass_at_k_jaccard")
+
+
+def pass_at_k_table(summary: dict) -> str | None:
+    """Acc@1 against Pass@K per model and test set (None when the demo sampled none): where Pass@K is
+    well above Acc@1, RL has something to sharpen (arXiv 2603.01301)."""
+    if "pass_at_k" not in summary.get("grpo", {}):
+        return None
+    k = summary["grpo"]["pass_at_k"]["id"]["k"]
+    rows = [
+        f"| model | test set | Acc@1 (exact) | Pass@{k} (exact) | Pass@{k} - Acc@1 | Acc@1 Jaccard "
+        f"| best-of-{k} Jaccard |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("base", "sft", "grpo"):
+        for role in ("id", "ood"):
+            p = summary[name]["pass_at_k"][role]
+            rows.append(
+                f"| {name} | {role.upper()} | {p['acc_at_1']:.3f} | {p['pass_at_k']:.3f} | "
+                f"{p['pass_at_k'] - p['acc_at_1']:+.3f} | {p['acc_at_1_jaccard']:.3f} | "
+                f"{p['pass_at_k_jaccard']:.3f} |"
+            )
+    return "\n".join(rows)
 
 
 def results_table(summary: dict) -> str:

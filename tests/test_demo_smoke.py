@@ -24,6 +24,7 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
                     "sft_images": 20,
                     "rl_images": 8,
                     "eval_images": 8,
+                    "pass_at_k": 2,
                 },
                 "pretrain": {"max_steps": 5, "batch_size": 4},
                 "sft": {"num_epochs": 1, "gradient_accumulation_steps": 4, "gradient_checkpointing": False},
@@ -70,3 +71,10 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
     entries = {(e["model"], e["dataset"]): e["metrics"] for e in results["entries"]}
     assert entries["grpo", "chexpert"]["macro"]["f1"] == summary["grpo"]["id"]
     assert entries["sft", "nih-site-b"]["macro"]["f1"] == summary["sft"]["ood"]
+    # Acc@1 against Pass@K: in the summary per model and set, from the same entries, and printed
+    passes = {(e["model"], e["dataset"]): e["pass_at_k"] for e in results["entries"]}
+    for model in ("base", "sft", "grpo"):
+        got = summary[model]["pass_at_k"]["ood"]
+        assert got["k"] == 2 and got["pass_at_k"] == passes[model, "nih-site-b"]["pass_at_k"]["mean"]
+        assert got["acc_at_1"] == passes[model, "nih-site-b"]["acc_at_1"]["mean"]
+    assert "Pass@2 (exact)" in result.stdout and "| grpo | OOD |" in result.stdout

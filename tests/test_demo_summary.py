@@ -2,7 +2,7 @@
 
 import pytest
 
-from chexrl.demo import reward_first_last, reward_verdict, steps_per_pass, transfer_gap
+from chexrl.demo import pass_at_k_table, reward_first_last, reward_verdict, steps_per_pass, transfer_gap
 
 
 def _history(rewards):
@@ -71,3 +71,19 @@ def test_whole_passes_use_the_per_image_paired_standard_error():
     assert out["grpo_reward_change_se_basis"] == "images"
     assert out["grpo_reward_change_se"] == pytest.approx(0.1 / 3**0.5)
     assert reward_verdict(out)[1]  # +0.3 against 2 x 0.058
+
+
+def test_pass_at_k_table_rows_and_gap():
+    def passes(acc, pk):
+        return {"k": 4, "acc_at_1": acc, "pass_at_k": pk, "acc_at_1_jaccard": acc, "pass_at_k_jaccard": pk}
+
+    summary = {
+        name: {"pass_at_k": {"id": passes(0.1 * i, 0.5), "ood": passes(0.05 * i, 0.25)}}
+        for i, name in enumerate(("base", "sft", "grpo"))
+    }
+    lines = pass_at_k_table(summary).splitlines()
+    assert "Pass@4 (exact)" in lines[0] and "best-of-4 Jaccard" in lines[0]
+    assert len(lines) == 2 + 6
+    assert lines[2].startswith("| base | ID | 0.000 | 0.500 | +0.500 |")
+    assert lines[7].startswith("| grpo | OOD | 0.100 | 0.250 | +0.150 |")
+    assert pass_at_k_table({"grpo": {"id": 0.3}}) is None

@@ -15,10 +15,15 @@ def demo_cmd(
     config: Path | None = typer.Option(None, help="Override the embedded chexrl/configs/demo.yaml."),
 ) -> None:
     """Pretrain (emulated), SFT, GRPO and evaluate a tiny model on synthetic X-rays, end to end."""
-    from chexrl.demo import results_table, reward_verdict, run_demo, transfer_warnings
+    from chexrl.demo import pass_at_k_table, results_table, reward_verdict, run_demo, transfer_warnings
 
     summary = run_demo(out, config)
     typer.echo("\n" + results_table(summary))
+    passes = pass_at_k_table(summary)
+    if passes:
+        typer.echo(
+            "\nAcc@1 (greedy) against Pass@K (sampled at the GRPO settings), mean over images:\n" + passes
+        )
     n, window = summary["grpo_steps"], summary["grpo_reward_window"]
     over = (
         f"first and last pass over the same prompts, {window} steps each"
