@@ -54,14 +54,22 @@ class RolloutRouter:
             )
         return groups
 
-    def push_adapter(self, adapter: AdapterWeights) -> int:
-        """Install `adapter` on every worker; returns when all serve it."""
-        ref = ray.put(adapter)  # one copy in the object store, read by every worker
-        ray.get(self.registry.publish.remote(adapter.version, [ref]))
+    def push_adapter(self, adapter: AdapterWeights | ray.ObjectRef, version: int | None = None) -> int:
+        """Install `adapter` on every worker; returns when all serve it.
+
+        `adapter` is the weights, or a reference to them in Ray's object store (the learner actor's export:
+        the workers read it from there, no copy passes through this process; give its `version` then)."""
+        if isinstance(adapter, ray.ObjectRef):
+            if version is None:
+                raise ValueError("push_adapter: an adapter passed by reference needs its version")
+            ref = adapter
+        else:
+            ref, version = ray.put(adapter), adapter.version  # one copy, read by every worker
+        ray.get(self.registry.publish.remote(version, [ref]))
         versions = ray.get([w.load_adapter.remote(ref) for w in self.workers])
-        if any(v != adapter.version for v in versions):
-            raise RolloutError(f"workers report versions {versions} after pushing v{adapter.version}")
-        self.version = adapter.version
+        if any(v != version for v in versions):
+            raise RolloutError(f"workers report versions {versions} after pushing v{version}")
+        self.version = version
         return self.version
 
     def sleep(self) -> None:

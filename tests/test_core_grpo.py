@@ -27,7 +27,7 @@ def test_on_policy_no_kl_by_hand():
     loss.backward()
     expected = torch.tensor([[-2 / 6, -2 / 6, -2 / 6], [1 / 6, 1 / 6, 0.0]])
     assert torch.allclose(logp.grad, expected)
-    assert m["loss/clip_frac"] == 0.0
+    assert m["policy/clip_frac"] == 0.0
 
 
 def test_asymmetric_clipping_by_hand():
@@ -42,7 +42,7 @@ def test_asymmetric_clipping_by_hand():
     loss.backward()
     assert logp.grad[0, 0].item() == pytest.approx(0.0)
     assert logp.grad[0, 1].item() == pytest.approx(-r2 / 2)
-    assert m["loss/clip_frac_high"] == pytest.approx(0.5) and m["loss/clip_frac_low"] == 0.0
+    assert m["policy/clip_frac_high"] == pytest.approx(0.5) and m["policy/clip_frac_low"] == 0.0
     # negative advantage: ratio 0.6065 < 0.85 -> clipped at 0.85 (binding), ratio 1.6487 -> unclipped
     logp2 = torch.tensor([[0.5, -0.5]], requires_grad=True)
     loss2, m2 = grpo_loss(
@@ -52,7 +52,7 @@ def test_asymmetric_clipping_by_hand():
     loss2.backward()
     assert logp2.grad[0, 0].item() == pytest.approx(math.exp(0.5) / 2)
     assert logp2.grad[0, 1].item() == pytest.approx(0.0)
-    assert m2["loss/clip_frac_low"] == pytest.approx(0.5)
+    assert m2["policy/clip_frac_low"] == pytest.approx(0.5)
 
 
 def test_kl_term_by_hand():

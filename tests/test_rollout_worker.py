@@ -85,9 +85,19 @@ def test_caller_can_assert_the_version(rollout_router):
         ray.get(worker.generate.remote([image_prompt("x", png_bytes(1))], GREEDY, 999))
 
 
+@ray.remote
+def _exported_adapter(model: str, version: int, seed: int):
+    """An adapter produced in another process, as the learner actor's export is."""
+    return make_adapter(model, version, seed=seed)
+
+
 def test_killed_worker_restarts_restores_adapter_and_retries_in_flight(rollout_router, rollout_config):
     v = rollout_router.version + 1
-    rollout_router.push_adapter(make_adapter(rollout_config.model, v, seed=3))
+    # pushed by reference, as the training loop does: the registry keeps the reference for restarts
+    exported = _exported_adapter.remote(rollout_config.model, v, 3)
+    with pytest.raises(ValueError, match="needs its version"):
+        rollout_router.push_adapter(exported)
+    assert rollout_router.push_adapter(exported, version=v) == v
     prompts = [image_prompt(f"k{i}", png_bytes(200 + i)) for i in range(2)]
     expected = [g.completions[0].token_ids for g in rollout_router.generate(prompts, GREEDY)]
 

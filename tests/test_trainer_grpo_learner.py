@@ -46,9 +46,9 @@ def test_update_raises_the_likelihood_of_rewarded_completions(learner):
     after = _sequence_logp(learner, examples)
     # the first step starts from the reference (LoRA B = 0): KL is exactly zero
     assert metrics["loss/kl"] == pytest.approx(0.0, abs=1e-7)
-    assert metrics["loss/clip_frac"] == 0.0  # one pass: ratio == 1
+    assert metrics["policy/clip_frac"] == 0.0  # one pass: ratio == 1
     assert (after[0] - before[0]) > 0 and (after[1] - before[1]) < 0
-    assert metrics["loss/grad_norm"] > 0
+    assert metrics["optim/grad_norm"] > 0
 
 
 def test_zero_advantage_and_zero_kl_leave_the_policy(learner, tiny_gemma3_dir):
@@ -72,7 +72,7 @@ def test_state_round_trip(learner):
 
 
 def test_entropy_is_the_masked_token_mean(learner):
-    """`loss/entropy` equals the entropy of softmax(logits / T) at each completion position, averaged over
+    """`policy/entropy` equals the entropy of softmax(logits / T) at each completion position, averaged over
     every completion token of the step (micro-batches of unequal lengths weighted by tokens, padding
     excluded), computed here from a plain full-sequence forward."""
     from trainer.collate import build_policy_batch, model_inputs
@@ -92,8 +92,8 @@ def test_entropy_is_the_masked_token_mean(learner):
     expected = float(torch.cat(entropies).mean())
 
     metrics = learner.step(examples, rewards=[1.0, 0.0, 0.0, 1.0], group_size=2)
-    assert metrics["loss/entropy"] == pytest.approx(expected, rel=1e-5)
-    assert metrics["loss/entropy"] > 0.0
+    assert metrics["policy/entropy"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["policy/entropy"] > 0.0
 
 
 def test_masked_truncated_completions_carry_no_gradient(tiny_gemma3_dir):
@@ -109,13 +109,13 @@ def test_masked_truncated_completions_carry_no_gradient(tiny_gemma3_dir):
     ]
     before = {k: v.clone() for k, v in masked.state()["adapter"].items()}
     metrics = masked.step(truncated, rewards=[1.0, 0.0, 0.0, 0.0], group_size=4)
-    assert metrics["loss/grad_norm"] == 0.0
+    assert metrics["optim/grad_norm"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in masked.state()["adapter"].items())
 
     # the same rollouts with only the first one truncated: the other three still train
     partly = [truncated[0], *examples[1:]]
     metrics = masked.step(partly, rewards=[1.0, 0.0, 0.0, 0.0], group_size=4)
-    assert metrics["loss/grad_norm"] > 0.0
+    assert metrics["optim/grad_norm"] > 0.0
 
 
 @pytest.mark.parametrize(
@@ -171,9 +171,9 @@ def test_micro_batches_chunks_and_checkpointing_change_nothing(tiny_gemma3_dir):
             "loss/total",
             "loss/policy",
             "loss/kl",
-            "loss/ratio_mean",
-            "loss/entropy",
-            "loss/grad_norm",
+            "policy/ratio_mean",
+            "policy/entropy",
+            "optim/grad_norm",
         ):
             assert metrics[key] == pytest.approx(base_metrics[key], rel=1e-4, abs=1e-6), (settings, key)
         for key, value in base_adapter.items():

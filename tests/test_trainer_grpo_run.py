@@ -54,12 +54,12 @@ def test_grpo_steps_checkpoint_and_resume(
 
     assert [h["step"] for h in history] == [1, 2, 3]
     lr = ChexrlConfig().grpo.learning_rate  # linear decay to 0 over max_steps, one step of it per GRPO step
-    assert [h["loss/learning_rate"] for h in history] == pytest.approx([lr, lr * 2 / 3, lr / 3])
+    assert [h["optim/learning_rate"] for h in history] == pytest.approx([lr, lr * 2 / 3, lr / 3])
     for h in history:
         for key in (
             "reward/total",
             "loss/kl",
-            "loss/clip_frac",
+            "policy/clip_frac",
             "completion/length",
             "time/generation",
             "time/scoring",
@@ -105,7 +105,7 @@ def test_grpo_steps_checkpoint_and_resume(
     resumed = run_grpo(_config(evaluator.url, 5), run, resume=True, progress=False)
     assert [h["step"] for h in resumed] == [4, 5]
     # the schedule resumes from the checkpoint's step (now over the new max_steps), not from its start
-    assert [h["loss/learning_rate"] for h in resumed] == pytest.approx([lr * 2 / 5, lr / 5])
+    assert [h["optim/learning_rate"] for h in resumed] == pytest.approx([lr * 2 / 5, lr / 5])
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
     rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [s for s in (1, 2, 3, 4, 5) for _ in range(8)]

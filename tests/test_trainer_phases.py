@@ -87,7 +87,8 @@ class OneEngineRouter:
         self.engine.llm.calls.append("router.wake_up")
         self.engine.wake_up()
 
-    def push_adapter(self, adapter):
+    def push_adapter(self, adapter, version=None):
+        assert version == adapter.version  # the loop names the version it pushes
         self.engine.llm.calls.append("router.push_adapter")
         return self.engine.load_adapter(adapter)
 

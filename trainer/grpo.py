@@ -5,7 +5,7 @@ starts from (the paper's KL anchor). Old log-probabilities (the importance-ratio
 trainer's own, taken before the update: with `num_iterations == 1` the ratio is exactly 1 and only the
 KL term and advantages shape the gradient, as in TRL; with more passes the ratio and clipping act. The
 engine's sampling log-probs are compared with the trainer's and logged (`rollout/logp_abs_diff`) to
-expose engine/trainer mismatch. `loss/entropy` is the token mean of the policy's entropy at the sampling
+expose engine/trainer mismatch. `policy/entropy` is the token mean of the policy's entropy at the sampling
 temperature, taken in the first pass's forward (no extra forward).
 """
 
@@ -79,7 +79,9 @@ class GRPOLearner:
     def step(
         self, examples: list[TrainingExample], rewards: list[float], group_size: int
     ) -> dict[str, float]:
-        """One Dr. GRPO update on a step's completions (grouped contiguously, `group_size` per prompt)."""
+        """One Dr. GRPO update on a step's completions (grouped contiguously, `group_size` per prompt):
+        the fixed log-probs (reference, old policy), then `num_iterations` passes of forward/backward
+        over the micro-batches, each ending in one optimizer step; the scheduler steps once."""
         from trainer.collate import build_policy_batch
 
         cfg, clock = self.cfg, _synchronized_clock
@@ -94,13 +96,13 @@ class GRPOLearner:
         batches = [build_policy_batch(self.processor, [examples[i] for i in idx]) for idx in chunks]
         t_collated = clock()
         ref, old = self._fixed_logps(batches)
-        forward_backward, optimizer, passes = clock() - t_collated, 0.0, []
-        entropy = engine_diff = (0.0, 0.0)
+        timing = {"time/collate": t_collated - t_start, "time/forward_backward": clock() - t_collated}
+        timing["time/optimizer"] = 0.0
+        passes, first_pass = [], None
         for iteration in range(cfg.num_iterations):
             t0 = clock()
-            micro = []
-            for k, (idx, batch) in enumerate(zip(chunks, batches, strict=True)):
-                out = self._policy_backward(
+            parts = [
+                self._policy_backward(
                     batch,
                     [examples[i] for i in idx],
                     advantages[idx],
@@ -109,30 +111,22 @@ class GRPOLearner:
                     first_pass=iteration == 0,
                     num_examples=len(examples),
                 )
-                micro.append(out["metrics"])
-                if iteration == 0:
-                    entropy = (entropy[0] + out["entropy_sum"], entropy[1] + out["tokens"])
-                    engine_diff = (engine_diff[0] + out["engine_diff_sum"], engine_diff[1] + out["rows"])
-            forward_backward += clock() - t0
-            t0 = clock()
+                for k, (idx, batch) in enumerate(zip(chunks, batches, strict=True))
+            ]
+            first_pass = first_pass or parts
+            t1 = clock()
             grad_norm = self._optimizer_step()
-            optimizer += clock() - t0
-            passes.append(reduce_micro_batch_metrics(micro))
+            timing["time/forward_backward"] += t1 - t0
+            timing["time/optimizer"] += clock() - t1
+            passes.append(reduce_micro_batch_metrics([p["metrics"] for p in parts]))
         learning_rate = self.optimizer.param_groups[0]["lr"]  # the rate this step's updates used
         self.scheduler.step()  # once per GRPO step, whatever num_iterations
         out = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
-        # token mean over the completions of the policy's entropy at the sampling temperature (first pass,
-        # before the update): a collapsing entropy is the usual sign of a policy losing its exploration
-        out["loss/entropy"] = entropy[0] / max(entropy[1], 1.0)
-        out["loss/grad_norm"] = grad_norm
-        out["loss/learning_rate"] = learning_rate
-        out["rollout/logp_abs_diff"] = engine_diff[0] / engine_diff[1] if engine_diff[1] else 0.0
+        out |= _first_pass_metrics(first_pass)
+        out |= {"optim/grad_norm": grad_norm, "optim/learning_rate": learning_rate}
         # Wall time inside this call: building the batches (processor), the forward and backward passes
         # (reference, old-policy and policy), and gradient clipping + optimizer step + zero_grad.
-        out["time/collate"] = t_collated - t_start
-        out["time/forward_backward"] = forward_backward
-        out["time/optimizer"] = optimizer
-        out["time/learner_step"] = clock() - t_start
+        out |= timing | {"time/learner_step": clock() - t_start}
         if self.device.type == "cuda":
             # Return the step's freed activations to the device, or PyTorch's cache keeps them reserved
             # and the rollout engine, waking next on the same GPU, finds its memory taken.
@@ -270,6 +264,17 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
     if name == "constant" and warmup:  # transformers' "constant" ignores the warmup
         name = "constant_with_warmup"
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
+
+
+def _first_pass_metrics(parts: list[dict]) -> dict[str, float]:
+    """From the first pass's micro-batches (before any update): the token mean over the completions of
+    the policy's entropy at the sampling temperature (a collapsing entropy is the usual sign of a policy
+    losing its exploration) and the mean engine/learner log-prob gap per completion."""
+    tokens, rows = sum(p["tokens"] for p in parts), sum(p["rows"] for p in parts)
+    return {
+        "policy/entropy": sum(p["entropy_sum"] for p in parts) / max(tokens, 1.0),
+        "rollout/logp_abs_diff": sum(p["engine_diff_sum"] for p in parts) / rows if rows else 0.0,
+    }
 
 
 def _synchronized_clock() -> float:

@@ -65,8 +65,14 @@ class LearnerHandle:
     def step(self, examples: list[TrainingExample], rewards: list[float], group_size: int) -> dict:
         return ray.get(self.actor.step.remote(examples, rewards, group_size))
 
-    def export(self, version: int) -> AdapterWeights:
-        return ray.get(self.actor.export.remote(version))
+    def export(self, version: int) -> ray.ObjectRef:
+        """The adapter as a reference into Ray's object store: the weights go from the learner's process
+        to the rollout workers' without a copy through the driver (`RolloutRouter.push_adapter`)."""
+        return self.actor.export.remote(version)
+
+    def weights(self, adapter: ray.ObjectRef) -> AdapterWeights:
+        """The exported adapter's weights in the driver, for what writes them to disk."""
+        return ray.get(adapter)
 
     def state(self) -> dict:
         return ray.get(self.actor.state.remote())
@@ -138,7 +144,8 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
             done = step + 1
             if periodic is not None and (done % g.eval_steps == 0 or done == g.max_steps):
                 with timer("eval"):
-                    metrics.update(_log_eval(periodic.evaluate(parts.router, done, adapter), progress))
+                    weights = parts.learner.weights(adapter)
+                    metrics.update(_log_eval(periodic.evaluate(parts.router, done, weights), progress))
             if done % g.save_steps == 0 or done == g.max_steps:
                 with timer("checkpoint"):
                     _save(cfg, run, parts, done)
@@ -146,7 +153,8 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
             runlog.log(done, metrics)
             runlog.log_completions(done, _completion_rows(rollouts, cfg.sampling.n, scored))
             history.append({"step": done, **metrics})
-        save_adapter_dir(parts.learner.export(g.max_steps), Path(run.run_dir) / "adapter-final")
+        final = parts.learner.weights(parts.learner.export(g.max_steps))
+        save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
     finally:
         if runlog is not None:
             runlog.close()
@@ -188,12 +196,12 @@ def grpo_step(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int, timer
         # (zero advantage) only enlarge the divisor and dilute the policy gradient by their share; the
         # filter removes that dilution, which is its point (DAPO), not a change of the loss's scale.
         metrics = _train(parts, batch, n, step)
-    with timer("weight_sync"):
+    with timer("weight_sync"):  # returns at once: the learner exports while the engine wakes
         adapter = parts.learner.export(step + 1)
     with timer("wake"):
         parts.router.wake_up()
-    with timer("weight_sync"):
-        parts.router.push_adapter(adapter)
+    with timer("weight_sync"):  # waits for the export, then every worker loads it
+        parts.router.push_adapter(adapter, version=step + 1)
     # measured on every completion drawn, before filtering: the policy's reward and zero-std share
     metrics.update(_reward_metrics(batch.scored, batch.drawn.examples, n))
     metrics.update(batch.metrics)
@@ -274,7 +282,7 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     else:  # a fresh start: forget whatever an earlier run of the same name left at the evaluator
         parts.client.reset_run(run.run_id)
     if parts.start > 0:
-        router.push_adapter(parts.learner.export(parts.start))
+        router.push_adapter(parts.learner.export(parts.start), version=parts.start)
     write_run_config(cfg, run)
     return parts
 

@@ -2,8 +2,10 @@
 every sampled completion with its reward (completions.jsonl), the first place to look when a reward
 curve does not move.
 
-Keys are namespaced (`reward/...`, `loss/...`, `time/...`, `eval/...`). Steps count from 1; resuming from
-a checkpoint taken after step k drops logged steps after k first, so no log ever holds a step twice.
+Keys are namespaced: `reward/...`, `loss/...` (loss terms only), `policy/...` (entropy, clipping,
+importance ratios), `optim/...` (gradient norm, learning rate), `time/...`, `eval/...`. Steps count from
+1; resuming from a checkpoint taken after step k drops logged steps after k first, so no log ever holds a
+step twice.
 """
 
 from __future__ import annotations

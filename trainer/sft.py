@@ -176,7 +176,7 @@ def train_sft(
                 step += 1
                 for key in sums:
                     sums[key] += metrics.pop("_" + key)
-                run_log.log(step, {**metrics, "loss/learning_rate": scheduler.get_last_lr()[0]})
+                run_log.log(step, {**metrics, "optim/learning_rate": scheduler.get_last_lr()[0]})
             record = {
                 "epoch": epoch,
                 "step": step,
@@ -222,8 +222,8 @@ def _optimizer_step(model, processor, group, cfg, optimizer, params, device) -> 
     optimizer.zero_grad(set_to_none=True)
     return {
         "loss/train": nll / total_tokens,
-        "loss/token_accuracy": correct / total_tokens,
-        "loss/grad_norm": float(grad_norm),
+        "train/token_accuracy": correct / total_tokens,
+        "optim/grad_norm": float(grad_norm),
         "_nll": nll,
         "_tokens": total_tokens,
         "_correct": correct,

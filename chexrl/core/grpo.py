@@ -79,11 +79,11 @@ def grpo_loss(
         is_low = (ratio < 1.0 - clip_low) & (adv < 0)  # clipping binds only where it lowers the objective
         is_high = (ratio > 1.0 + clip_high) & (adv > 0)
         metrics["loss/policy"] = masked_constant_sum(-surrogate, mask, norm_constant).item()
-        metrics["loss/clip_frac_low"] = _masked_mean(is_low.to(mask.dtype), mask)
-        metrics["loss/clip_frac_high"] = _masked_mean(is_high.to(mask.dtype), mask)
-        metrics["loss/clip_frac"] = metrics["loss/clip_frac_low"] + metrics["loss/clip_frac_high"]
-        metrics["loss/ratio_mean"] = _masked_mean(ratio, mask)
-        metrics["loss/approx_kl_old"] = _masked_mean(0.5 * log_ratio**2, mask)
+        metrics["policy/clip_frac_low"] = _masked_mean(is_low.to(mask.dtype), mask)
+        metrics["policy/clip_frac_high"] = _masked_mean(is_high.to(mask.dtype), mask)
+        metrics["policy/clip_frac"] = metrics["policy/clip_frac_low"] + metrics["policy/clip_frac_high"]
+        metrics["policy/ratio_mean"] = _masked_mean(ratio, mask)
+        metrics["policy/approx_kl_old"] = _masked_mean(0.5 * log_ratio**2, mask)
     metrics["loss/total"] = float(loss.detach())
     return loss, metrics
 
