@@ -39,7 +39,8 @@ def _trl(
     """TRL's GRPOTrainer on the same model, LoRA, batch and completion length, transformers generation."""
     import torch
 
-    from chexrl.bench.step import bench_config, prepare, run_trl_isolated
+    from chexrl.bench.step import bench_config, prepare
+    from chexrl.bench.step_trl import run_trl_isolated
 
     try:
         import trl  # noqa: F401
