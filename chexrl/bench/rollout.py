@@ -12,6 +12,7 @@ import time
 
 from chexrl.bench.common import device_description, percentile
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.vllm_env import set_vllm_env
 
 
 def bench_prompts(count: int, image_size: int = 64):
@@ -55,7 +56,7 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     sampling = SamplingConfig(n=n, max_tokens=max_tokens, ignore_eos=True, seed=0)
     tokens = num_prompts * n * max_tokens
 
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # same engine layout as inside the actor
+    set_vllm_env(cfg.kv_cache_gib)  # the in-process engine: same engine layout as inside the actor
     ray.init(num_cpus=max(2, os.cpu_count() or 2), object_store_memory=512 * 1024**2, include_dashboard=False)
     engine = router = None
     try:
