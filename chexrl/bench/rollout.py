@@ -62,7 +62,7 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     try:
         router = RolloutRouter(cfg)
         engine = RolloutEngine(cfg)
-        hf_generate = _hf_generate(cfg.model, prompts, n, max_tokens)
+        hf_generate = _hf_generate(cfg.model, prompts, sampling)
         paths = {
             "actor": lambda: router.generate(prompts, sampling),
             "inprocess": lambda: engine.generate(prompts, sampling),
@@ -104,8 +104,9 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     }
 
 
-def _hf_generate(model_dir: str, prompts, n: int, max_tokens: int):
-    """A closure running Hugging Face `generate` on the same prompts and sampling."""
+def _hf_generate(model_dir: str, prompts, sampling: SamplingConfig):
+    """A closure running Hugging Face `generate` on the same prompts and sampling (n, temperature, top-p,
+    exactly max_tokens tokens)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -125,11 +126,11 @@ def _hf_generate(model_dir: str, prompts, n: int, max_tokens: int):
             model.generate(
                 **inputs,
                 do_sample=True,
-                temperature=0.8,
-                top_p=0.95,
-                num_return_sequences=n,
-                max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                num_return_sequences=sampling.n,
+                max_new_tokens=sampling.max_tokens,
+                min_new_tokens=sampling.max_tokens,
             )
 
     return run

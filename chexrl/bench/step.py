@@ -18,6 +18,7 @@ from pathlib import Path
 from chexrl.bench.common import device_description
 from chexrl.bench.step_chexrl import PARTS, run_chexrl, step_split, summarize_chexrl
 from chexrl.bench.step_trl import run_trl_isolated
+from chexrl.config import GRPOConfig, SamplingConfig
 
 TARGETS = {"overhead_fraction_max": 0.10, "trl_over_chexrl_min": 1.0}
 
@@ -33,7 +34,6 @@ def bench_config(
     micro_batch: int,
     max_model_len: int,
     weight_sync: str | None = None,
-    evaluator_url: str = "http://127.0.0.1:8000",
 ):
     """The fixed configuration both sides run: chexrl's defaults (the paper's sampling, Dr. GRPO and LoRA
     settings) with the benchmark's sizes and EOS ignored."""
@@ -45,7 +45,6 @@ def bench_config(
             "rollout": rollout.model_dump(),
             "sampling": {"n": n, "max_tokens": max_tokens, "ignore_eos": True},
             "grpo": {
-                "evaluator_url": evaluator_url,
                 "max_steps": warmup + steps,
                 "prompts_per_step": prompts,
                 "micro_batch_size": micro_batch,
@@ -92,10 +91,10 @@ def bench_step(
     *,
     steps: int = 5,
     warmup: int = 2,
-    prompts: int = 4,
-    n: int = 4,
+    prompts: int | None = None,
+    n: int | None = None,
     max_tokens: int = 64,
-    micro_batch: int = 4,
+    micro_batch: int | None = None,
     preset: str | None = None,
     model: str | None = None,
     data_dir: str | Path | None = None,
@@ -115,6 +114,8 @@ def bench_step(
     has its own warm-up.
     `model` / `data_dir` (a MIMIC-format directory) reuse existing files; `evaluator_url` a running evaluator.
     `weight_sync` is the rollout engine's (`RolloutConfig.weight_sync`; None: the device's default).
+    `prompts`, `n` and `micro_batch` default to chexrl's grpo.prompts_per_step, sampling.n and
+    grpo.micro_batch_size.
     """
     import torch
 
@@ -132,6 +133,10 @@ def bench_step(
         raise ValueError("trl_rounds must be 1 (after chexrl) or 2 (before and after)")
     if preset is not None and model is not None:
         raise ValueError("give a preset or a model directory, not both")
+    defaults = GRPOConfig()
+    prompts = defaults.prompts_per_step if prompts is None else prompts
+    n = SamplingConfig().n if n is None else n
+    micro_batch = defaults.micro_batch_size if micro_batch is None else micro_batch
     sizes = dict(
         steps=steps, warmup=warmup, prompts=prompts, n=n, max_tokens=max_tokens, micro_batch=micro_batch
     )
