@@ -290,6 +290,18 @@ class GRPOConfig(StrictModel):
     def _run_id_pattern(cls, value: str | None) -> str | None:
         return value if value is None else check_run_id(value)
 
+    @model_validator(mode="after")
+    def _eval_sets_together(self) -> GRPOConfig:
+        if bool(self.eval_id_data) != bool(self.eval_ood_data):
+            given, missing = (
+                ("eval_id_data", "eval_ood_data") if self.eval_id_data else ("eval_ood_data", "eval_id_data")
+            )
+            raise ValueError(
+                "evaluation during training needs both grpo.eval_id_data and grpo.eval_ood_data: "
+                f"grpo.{given} is set, grpo.{missing} is not"
+            )
+        return self
+
 
 class SFTConfig(StrictModel):
     """LoRA SFT on teacher traces (paper Sec. 3.2.1); every default is the paper's setting."""

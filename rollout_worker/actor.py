@@ -13,6 +13,7 @@ import os
 import ray
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.vllm_env import actor_env
 from rollout_worker.types import AdapterWeights, RolloutError, RolloutGroup, RolloutPrompt
 
 
@@ -89,15 +90,8 @@ class RolloutWorker:
     @staticmethod
     def spawn(cfg: RolloutConfig, registry=None, *, num_cpus: float = 1, num_gpus: float = 0):
         """Start one worker actor with restart and retry policies from `cfg`."""
-        env = {
-            # Run vLLM's engine core inside the actor process: a worker killed by SIGKILL then leaves no
-            # orphaned engine process holding memory, and Ray's restart brings back the whole engine.
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.kv_cache_gib))),
-            # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1); vLLM's CPU kernels would then run on
-            # one thread while an in-process engine uses every core.
-            "OMP_NUM_THREADS": str(cfg.num_threads or os.cpu_count() or 1),
-        }
+        # vLLM's engine core in the actor process, its CPU KV cache and threads (chexrl/models/vllm_env.py)
+        env = actor_env(cfg.kv_cache_gib, cfg.num_threads)
         actor = ray.remote(RolloutWorker).options(
             num_cpus=num_cpus,
             num_gpus=num_gpus,

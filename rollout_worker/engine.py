@@ -6,10 +6,10 @@ Kept free of Ray so it can be benchmarked in-process against the actor (`chexrl 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.vllm_env import set_vllm_env
 from rollout_worker.adapter_sync import AdapterSlot
 from rollout_worker.merged_sync import MergedWeightsSlot
 from rollout_worker.types import AdapterWeights, Completion, RolloutGroup, RolloutPrompt
@@ -50,15 +50,11 @@ class RolloutEngine:
 
         self.cfg = cfg
         cuda = has_cuda()
-        if not cuda:
-            # On the CPU backend the KV cache is sized by this variable, not by gpu_memory_utilization.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
         self.sleep_enabled = cuda if cfg.sleep_between_phases is None else cfg.sleep_between_phases
         self.weight_sync = cfg.resolved_weight_sync(cuda)
-        if self.weight_sync == "merged":
-            # Merged weights are handed to the worker in memory (`collective_rpc`), which needs the engine
-            # core in this process; the Ray actors run it so anyway.
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Merged weights are handed to the worker in memory, which needs the engine core in this process
+        # (the Ray actors run it so anyway); the CPU KV cache size unless the user set one.
+        set_vllm_env(cfg.kv_cache_gib, in_process=self.weight_sync == "merged")
         started = time.perf_counter()
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         kwargs = dict(

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chexrl.bench.common import write_json
-from chexrl.bench.step import OTHER_PARTS, PARTS, step_split
+from chexrl.bench.step_chexrl import OTHER_PARTS, PARTS, step_split
 
 
 def _metrics(**overrides) -> dict:

@@ -7,6 +7,9 @@ import torch
 
 from chexrl.core.grpo import group_advantages, grpo_loss
 
+# the paper's clip range (GRPOConfig.epsilon / epsilon_high), which the hand computations below use
+CLIP = {"clip_low": 0.15, "clip_high": 0.22}
+
 
 def test_advantages_are_centred_per_group_without_std():
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0])
@@ -22,7 +25,7 @@ def test_on_policy_no_kl_by_hand():
     old = logp.detach().clone()
     adv = torch.tensor([2.0, -1.0])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, norm_constant=6.0)
+    loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, **CLIP, norm_constant=6.0)
     assert loss.item() == pytest.approx(-(2.0 * 3 + -1.0 * 2) / 6.0)
     loss.backward()
     expected = torch.tensor([[-2 / 6, -2 / 6, -2 / 6], [1 / 6, 1 / 6, 0.0]])
@@ -36,7 +39,7 @@ def test_asymmetric_clipping_by_hand():
     logp = torch.tensor([[0.5, -0.5]], requires_grad=True)
     old = torch.zeros(1, 2)
     adv = torch.tensor([1.0])
-    loss, m = grpo_loss(logp, old, None, adv, torch.ones(1, 2), beta=0.0, norm_constant=2.0)
+    loss, m = grpo_loss(logp, old, None, adv, torch.ones(1, 2), beta=0.0, **CLIP, norm_constant=2.0)
     r2 = math.exp(-0.5)
     assert loss.item() == pytest.approx(-(1.22 + r2) / 2)
     loss.backward()
@@ -46,7 +49,7 @@ def test_asymmetric_clipping_by_hand():
     # negative advantage: ratio 0.6065 < 0.85 -> clipped at 0.85 (binding), ratio 1.6487 -> unclipped
     logp2 = torch.tensor([[0.5, -0.5]], requires_grad=True)
     loss2, m2 = grpo_loss(
-        logp2, old, None, torch.tensor([-1.0]), torch.ones(1, 2), beta=0.0, norm_constant=2.0
+        logp2, old, None, torch.tensor([-1.0]), torch.ones(1, 2), beta=0.0, **CLIP, norm_constant=2.0
     )
     assert loss2.item() == pytest.approx((math.exp(0.5) + 0.85) / 2)
     loss2.backward()
@@ -60,7 +63,7 @@ def test_kl_term_by_hand():
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     ref = torch.tensor([[-1.5, -1.0]])
     loss, m = grpo_loss(
-        logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=0.15, norm_constant=4.0
+        logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=0.15, **CLIP, norm_constant=4.0
     )
     d = torch.tensor([-0.5, 1.0])
     k3 = torch.exp(d) - d - 1
@@ -80,10 +83,11 @@ def test_constant_normaliser_is_not_length_normalisation():
         adv,
         torch.tensor([[1, 1, 0, 0]]),
         beta=0.0,
+        **CLIP,
         norm_constant=4.0,
     )
     long, _ = grpo_loss(
-        torch.zeros(1, 4), torch.zeros(1, 4), None, adv, torch.ones(1, 4), beta=0.0, norm_constant=4.0
+        torch.zeros(1, 4), torch.zeros(1, 4), None, adv, torch.ones(1, 4), beta=0.0, **CLIP, norm_constant=4.0
     )
     assert long.item() == pytest.approx(2 * short.item())
 
@@ -96,9 +100,7 @@ def test_vectorised_matches_a_token_loop():
     ref = logp.detach() + torch.randn(B, T, generator=g) * 0.3
     adv = group_advantages(torch.rand(B, generator=g), group_size=3)
     mask = (torch.rand(B, T, generator=g) > 0.2).long()
-    loss, _ = grpo_loss(
-        logp, old, ref, adv, mask, clip_low=0.15, clip_high=0.22, beta=0.15, norm_constant=B * T
-    )
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, beta=0.15, **CLIP, norm_constant=B * T)
     total = 0.0
     for i in range(B):
         for t in range(T):
@@ -115,5 +117,12 @@ def test_vectorised_matches_a_token_loop():
 def test_beta_needs_reference():
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_loss(
-            torch.zeros(1, 1), torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), norm_constant=1.0
+            torch.zeros(1, 1),
+            torch.zeros(1, 1),
+            None,
+            torch.zeros(1),
+            torch.ones(1, 1),
+            beta=0.15,
+            **CLIP,
+            norm_constant=1.0,
         )

@@ -48,14 +48,20 @@ def test_entropy_equals_the_full_computation():
 def test_no_graph_without_grad_and_empty_input():
     hidden, weight = torch.randn(4, 8, requires_grad=True), torch.randn(20, 8)
     with torch.no_grad():
-        assert not chunked_token_logprobs(hidden, weight, torch.zeros(4, dtype=torch.long)).requires_grad
-    empty = chunked_token_logprobs(torch.zeros(0, 8), weight, torch.zeros(0, dtype=torch.long))
+        assert not chunked_token_logprobs(
+            hidden, weight, torch.zeros(4, dtype=torch.long), chunk_tokens=2
+        ).requires_grad
+    empty = chunked_token_logprobs(
+        torch.zeros(0, 8), weight, torch.zeros(0, dtype=torch.long), chunk_tokens=2
+    )
     assert empty.shape == (0,)
 
 
 def test_bad_shapes_and_chunk_size_are_named():
     with pytest.raises(ValueError, match="do not match"):
-        chunked_token_logprobs(torch.randn(4, 8), torch.randn(20, 8), torch.zeros(3, dtype=torch.long))
+        chunked_token_logprobs(
+            torch.randn(4, 8), torch.randn(20, 8), torch.zeros(3, dtype=torch.long), chunk_tokens=2
+        )
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunked_token_logprobs(
             torch.randn(4, 8), torch.randn(20, 8), torch.zeros(4, dtype=torch.long), chunk_tokens=0

@@ -17,7 +17,7 @@ def evaluate_samples(
     samples: list[XraySample],
     *,
     prompt_name: str = DEFAULT_PROMPT,
-    max_tokens: int = 256,
+    max_tokens: int,
     batch_size: int = 32,
 ) -> dict:
     """Greedy completions for every sample with the router's live adapter; returns /evaluate's JSON shape
@@ -39,7 +39,7 @@ def sample_completions(
     *,
     n: int,
     prompt_name: str = DEFAULT_PROMPT,
-    max_tokens: int = 256,
+    max_tokens: int,
     batch_size: int = 32,
 ) -> list[list[str]]:
     """`n` completions per sample at `sampling`'s temperature, top-p and seed (its own n, max_tokens and

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from peft import LoraConfig, get_peft_model_state_dict
 
+from chexrl.config import LoraSettings
 from chexrl.models.loading import lora_target_modules
 from chexrl.models.presets import FAMILIES
 from rollout_worker.types import AdapterWeights
 
+_PAPER = LoraSettings()  # the paper's adapter (the SFT defaults)
+
 
 def language_lora_config(
-    rank: int = 16,
-    alpha: int = 32,
-    dropout: float = 0.1,
+    rank: int = _PAPER.rank,
+    alpha: int = _PAPER.alpha,
+    dropout: float = _PAPER.dropout,
     family: str = FAMILIES[0],
     trainable_token_ids: list[int] | None = None,
 ) -> LoraConfig:

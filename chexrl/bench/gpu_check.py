@@ -39,7 +39,8 @@ def _trl(
     """TRL's GRPOTrainer on the same model, LoRA, batch and completion length, transformers generation."""
     import torch
 
-    from chexrl.bench.step import bench_config, prepare, run_trl_isolated
+    from chexrl.bench.step import bench_config, prepare
+    from chexrl.bench.step_trl import run_trl_isolated
 
     try:
         import trl  # noqa: F401
@@ -80,6 +81,7 @@ def gpu_check(*, cpu: bool, out: Path, work: Path, steps: int, warmup: int, trl:
 
     from chexrl.bench.common import device_description
     from chexrl.bench.learner import build_bench_model, run_path_in_subprocess
+    from chexrl.config import GRPOConfig
 
     cuda = torch.cuda.is_available() and not cpu
     if not cpu and not cuda:
@@ -91,9 +93,10 @@ def gpu_check(*, cpu: bool, out: Path, work: Path, steps: int, warmup: int, trl:
     model_dir, spec = build_bench_model(preset, layers, work)
     build_s = time.perf_counter() - started
     settings = {"prompts": prompts, "n": n, "completion_tokens": tokens, "micro_batch": micro}
-    settings.update(gradient_checkpointing=True, steps=steps, warmup=warmup)
+    g = GRPOConfig()  # the learner's settings: chexrl's defaults
+    settings.update(gradient_checkpointing=g.gradient_checkpointing, steps=steps, warmup=warmup)
     chexrl = {}
-    for path, chunk in (("chunked", 256), ("full", None)):
+    for path, chunk in (("chunked", g.logprob_chunk_tokens), ("full", None)):
         r = run_path_in_subprocess(model_dir, {**settings, "chunk_tokens": chunk})
         # everything the learner allocated on the GPU (weights included), or its process's growth on the CPU
         measured = r["peak_gpu_bytes"] if cuda else r["peak_rss_bytes"] - r["rss_start_bytes"]
@@ -106,7 +109,7 @@ def gpu_check(*, cpu: bool, out: Path, work: Path, steps: int, warmup: int, trl:
             "image_tokens": image,
         }
         step["prompt_tokens"] = r["sequence_tokens"] // (prompts * n) - image - tokens
-        predicted = _plan_learner(model_dir, step, chunk=chunk, gc=True, cuda=cuda)
+        predicted = _plan_learner(model_dir, step, chunk=chunk, gc=g.gradient_checkpointing, cuda=cuda)
         chexrl[path] = {
             **r,
             "measured_peak_bytes": measured,

@@ -95,7 +95,7 @@ def measure_learner(
     import torch
     import transformers  # noqa: F401
 
-    from chexrl.config import GRPOConfig
+    from chexrl.config import GRPOConfig, SamplingConfig
     from trainer.collate import build_policy_batch
     from trainer.grpo import GRPOLearner
 
@@ -108,7 +108,8 @@ def measure_learner(
         max_steps=warmup + steps,
         seed=seed,
     )
-    learner = GRPOLearner(model_dir, cfg, temperature=0.8, max_completion_tokens=completion_tokens)
+    temperature = SamplingConfig().temperature  # the log-probs of the policy the engine samples from
+    learner = GRPOLearner(model_dir, cfg, temperature=temperature, max_completion_tokens=completion_tokens)
     examples = step_examples(
         learner.processor, prompts=prompts, n=n, completion_tokens=completion_tokens, seed=seed
     )

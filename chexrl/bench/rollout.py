@@ -12,6 +12,7 @@ import time
 
 from chexrl.bench.common import device_description, percentile
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.vllm_env import set_vllm_env
 
 
 def bench_prompts(count: int, image_size: int = 64):
@@ -55,13 +56,13 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     sampling = SamplingConfig(n=n, max_tokens=max_tokens, ignore_eos=True, seed=0)
     tokens = num_prompts * n * max_tokens
 
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # same engine layout as inside the actor
+    set_vllm_env(cfg.kv_cache_gib)  # the in-process engine: same engine layout as inside the actor
     ray.init(num_cpus=max(2, os.cpu_count() or 2), object_store_memory=512 * 1024**2, include_dashboard=False)
     engine = router = None
     try:
         router = RolloutRouter(cfg)
         engine = RolloutEngine(cfg)
-        hf_generate = _hf_generate(cfg.model, prompts, n, max_tokens)
+        hf_generate = _hf_generate(cfg.model, prompts, sampling)
         paths = {
             "actor": lambda: router.generate(prompts, sampling),
             "inprocess": lambda: engine.generate(prompts, sampling),
@@ -103,8 +104,9 @@ def bench_rollout(cfg: RolloutConfig, num_prompts: int, n: int, max_tokens: int,
     }
 
 
-def _hf_generate(model_dir: str, prompts, n: int, max_tokens: int):
-    """A closure running Hugging Face `generate` on the same prompts and sampling."""
+def _hf_generate(model_dir: str, prompts, sampling: SamplingConfig):
+    """A closure running Hugging Face `generate` on the same prompts and sampling (n, temperature, top-p,
+    exactly max_tokens tokens)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -124,11 +126,11 @@ def _hf_generate(model_dir: str, prompts, n: int, max_tokens: int):
             model.generate(
                 **inputs,
                 do_sample=True,
-                temperature=0.8,
-                top_p=0.95,
-                num_return_sequences=n,
-                max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                num_return_sequences=sampling.n,
+                max_new_tokens=sampling.max_tokens,
+                min_new_tokens=sampling.max_tokens,
             )
 
     return run

@@ -1,104 +1,28 @@
 """`chexrl bench step`: where one GRPO step's time goes, and the same step in TRL's GRPOTrainer.
 
-chexrl side: the real `trainer.loop.run_grpo` (vLLM rollout actor -> evaluator /score over HTTP -> Dr.
-GRPO update in the learner actor -> adapter pushed to the worker) for `warmup + steps` steps; the split
-of each measured step comes from the loop's own `time/*` metrics and the learner's
-`time/forward_backward` and `time/optimizer`.
-
-TRL side, in the same process (by default once before and once after chexrl, so that a drift in the load
-of a shared machine hits both sides alike): `trl.GRPOTrainer` on the same checkpoint, LoRA config, chat
-messages, images, prompts and completions per step, completion length (EOS suppressed on both sides, so
-every completion has exactly `max_tokens` tokens), Dr. GRPO loss with the paper's beta/epsilons, and the
-same reward function (`chexrl.core.scoring.score_completion`, called in-process). A TRL step is timed from
-`on_step_begin` to `on_step_end` (generation, reward, reference log-probs, forward/backward, optimizer).
-Neither side's step includes its per-step logging (chexrl's metrics.jsonl/TensorBoard write, TRL's log).
-trl_over_chexrl = median TRL step / median chexrl step.
-
-overhead_fraction = (step - generation - forward_backward - optimizer) / step: the share of a step that is
-neither producing rollouts nor training on them (scoring, batch building, Ray calls, weight sync, glue).
+Both sides run one fixed configuration (`bench_config`) on the same checkpoint and samples (`prepare`):
+chexrl's in `chexrl.bench.step_chexrl` (the real `run_grpo`, each step split by its own `time/*` metrics),
+TRL's in `chexrl.bench.step_trl` (`trl.GRPOTrainer`, each round in a fresh process). TRL runs in the same
+command, by default once before and once after chexrl, so that a drift in the load of a shared machine hits
+both sides alike. Neither side's step includes its per-step logging (chexrl's metrics.jsonl/TensorBoard
+write, TRL's log). This module puts the figures together: trl_over_chexrl = median TRL step / median
+chexrl step, and chexrl's overhead_fraction (`step_chexrl`) against the targets.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 from chexrl.bench.common import device_description
+from chexrl.bench.step_chexrl import PARTS, run_chexrl, step_split, summarize_chexrl
+from chexrl.bench.step_trl import run_trl_isolated
+from chexrl.config import GRPOConfig, SamplingConfig
 
 TARGETS = {"overhead_fraction_max": 0.10, "trl_over_chexrl_min": 1.0}
 
-# The per-step split: named parts of `time/step` plus `other` (the rest), which add up to the step.
-PARTS = ("generation", "scoring", "forward_backward", "optimizer", "weight_sync", "other")
-# What `other` is made of (informational; they add up to `other`).
-OTHER_PARTS = ("collate", "learner_call", "sleep_wake", "loop")
 
-
-def step_split(metrics: dict) -> dict:
-    """One step's split from `run_grpo`'s per-step metrics (seconds)."""
-    step = metrics["time/step"]
-    named = {
-        "generation": metrics["time/generation"],
-        "scoring": metrics["time/scoring"],
-        "forward_backward": metrics["time/forward_backward"],
-        "optimizer": metrics["time/optimizer"],
-        "weight_sync": metrics["time/weight_sync"],
-    }
-    other = step - sum(named.values())
-    training = metrics["time/training"]
-    learner = metrics["time/learner_step"]
-    sleep_wake = metrics["time/sleep"] + metrics["time/wake"]
-    loop = step - (
-        metrics["time/generation"]
-        + metrics["time/scoring"]
-        + training
-        + metrics["time/weight_sync"]
-        + sleep_wake
-    )
-    return {
-        "step": step,
-        **named,
-        "other": other,
-        "other_parts": {
-            # the processor building the learner's batches (prompt + image encoding, collation)
-            "collate": metrics["time/collate"],
-            # the learner call minus the learner's own work: Ray task submission, argument transfer, result
-            "learner_call": training - learner,
-            # putting the engine to sleep for the update and waking it (Ray calls only, where sleep is off)
-            "sleep_wake": sleep_wake,
-            # the loop's glue between the timed sections, plus the learner's small bookkeeping
-            "loop": loop
-            + (learner - metrics["time/collate"] - named["forward_backward"] - named["optimizer"]),
-        },
-        "overhead_fraction": (step - named["generation"] - named["forward_backward"] - named["optimizer"])
-        / step,
-    }
-
-
-def _median(xs: list[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def summarize_chexrl(splits: list[dict]) -> dict:
-    keys = ("step", *PARTS)
-    median = {k: _median([s[k] for s in splits]) for k in keys}
-    mean = {k: float(statistics.fmean([s[k] for s in splits])) for k in keys}
-    fractions = [s["overhead_fraction"] for s in splits]
-    return {
-        "steps": splits,
-        "median": median,
-        "mean": mean,
-        # shares of the mean step: means add up (the parts' medians need not come from one step)
-        "mean_share": {k: mean[k] / mean["step"] for k in PARTS},
-        "overhead_fraction": _median(fractions),
-        "overhead_fraction_mean": float(statistics.fmean(fractions)),
-    }
-
-
-# ---- the chexrl side ------------------------------------------------------------------------------------
 def bench_config(
     model_dir: str,
     *,
@@ -110,7 +34,6 @@ def bench_config(
     micro_batch: int,
     max_model_len: int,
     weight_sync: str | None = None,
-    evaluator_url: str = "http://127.0.0.1:8000",
 ):
     """The fixed configuration both sides run: chexrl's defaults (the paper's sampling, Dr. GRPO and LoRA
     settings) with the benchmark's sizes and EOS ignored."""
@@ -122,11 +45,10 @@ def bench_config(
             "rollout": rollout.model_dump(),
             "sampling": {"n": n, "max_tokens": max_tokens, "ignore_eos": True},
             "grpo": {
-                "evaluator_url": evaluator_url,
                 "max_steps": warmup + steps,
                 "prompts_per_step": prompts,
                 "micro_batch_size": micro_batch,
-                "gradient_checkpointing": False,  # as TRL's side below: same memory-for-compute trade
+                "gradient_checkpointing": False,  # as TRL's side: same memory-for-compute trade
                 "save_steps": warmup + steps,  # the one checkpoint comes after the last step's clock
                 "eval_steps": warmup + steps,
             },
@@ -134,315 +56,6 @@ def bench_config(
     )
 
 
-def run_chexrl(
-    cfg, model_dir: str, samples: list, work: Path, *, warmup: int, evaluator_url: str | None = None
-) -> tuple[list[dict], float]:
-    """`run_grpo` for the configured steps; returns (the measured steps' metrics, wall seconds).
-
-    Starts an evaluator unless `evaluator_url` is given, and a local Ray unless one is connected."""
-    import shutil
-
-    import ray
-
-    from chexrl.core.prompts import DEFAULT_PROMPT
-    from services.evaluator.process import EvaluatorProcess
-    from trainer.loop import GRPORun, run_grpo
-
-    work.mkdir(parents=True, exist_ok=True)
-    evaluator = None
-    if evaluator_url is None:
-        evaluator = EvaluatorProcess(work / "evaluator-state", log=work / "evaluator.log").start()
-        evaluator_url = evaluator.url
-    scratch = tempfile.mkdtemp(prefix="chexrl-bench-step-", dir=_scratch())  # node-local adapter files
-    cfg = cfg.model_copy(
-        update={
-            "grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url}),
-            "rollout": cfg.rollout.model_copy(update={"adapter_dir": scratch}),
-        }
-    )
-    own_ray = not ray.is_initialized()
-    started = time.perf_counter()
-    try:
-        if own_ray:  # as the demo: logical CPUs so that the worker and learner actors fit on 2 cores
-            ray.init(
-                num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False
-            )
-        try:
-            run = GRPORun(
-                model_dir, samples, str(work / "chexrl-run"), run_id="bench-step", prompt_name=DEFAULT_PROMPT
-            )
-            history = run_grpo(cfg, run, progress=False)
-        finally:
-            if own_ray:
-                ray.shutdown()
-    finally:
-        if evaluator is not None:
-            evaluator.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-    return history[warmup:], time.perf_counter() - started
-
-
-def _scratch() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-
-
-# ---- the TRL side ---------------------------------------------------------------------------------------
-def trl_dataset(samples: list, prompt_name: str):
-    """The RL samples as a TRL conversational dataset: the same chat messages as chexrl's rollouts, the
-    same image bytes (decoded as the rollout worker decodes them) and the gold labels for the reward."""
-    import datasets
-
-    from chexrl.core.prompts import build_messages
-    from chexrl.data.images import image_bytes
-    from rollout_worker.engine import decode_image
-
-    return datasets.Dataset.from_dict(
-        {
-            "prompt": [trl_messages(build_messages(prompt_name))] * len(samples),
-            "image": [decode_image(image_bytes(s.image_path)) for s in samples],
-            "labels": [sorted(s.labels) for s in samples],
-        }
-    )
-
-
-def trl_messages(messages: list[dict]) -> list[dict]:
-    """chexrl's messages (system text; user: image part then text) in the string form TRL expands back to
-    exactly that: `prepare_multimodal_messages` puts the image part before the first user message's text.
-    (Arrow cannot hold the mixed image/text part dicts as they are.)"""
-    out = []
-    for m in messages:
-        parts = m["content"]
-        images = [p for p in parts if p["type"] == "image"]
-        texts = [p["text"] for p in parts if p["type"] == "text"]
-        if len(texts) != 1 or (images and (m["role"] != "user" or parts[0]["type"] != "image")):
-            raise ValueError(f"unexpected message layout for TRL: {m}")
-        out.append({"role": m["role"], "content": texts[0]})
-    return out
-
-
-def same_rendered_prompt(processor, prompt_name: str) -> str:
-    """The prompt text TRL renders for its dataset row, checked equal to the one chexrl's rollout engine
-    renders (`processor.apply_chat_template(messages)`); returns it."""
-    from PIL import Image
-    from trl.data_utils import prepare_multimodal_messages
-
-    from chexrl.core.prompts import build_messages
-
-    ours = build_messages(prompt_name)
-    theirs = prepare_multimodal_messages(trl_messages(ours), images=[Image.new("RGB", (8, 8))])
-    render = dict(tokenize=False, add_generation_prompt=True)
-    a = processor.apply_chat_template(ours, **render)
-    b = processor.apply_chat_template(theirs, **render)
-    if a != b:
-        raise RuntimeError(f"TRL would render another prompt than chexrl:\n{a!r}\n!=\n{b!r}")
-    return a
-
-
-def hard_reward_fn(reward_cfg):
-    """The evaluator's hard reward as a TRL reward function (the same pure function, in-process)."""
-    from chexrl.core.schemas import SCHEMAS
-    from chexrl.core.scoring import score_completion
-
-    schema = SCHEMAS["chexpert14"]
-
-    def reward(prompts, completions, completion_ids, labels, **_) -> list[float]:
-        out = []
-        for completion, ids, gold in zip(completions, completion_ids, labels, strict=True):
-            text = completion[0]["content"] if isinstance(completion, list) else completion
-            canonical = frozenset(schema.canonical(g) for g in gold)
-            out.append(
-                score_completion(text, canonical, "hard", reward_cfg, num_tokens=len(ids)).reward.total
-            )
-        return out
-
-    reward.__name__ = "hard_reward"
-    return reward
-
-
-def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, generation: str) -> dict:
-    """TRL's GRPOTrainer on `cfg`'s sizes and settings (`bench_config`) for the same number of optimizer
-    steps; returns the measured steps' wall times."""
-    import torch
-    from trl import GRPOConfig, GRPOTrainer
-
-    from chexrl.core.config import RewardConfig
-    from chexrl.core.prompts import DEFAULT_PROMPT
-    from chexrl.models.loading import load_model, load_processor
-    from trainer.lora import language_lora_config
-
-    g, s = cfg.grpo, cfg.sampling
-    prompts, n, max_tokens, micro_batch = g.prompts_per_step, s.n, s.max_tokens, g.micro_batch_size
-    steps = g.max_steps - warmup
-    if (prompts * n) % micro_batch:
-        raise ValueError(f"prompts x n ({prompts * n}) must be a multiple of micro_batch ({micro_batch})")
-    cuda = torch.cuda.is_available()
-    if generation == "vllm-colocate":
-        # vLLM SamplingParams: never stop at EOS, as chexrl's engine with ignore_eos
-        gen = {
-            "use_vllm": True,
-            "vllm_mode": "colocate",
-            "vllm_gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-            "vllm_max_model_length": cfg.rollout.max_model_len,
-            "generation_kwargs": {"ignore_eos": True},
-            "vllm_importance_sampling_correction": False,  # chexrl does no engine/trainer IS correction
-        }
-    else:
-        # transformers generate: EOS (every end token TRL stops at) masked until max_tokens are out
-        gen = {"use_vllm": False, "generation_kwargs": {"min_new_tokens": max_tokens}}
-    args = GRPOConfig(
-        output_dir=str(work / f"trl-run-{uuid.uuid4().hex[:8]}"),
-        per_device_train_batch_size=micro_batch,  # as chexrl's micro_batch_size
-        gradient_accumulation_steps=prompts * n // micro_batch,  # one generation batch per optimizer step
-        num_generations=n,
-        max_completion_length=max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        loss_type="dr_grpo",
-        scale_rewards="none",  # Dr. GRPO: advantages are reward minus the group mean, as chexrl's
-        beta=g.beta,
-        epsilon=g.epsilon,
-        epsilon_high=g.epsilon_high,
-        num_iterations=g.num_iterations,
-        learning_rate=g.learning_rate,
-        weight_decay=g.weight_decay,
-        max_grad_norm=g.max_grad_norm,
-        lr_scheduler_type="constant",
-        max_steps=g.max_steps,
-        bf16=False,  # chexrl's learner trains in the checkpoint's dtype
-        use_cpu=not cuda,
-        gradient_checkpointing=False,  # chexrl's side runs without it too (bench_config)
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        log_completions=False,
-        shuffle_dataset=False,
-        seed=g.seed,
-        **gen,
-    )
-    processor = load_processor(model_dir)
-    same_rendered_prompt(processor, DEFAULT_PROMPT)
-    clock = step_clock(warmup)
-    started = time.perf_counter()
-    trainer = GRPOTrainer(
-        model=load_model(model_dir),
-        reward_funcs=hard_reward_fn(RewardConfig()),
-        args=args,
-        train_dataset=trl_dataset(samples, DEFAULT_PROMPT),
-        processing_class=processor,
-        peft_config=language_lora_config(g.lora.rank, g.lora.alpha, g.lora.dropout),
-        callbacks=[clock],
-    )
-    _time_generation(trainer, clock)
-    trainer.train()
-    if len(clock.step_seconds) != steps:
-        raise RuntimeError(f"TRL ran {len(clock.step_seconds)} measured steps, expected {steps}")
-    return {
-        "generation": generation,
-        "step_seconds": clock.step_seconds,
-        "generation_seconds": clock.generation_seconds,
-        "median": _median(clock.step_seconds),
-        "mean": float(statistics.fmean(clock.step_seconds)),
-        "median_generation": _median(clock.generation_seconds),
-        "completion_tokens_mean": float(statistics.fmean(clock.completion_lengths)),
-        "wall_s": time.perf_counter() - started,
-        "torch_threads": torch.get_num_threads(),
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-    }
-
-
-def run_trl_isolated(cfg, model_dir: str, samples: list, work: Path, warmup: int, generation: str) -> dict:
-    """`run_trl` in a fresh (spawned) process: every round starts from the same state, whatever ran in
-    this process before (Ray's driver, an earlier TRL round)."""
-    import multiprocessing as mp
-    import queue
-
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    proc = ctx.Process(
-        target=_trl_child, args=(results, cfg.model_dump(), model_dir, samples, str(work), warmup, generation)
-    )
-    proc.start()
-    try:
-        while True:
-            try:
-                status, payload = results.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not proc.is_alive():
-                    raise RuntimeError(f"the TRL process exited with {proc.exitcode} and no result") from None
-    finally:
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    if status != "ok":
-        raise RuntimeError(f"TRL's GRPOTrainer failed:\n{payload}")
-    return payload
-
-
-def _trl_child(results, cfg: dict, model_dir: str, samples: list, work: str, warmup: int, generation: str):
-    import traceback
-
-    from chexrl.config import ChexrlConfig
-
-    try:
-        out = run_trl(
-            ChexrlConfig.model_validate(cfg),
-            model_dir,
-            samples,
-            Path(work),
-            warmup=warmup,
-            generation=generation,
-        )
-        results.put(("ok", out))
-    except BaseException:  # reported to the parent, which raises
-        results.put(("error", traceback.format_exc()))
-
-
-def step_clock(warmup: int):
-    """A TrainerCallback timing each optimizer step after `warmup` (on_step_begin -> on_step_end), with
-    the generation time and completion lengths inside it (`_time_generation` feeds those)."""
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.step_seconds: list[float] = []
-            self.generation_seconds: list[float] = []
-            self.completion_lengths: list[int] = []
-            self.generation = 0.0
-            self.lengths: list[int] = []
-            self._begin = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.generation, self.lengths = 0.0, []
-            self._begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            elapsed = time.perf_counter() - self._begin
-            if state.global_step > warmup:
-                self.step_seconds.append(elapsed)
-                self.generation_seconds.append(self.generation)
-                self.completion_lengths.extend(self.lengths)
-
-    return StepClock()
-
-
-def _time_generation(trainer, clock) -> None:
-    """Charge the time inside TRL's sampling call to `clock` (informational: TRL's generation share)."""
-    inner = trainer._generate_single_turn
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        completion_ids, logprobs = inner(*args, **kwargs)
-        clock.generation += time.perf_counter() - start
-        clock.lengths.extend(len(c) for c in completion_ids)
-        return completion_ids, logprobs
-
-    trainer._generate_single_turn = timed
-
-
-# ---- the benchmark --------------------------------------------------------------------------------------
 def prepare(
     work: Path,
     *,
@@ -478,10 +91,10 @@ def bench_step(
     *,
     steps: int = 5,
     warmup: int = 2,
-    prompts: int = 4,
-    n: int = 4,
+    prompts: int | None = None,
+    n: int | None = None,
     max_tokens: int = 64,
-    micro_batch: int = 4,
+    micro_batch: int | None = None,
     preset: str | None = None,
     model: str | None = None,
     data_dir: str | Path | None = None,
@@ -501,6 +114,8 @@ def bench_step(
     has its own warm-up.
     `model` / `data_dir` (a MIMIC-format directory) reuse existing files; `evaluator_url` a running evaluator.
     `weight_sync` is the rollout engine's (`RolloutConfig.weight_sync`; None: the device's default).
+    `prompts`, `n` and `micro_batch` default to chexrl's grpo.prompts_per_step, sampling.n and
+    grpo.micro_batch_size.
     """
     import torch
 
@@ -518,6 +133,10 @@ def bench_step(
         raise ValueError("trl_rounds must be 1 (after chexrl) or 2 (before and after)")
     if preset is not None and model is not None:
         raise ValueError("give a preset or a model directory, not both")
+    defaults = GRPOConfig()
+    prompts = defaults.prompts_per_step if prompts is None else prompts
+    n = SamplingConfig().n if n is None else n
+    micro_batch = defaults.micro_batch_size if micro_batch is None else micro_batch
     sizes = dict(
         steps=steps, warmup=warmup, prompts=prompts, n=n, max_tokens=max_tokens, micro_batch=micro_batch
     )
@@ -560,9 +179,9 @@ def bench_step(
         "generation": trl_generation,
         "step_seconds": trl_steps,
         "generation_seconds": trl_gen,
-        "median": _median(trl_steps),
+        "median": float(statistics.median(trl_steps)),
         "mean": float(statistics.fmean(trl_steps)),
-        "median_generation": _median(trl_gen),
+        "median_generation": float(statistics.median(trl_gen)),
         "rounds": rounds,
     }
     ratio = trl["median"] / chexrl["median"]["step"]

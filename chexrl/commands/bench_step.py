@@ -15,10 +15,16 @@ def bench_step_cmd(
     json_path: Path = typer.Option(..., "--json", help="Where to write the figures."),
     steps: int = typer.Option(5, min=1, help="Measured steps (after the warm-up) on each side."),
     warmup: int = typer.Option(2, min=0, help="Steps run first and not measured, on each side."),
-    prompts: int = typer.Option(4, min=1, help="Prompts per step."),
-    n: int = typer.Option(4, min=1, help="Completions per prompt (GRPO group size)."),
+    prompts: int | None = typer.Option(
+        None, min=1, help="Prompts per step (default: grpo.prompts_per_step)."
+    ),
+    n: int | None = typer.Option(
+        None, min=1, help="Completions per prompt, the GRPO group size (default: sampling.n)."
+    ),
     max_tokens: int = typer.Option(64, min=1, help="Tokens per completion (EOS ignored on both sides)."),
-    micro_batch: int = typer.Option(4, min=1, help="Completions per forward/backward on both sides."),
+    micro_batch: int | None = typer.Option(
+        None, min=1, help="Completions per forward/backward on both sides (default: grpo.micro_batch_size)."
+    ),
     preset: str | None = typer.Option(
         None, help="Model preset to build (e.g. medgemma-4b, for a GPU); default: the tiny Gemma3."
     ),

@@ -128,18 +128,27 @@ def evaluate_cmd(
         None, "--out", help="Output directory (default RUN/evaluation or runs/evaluation)."
     ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N images of each set."),
-    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Completion token budget."),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", min=1, help="Completion token budget (default: sampling.max_tokens)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 (default): greedy decoding."),
-    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0, help="Top-p when sampling."),
+    top_p: float | None = typer.Option(
+        None, "--top-p", min=0.0, max=1.0, help="Top-p when sampling (default: sampling.top_p)."
+    ),
     seed: int | None = typer.Option(
         None,
         "--seed",
         help="Per-request sampling seed (with --temperature > 0).",
     ),
-    max_model_len: int = typer.Option(4096, "--max-model-len", min=128, help="Engine context length."),
+    max_model_len: int | None = typer.Option(
+        None, "--max-model-len", min=128, help="Engine context length (default: rollout.max_model_len)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per generate call."),
-    margin: float = typer.Option(
-        0.05, "--margin", min=0.0, help="Trade-off warning margin (OOD macro-F1 drop)."
+    margin: float | None = typer.Option(
+        None,
+        "--margin",
+        min=0.0,
+        help="Trade-off warning margin (OOD macro-F1 drop; default: grpo.tradeoff_margin).",
     ),
     relative_margin: bool = typer.Option(False, "--relative-margin", help="The margin is a relative drop."),
     samples: int | None = typer.Option(
@@ -159,7 +168,7 @@ def evaluate_cmd(
     ),
 ) -> None:
     """Evaluate models (or prompt variants) in and out of distribution; write JSON, Markdown, CSV and a PNG."""
-    from chexrl.config import RolloutConfig, SamplingConfig
+    from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
     from chexrl.evaluation.render import markdown_table
     from chexrl.evaluation.runner import (
         check_model,
@@ -177,6 +186,14 @@ def evaluate_cmd(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from exc
     names = _prompts(prompt, prompts)
+    # options left unset take the config's defaults
+    defaults = SamplingConfig()
+    max_tokens = defaults.max_tokens if max_tokens is None else max_tokens
+    top_p = defaults.top_p if top_p is None else top_p
+    margin = GRPOConfig().tradeoff_margin if margin is None else margin
+    rollout = RolloutConfig.model_validate(
+        {"model": specs[0].model} | ({} if max_model_len is None else {"max_model_len": max_model_len})
+    )
     try:
         sampling = (
             None if temperature == 0 else SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, n=1)
@@ -203,7 +220,7 @@ def evaluate_cmd(
             sampling=sampling,
             max_tokens=max_tokens,
             batch_size=batch_size,
-            rollout=RolloutConfig(model=specs[0].model, max_model_len=max_model_len),
+            rollout=rollout,
             margin=margin,
             relative=relative_margin,
             samples=samples,

@@ -11,8 +11,8 @@ from chexrl.cli import app, bench_app
 
 @app.command("serve-evaluator")
 def serve_evaluator(
-    host: str = typer.Option(None, help="Bind address (default 127.0.0.1: loopback only)."),
-    port: int = typer.Option(None, help="Port (default 8000)."),
+    host: str = typer.Option(None, help="Bind address (default: the settings' host, loopback only)."),
+    port: int = typer.Option(None, help="Port (default: the settings' port)."),
     state_dir: Path = typer.Option(
         None, envvar="CHEXRL_EVALUATOR_STATE_DIR", help="Where nuanced-reward windows persist."
     ),

@@ -83,12 +83,7 @@ def grpo_cmd(
     if not samples:
         raise typer.BadParameter(f"grpo.data {g.data!r} has no samples", param_hint="--config")
 
-    if bool(g.eval_id_data) != bool(g.eval_ood_data):
-        raise typer.BadParameter(
-            f"{config}: evaluation during training needs both grpo.eval_id_data and grpo.eval_ood_data",
-            param_hint="--config",
-        )
-    eval_sets = {}
+    eval_sets = {}  # both or neither (GRPOConfig checks)
     for key in ("eval_id_data", "eval_ood_data") if g.eval_id_data else ():
         spec = getattr(g, key)
         eval_samples = load_dataset(spec)[: g.eval_limit]

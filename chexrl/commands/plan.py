@@ -103,11 +103,19 @@ def bench_learner_cmd(
     ),
     full_depth: bool = typer.Option(False, help="The preset's own depth and vision tower (a GPU's job)."),
     prompts: int = typer.Option(8, min=1, help="Prompts per step."),
-    n: int = typer.Option(4, min=1, help="Completions per prompt."),
+    n: int | None = typer.Option(None, min=1, help="Completions per prompt (default: sampling.n)."),
     completion_tokens: int = typer.Option(300, min=1, help="Tokens per completion."),
-    micro_batch: int = typer.Option(4, min=1, help="Completions per forward/backward."),
-    chunk_tokens: int = typer.Option(256, min=1, help="grpo.logprob_chunk_tokens of the chunked path."),
-    gradient_checkpointing: bool = typer.Option(True, help="grpo.gradient_checkpointing on both paths."),
+    micro_batch: int | None = typer.Option(
+        None, min=1, help="Completions per forward/backward (default: grpo.micro_batch_size)."
+    ),
+    chunk_tokens: int | None = typer.Option(
+        None, min=1, help="Log-prob chunk of the chunked path (default: grpo.logprob_chunk_tokens)."
+    ),
+    gradient_checkpointing: bool | None = typer.Option(
+        None,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="On both paths (default: grpo.gradient_checkpointing).",
+    ),
     steps: int = typer.Option(1, min=1, help="Measured steps on each path."),
     warmup: int = typer.Option(0, min=0, help="Unmeasured steps first."),
     paths: str = typer.Option("chunked,full", help="Which paths to run: chunked, full or both."),
@@ -119,7 +127,15 @@ def bench_learner_cmd(
     log-probs against the full-logits path, and peak_mem_chunked_over_full."""
     from chexrl.bench.common import write_json
     from chexrl.bench.learner import bench_learner, summary_table
+    from chexrl.config import GRPOConfig, SamplingConfig
 
+    g = GRPOConfig()  # options left unset take the config's defaults
+    n = SamplingConfig().n if n is None else n
+    micro_batch = g.micro_batch_size if micro_batch is None else micro_batch
+    chunk_tokens = g.logprob_chunk_tokens if chunk_tokens is None else chunk_tokens
+    gradient_checkpointing = (
+        g.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    )
     chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
     if not chosen or set(chosen) - {"chunked", "full"}:
         raise typer.BadParameter(f"--paths takes chunked, full or both, not {paths!r}")

@@ -47,7 +47,7 @@ def bench_rollout_cmd(
     json_path: Path = typer.Option(..., "--json", help="Where to write the figures."),
     model: Path | None = ModelOpt,
     prompts: int = typer.Option(8, help="Prompts per batch."),
-    n: int = typer.Option(4, help="Completions per prompt."),
+    n: int | None = typer.Option(None, help="Completions per prompt (default: sampling.n)."),
     max_tokens: int = typer.Option(64, help="Tokens per completion (EOS ignored: equal work everywhere)."),
     repeats: int = typer.Option(5, help="Timed repetitions after one warm-up; the median is reported."),
     weight_sync: str | None = WeightSyncOpt,
@@ -55,7 +55,9 @@ def bench_rollout_cmd(
     """Tokens/s of one batch through the Ray actor, vLLM in-process and Hugging Face generate."""
     from chexrl.bench.common import write_json
     from chexrl.bench.rollout import bench_rollout
+    from chexrl.config import SamplingConfig
 
+    n = SamplingConfig().n if n is None else n
     cfg = _rollout_config(model, weight_sync)
     figures = bench_rollout(cfg, prompts, n, max_tokens, repeats)
     write_json(json_path, figures)

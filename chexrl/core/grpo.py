@@ -44,9 +44,9 @@ def grpo_loss(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    clip_low: float = 0.15,
-    clip_high: float = 0.22,
-    beta: float = 0.15,
+    clip_low: float,
+    clip_high: float,
+    beta: float,
     norm_constant: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dr. GRPO loss to minimise.

@@ -36,7 +36,7 @@ def chunked_token_logprobs(
     targets: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_tokens: int = 256,
+    chunk_tokens: int,
 ) -> torch.Tensor:
     """log softmax(hidden @ weight.T / temperature)[target] for every token, chunk by chunk.
 
@@ -70,7 +70,7 @@ def chunked_token_logprobs(
 
 @torch.no_grad()
 def chunked_token_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, *, temperature: float = 1.0, chunk_tokens: int = 256
+    hidden: torch.Tensor, weight: torch.Tensor, *, temperature: float = 1.0, chunk_tokens: int
 ) -> torch.Tensor:
     """Entropy of softmax(hidden @ weight.T / temperature) at each token, chunk by chunk: (N, H) -> (N,)
     float32, detached (a logged metric, never a loss term)."""

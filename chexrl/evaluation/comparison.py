@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from chexrl.config import GRPOConfig
 from chexrl.evaluation.selection import tradeoff_warning
 
 
@@ -77,7 +78,7 @@ def build_results(
     models: Sequence[Mapping],
     prompts: Sequence[str],
     entries: Sequence[Mapping],
-    margin: float = 0.05,
+    margin: float = GRPOConfig.model_fields["tradeoff_margin"].default,
     relative: bool = False,
     **extra,
 ) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
 from chexrl.core.prompts import DEFAULT_PROMPT, get_prompt
 from chexrl.core.samples import XraySample
 from chexrl.evaluation.comparison import build_results, check_parents
@@ -204,10 +204,10 @@ def evaluate_models(
     *,
     prompts: Sequence[str] = (DEFAULT_PROMPT,),
     sampling: SamplingConfig | None = None,
-    max_tokens: int = 512,
+    max_tokens: int,
     batch_size: int = 32,
     rollout: RolloutConfig | None = None,
-    margin: float = 0.05,
+    margin: float,
     relative: bool = False,
     samples: int | None = None,
     samples_n: int | None = None,
@@ -218,7 +218,8 @@ def evaluate_models(
     """Every model x prompt x test set; returns (results document, completion records).
 
     `sampling` None (default) is greedy decoding; otherwise its temperature / top-p / seed with one
-    completion per image. `router_factory(model_dir, rollout)` yields a router serving that checkpoint
+    completion per image; `max_tokens` caps every completion (callers pass `sampling.max_tokens`'s value
+    of their config) and `margin` is the trade-off warning's (`grpo.tradeoff_margin`). `router_factory(model_dir, rollout)` yields a router serving that checkpoint
     with no adapter (default: `open_router`, a new engine each; tests pass a shared one).
 
     `samples` K (None: off) adds Acc@1 against Pass@K to each entry ("pass_at_k", chexrl.core.pass_at_k's
@@ -384,7 +385,7 @@ def results_from_metrics(
     *,
     specs: Mapping[str, str] | None = None,
     prompt: str = DEFAULT_PROMPT,
-    margin: float = 0.05,
+    margin: float = GRPOConfig.model_fields["tradeoff_margin"].default,
     relative: bool = False,
     **extra,
 ) -> dict:

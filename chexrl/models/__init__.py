@@ -6,6 +6,7 @@ GPU benchmarks) and the one place that loads any local Hugging Face directory.
 - `tiny.py`      builds a checkpoint directory (`build_model_dir`)
 - `loading.py`   family detection, processor and model loading, published key layouts
 - `vllm_check.py` a script that loads a directory in vLLM with an image and a LoRA adapter
+- `vllm_env.py`  the environment every vLLM engine starts with (KV cache, engine core, threads)
 """
 
 from chexrl.models.presets import FAMILIES, PRESETS

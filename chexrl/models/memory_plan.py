@@ -21,6 +21,8 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
+
 GIB = 2**30
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # estimate: CUDA context + cuBLAS workspace of one process
 ENGINE_WORKSPACE_BYTES = 2 * GIB  # estimate: vLLM's profiled activations and sampler buffers
@@ -54,11 +56,11 @@ class StepShape:
     """One GRPO step's batch: `prompts` x `n` sequences of prompt text, image and completion tokens."""
 
     prompts: int = 8
-    n: int = 4
+    n: int = SamplingConfig.model_fields["n"].default
     prompt_tokens: int = 120  # text of the rendered prompt, without the image's tokens
     image_tokens: int = 256  # the paper: 256-512 visual tokens an image
     completion_tokens: int = 300
-    micro_batch: int = 4
+    micro_batch: int = GRPOConfig.model_fields["micro_batch_size"].default
 
     @property
     def sequence_tokens(self) -> int:
@@ -68,11 +70,11 @@ class StepShape:
 @dataclass(frozen=True)
 class PlanSettings:
     gpu_gib: float = 80.0
-    gpu_memory_utilization: float = 0.35
+    gpu_memory_utilization: float = RolloutConfig.model_fields["gpu_memory_utilization"].default
     sleep: bool = True
-    gradient_checkpointing: bool = True
-    logprob_chunk_tokens: int | None = 256
-    lora_rank: int = 16
+    gradient_checkpointing: bool = GRPOConfig.model_fields["gradient_checkpointing"].default
+    logprob_chunk_tokens: int | None = GRPOConfig.model_fields["logprob_chunk_tokens"].default
+    lora_rank: int = GRPOConfig().lora.rank
     weight_bytes: int = 2  # bf16 weights in the engine and the learner
     device: str = "cuda"  # "cpu": no CUDA contexts (how `chexrl bench learner` measures on the CPU)
 

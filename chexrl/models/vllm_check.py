@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from chexrl.models.vllm_env import set_vllm_env
 
 # LoRA and merged weights run the same sums in another order, in bf16: their log-probs agree to this much
 # (measured on the tiny models: 0.008-0.025 for Gemma3, 0.034-0.048 for Qwen2.5-VL; a random adapter moves
@@ -55,8 +56,7 @@ def render_prompt(model_dir: str | Path, question: str) -> str:
 
 
 def run(model_dir: str, lora_dir: str | None, image_path: str | None, max_tokens: int = 16) -> dict[str, Any]:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # merged weights are handed over in memory
+    set_vllm_env(kv_cache_gib=1)  # 1 GiB unless set; the engine core in this process (merged weights)
     from PIL import Image
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
