@@ -188,3 +188,8 @@ def test_sleep_is_a_no_op_where_it_is_off():
     assert engine.sleep() is False
     engine.wake_up()
     assert calls == []
+
+
+def test_a_run_with_one_evaluation_set_is_refused():
+    with pytest.raises(ValueError, match="both an in- and an out-of-distribution set"):
+        GRPORun("model", [], "run", "r", id_eval=("chexpert", []))

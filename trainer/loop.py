@@ -55,6 +55,12 @@ class GRPORun:
     id_eval: tuple[str, list[XraySample]] | None = None
     ood_eval: tuple[str, list[XraySample]] | None = None
 
+    def __post_init__(self) -> None:
+        # the run-object twin of GRPOConfig's check on grpo.eval_id_data / eval_ood_data (the demo and
+        # tests build runs without a config file)
+        if (self.id_eval is None) != (self.ood_eval is None):
+            raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
+
 
 class LearnerHandle:
     """The driver's view of the learner actor: one blocking verb per phase (`ray.get` only here)."""
@@ -332,8 +338,6 @@ def _progress(steps, start: int, total: int, show: bool):
 
 
 def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None):
-    if (run.id_eval is None) != (run.ood_eval is None):
-        raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
     if run.id_eval is None:
         return None
     from trainer.periodic_eval import PeriodicEvaluator
