@@ -21,6 +21,7 @@ from pydantic import Field
 
 from chexrl.config import ChexrlConfig
 from chexrl.core.config import StrictModel
+from chexrl.run_files import read_jsonl as read_log
 
 
 class DemoSizes(StrictModel):
@@ -55,7 +56,6 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from chexrl.data.loaders import load_dataset
     from chexrl.data.sampling import stratified_budget_split
     from chexrl.data.synth import synthesize
-    from chexrl.evaluation.report import read_jsonl as read_log
     from chexrl.evaluation.report import write_report
     from chexrl.evaluation.runner import TestSet
     from chexrl.models.tiny import build_model_dir

@@ -13,7 +13,8 @@ import os
 import ray
 
 from chexrl.config import RolloutConfig, SamplingConfig
-from rollout_worker.types import AdapterWeights, RolloutError, RolloutGroup, RolloutPrompt
+from chexrl.models.adapter_io import AdapterWeights
+from rollout_worker.types import RolloutError, RolloutGroup, RolloutPrompt
 
 
 @ray.remote(num_cpus=0)

@@ -10,9 +10,10 @@ import os
 import time
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.adapter_io import AdapterWeights
+from chexrl.models.merged_sync import MergedWeightsSlot
 from rollout_worker.adapter_sync import AdapterSlot
-from rollout_worker.merged_sync import MergedWeightsSlot
-from rollout_worker.types import AdapterWeights, Completion, RolloutGroup, RolloutPrompt
+from rollout_worker.types import Completion, RolloutGroup, RolloutPrompt
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,10 @@ from chexrl.config import SamplingConfig
 from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
+from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
 from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
-from rollout_worker.types import AdapterWeights
-from trainer.adapter_io import save_adapter_dir
-from trainer.checkpoint import atomic_write_text
-from trainer.evaluation import evaluate_samples, sample_completions
+from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
+from chexrl.run_files import atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 EVALS = "evals.jsonl"
@@ -143,8 +142,6 @@ def eval_scalars(record: dict) -> dict[str, float]:
 
 def read_evals(run_dir: str | Path) -> list[dict]:
     """The run's in-training evaluations (a line torn by a kill is skipped)."""
-    from chexrl.evaluation.report import read_jsonl
-
     return read_jsonl(Path(run_dir) / EVALS)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chexrl.core.pass_at_k import MEASURES
+from chexrl.core.prompts import PROMPTS
 from chexrl.evaluation.comparison import metrics_of, transfer_gap
 from chexrl.evaluation.selection import POLICIES, ema, macro_f1
 
@@ -189,8 +190,6 @@ def parent_table(doc: Mapping) -> Table | None:
 
 def prompt_title(name: str) -> str:
     """The paper's name of a prompt variant (Table 1), or the name itself when it is not one of them."""
-    from chexrl.core.prompts import PROMPTS
-
     title = PROMPTS[name].title if name in PROMPTS else name
     return f"{title} (baseline)" if name == "reasoning_a" else title
 

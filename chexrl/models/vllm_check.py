@@ -6,7 +6,7 @@ Steps: render a chat-template prompt holding one image; start an engine with ena
 max_lora_rank=16; sample n=4 completions (temperature 0.8, top_p 0.95, fixed seed); sample again with
 a LoRA adapter (a random one is written when --lora is not given) passed as a LoRARequest; then score
 a fixed answer teacher-forced without the adapter, with it as a LoRARequest and with it merged into the
-weights (the rollout worker's `merged` weight sync, `rollout_worker.merged_sync`); report as JSON and
+weights (the rollout worker's `merged` weight sync, `chexrl.models.merged_sync`); report as JSON and
 exit non-zero unless the adapter changed the outputs and both ways of serving it give the same
 log-probs. Run it as its own process: the engine core runs in it, and on the CPU its KV cache is sized
 by VLLM_CPU_KVCACHE_SPACE (GiB).
@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from chexrl.models.adapter_io import load_adapter_dir
+from chexrl.models.merged_sync import MergedWeightsSlot
 
 # LoRA and merged weights run the same sums in another order, in bf16: their log-probs agree to this much
 # (measured on the tiny models: 0.008-0.025 for Gemma3, 0.034-0.048 for Qwen2.5-VL; a random adapter moves
@@ -117,9 +120,6 @@ def merged_against_lora(llm, model_dir: str, lora_dir: str, prompt: dict, reques
     Teacher forcing compares the same tokens in the same contexts: a tiny random model's top tokens are
     often within 0.01 of each other, so sampled or greedy paths may part on a rounding difference."""
     from vllm import SamplingParams
-
-    from rollout_worker.merged_sync import MergedWeightsSlot
-    from trainer.adapter_io import load_adapter_dir
 
     scored = {**prompt, "prompt": prompt["prompt"] + FIXED_ANSWER}
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)

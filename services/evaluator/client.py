@@ -1,4 +1,5 @@
-"""The trainer's client of the evaluator's `/score` route, with retries.
+"""The evaluator's HTTP client (the trainer's, for `/score` and the run windows), with retries. It imports
+httpx only: no FastAPI, no app code.
 
 A step's scoring is retried as a whole on connection errors, timeouts and 5xx answers (with exponential
 backoff), so an evaluator restart mid-step delays the step instead of skipping it. Every request carries a

@@ -16,7 +16,7 @@ import logging
 import math
 from contextlib import contextmanager
 
-from rollout_worker.types import AdapterWeights
+from chexrl.models.adapter_io import AdapterWeights
 
 PEFT_PREFIX = "base_model.model."
 # Adapter features this slot cannot fold into plain weights: a clear error instead of a silent mismatch.
