@@ -21,6 +21,7 @@ from pydantic import Field
 
 from chexrl.config import ChexrlConfig
 from chexrl.core.config import StrictModel
+from chexrl.core.metrics import EvaluationRecord
 from chexrl.run_files import read_jsonl as read_log
 
 
@@ -288,18 +289,19 @@ def evaluate_checkpoints(base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: 
         margin=cfg.grpo.tradeoff_margin,
     )
     write_results(doc, grpo_run_dir / "evaluation", completions)
-    metrics = {(e["model"], e["dataset"]): e["metrics"] for e in doc["entries"]}
+    records = [EvaluationRecord.model_validate(e) for e in doc["entries"]]
+    metrics = {(r.model, r.dataset): r.metrics for r in records}
     id_name, ood_name = test_sets[0].name, test_sets[1].name
     results = {}
     for m in models:
         id_m, ood_m = metrics[m.name, id_name], metrics[m.name, ood_name]
         results[m.name] = {
-            "id": id_m["macro"]["f1"],
-            "ood": ood_m["macro"]["f1"],
-            "id_micro_f1": id_m["micro"]["f1"],
-            "ood_micro_f1": ood_m["micro"]["f1"],
-            "id_fail_rate": id_m["fail_rate"],
-            "ood_fail_rate": ood_m["fail_rate"],
+            "id": id_m.macro.f1,
+            "ood": ood_m.macro.f1,
+            "id_micro_f1": id_m.micro.f1,
+            "ood_micro_f1": ood_m.micro.f1,
+            "id_fail_rate": id_m.fail_rate,
+            "ood_fail_rate": ood_m.fail_rate,
         }
     return results
 

@@ -28,6 +28,7 @@ import ray
 from chexrl.config import ChexrlConfig, RolloutConfig
 from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
 from chexrl.core.samples import XraySample
+from chexrl.core.scoring import ScoredCompletion
 from chexrl.data.images import image_bytes
 from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
 from chexrl.run_files import atomic_write_text
@@ -357,7 +358,7 @@ def _log_eval(record: dict, progress: bool) -> dict[str, float]:
     return eval_scalars(record)
 
 
-def _completion_rows(rollouts: StepRollouts, group_size: int, scored) -> list[dict]:
+def _completion_rows(rollouts: StepRollouts, group_size: int, scored: list[ScoredCompletion]) -> list[dict]:
     """completions.jsonl rows: the RL sample's index, the text, gold labels, reward and its components."""
     return [
         {
@@ -373,7 +374,9 @@ def _completion_rows(rollouts: StepRollouts, group_size: int, scored) -> list[di
     ]
 
 
-def _reward_metrics(scored, examples: list[TrainingExample], group_size: int) -> dict[str, float]:
+def _reward_metrics(
+    scored: list[ScoredCompletion], examples: list[TrainingExample], group_size: int
+) -> dict[str, float]:
     n = len(scored)
     groups = [scored[i : i + group_size] for i in range(0, n, group_size)]
     out = {

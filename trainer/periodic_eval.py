@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from chexrl.config import SamplingConfig
+from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
@@ -127,10 +128,10 @@ def eval_scalars(record: dict) -> dict[str, float]:
     (greedy), eval/{id,ood}_pass_at_k_gap (Pass@K - Acc@1)."""
     out = {}
     for side in ("id", "ood"):
-        m = record[side]
-        out[f"eval/{side}_macro_f1"] = m["macro"]["f1"]
-        out[f"eval/{side}_micro_f1"] = m["micro"]["f1"]
-        out[f"eval/{side}_fail_rate"] = m["fail_rate"]
+        m = DatasetMetrics.model_validate(record[side])
+        out[f"eval/{side}_macro_f1"] = m.macro.f1
+        out[f"eval/{side}_micro_f1"] = m.micro.f1
+        out[f"eval/{side}_fail_rate"] = m.fail_rate
     for side, p in (record.get("pass_at_k") or {}).items():
         out[f"eval/{side}_pass_at_k"] = p["pass_at_k"]["mean"]
         out[f"eval/{side}_pass_at_k_jaccard"] = p["pass_at_k_jaccard"]["mean"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from chexrl.config import RolloutConfig, SamplingConfig
-from chexrl.core.metrics import completion_metrics
+from chexrl.core.metrics import DatasetMetrics, completion_metrics
 from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, pass_at_k_summary
 from chexrl.core.prompts import DEFAULT_PROMPT, get_prompt
 from chexrl.core.samples import XraySample
@@ -358,7 +358,8 @@ def pass_at_k_settings(k: int, n: int, sampling: SamplingConfig, max_tokens: int
     }
 
 
-METRIC_KEYS = ("n", "fail_rate", "micro", "macro", "per_label")  # /evaluate's response
+# /evaluate's response (DatasetMetrics): n, fail_rate, micro, macro, per_label
+METRIC_KEYS = tuple(DatasetMetrics.model_fields)
 
 
 def schema_of(metrics: Mapping) -> str:
