@@ -10,6 +10,7 @@ import os
 import time
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.data.images import open_image
 from chexrl.models.adapter_io import AdapterWeights
 from chexrl.models.merged_sync import MergedWeightsSlot
 from rollout_worker.adapter_sync import AdapterSlot
@@ -36,8 +37,6 @@ def multimodal_token_ids(processor) -> list[int]:
 
 def decode_image(data: bytes):
     """Encoded image bytes -> RGB PIL image; `ImageError` (a ValueError) says what is wrong with them."""
-    from chexrl.data.images import open_image
-
     return open_image(data)
 
 

@@ -234,6 +234,34 @@ def test_the_graph_sees_imports_inside_functions():
     assert ("chexrl.evaluation.runner", "chexrl.evaluation.comparison") in targets  # module level
 
 
+def test_the_evaluator_client_does_not_import_the_service():
+    """The trainer imports services.evaluator.client: nothing it reaches imports the app or FastAPI."""
+    graph: dict[str, set[str]] = {}
+    for imp in import_graph():
+        graph.setdefault(imp.source, set()).add(imp.target)
+    reached, todo = set(), ["services.evaluator.client"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo += sorted(graph.get(module, ()))
+    assert "services.evaluator.app" not in reached
+    modules = project_modules()
+    fastapi = {
+        m
+        for m in reached
+        for node in ast.walk(ast.parse(modules[m].read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and any(
+            name.split(".")[0] in ("fastapi", "starlette", "uvicorn")
+            for name in (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            )
+        )
+    }
+    assert fastapi == set()
+
+
 # -- the checks themselves, on synthetic graphs -----------------------------------------------------------
 
 

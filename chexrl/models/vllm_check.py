@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from chexrl.models.adapter_io import load_adapter_dir
+from chexrl.models.adapters import make_random_lora
+from chexrl.models.loading import load_processor
 from chexrl.models.merged_sync import MergedWeightsSlot
 
 # LoRA and merged weights run the same sums in another order, in bf16: their log-probs agree to this much
@@ -48,8 +50,6 @@ def synthetic_image(size: int = 64, seed: int = 0) -> Any:
 def render_prompt(model_dir: str | Path, question: str) -> str:
     """The chat-template prompt for one image and a question, without the leading BOS (the engine's
     tokenizer adds it)."""
-    from chexrl.models.loading import load_processor
-
     processor = load_processor(model_dir)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -63,8 +63,6 @@ def run(model_dir: str, lora_dir: str | None, image_path: str | None, max_tokens
     from PIL import Image
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
-
-    from chexrl.models.adapters import make_random_lora
 
     if lora_dir is None:
         lora_dir = str(make_random_lora(model_dir, tempfile.mkdtemp(prefix="chexrl-lora-")))
