@@ -21,6 +21,8 @@ from pydantic import Field
 
 from chexrl.config import ChexrlConfig
 from chexrl.core.config import StrictModel
+from chexrl.core.metrics import EvaluationRecord
+from chexrl.run_files import read_jsonl as read_log
 
 
 class DemoSizes(StrictModel):
@@ -58,7 +60,6 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from chexrl.data.loaders import load_dataset
     from chexrl.data.sampling import stratified_budget_split
     from chexrl.data.synth import synthesize
-    from chexrl.evaluation.report import read_jsonl as read_log
     from chexrl.evaluation.report import write_report
     from chexrl.evaluation.runner import TestSet
     from chexrl.models.tiny import build_model_dir
@@ -300,19 +301,20 @@ def evaluate_checkpoints(
         pass_sampling=cfg.sampling,
     )
     write_results(doc, grpo_run_dir / "evaluation", completions)
-    metrics = {(e["model"], e["dataset"]): e["metrics"] for e in doc["entries"]}
+    records = [EvaluationRecord.model_validate(e) for e in doc["entries"]]
+    metrics = {(r.model, r.dataset): r.metrics for r in records}
     passes = {(e["model"], e["dataset"]): e.get("pass_at_k") for e in doc["entries"]}
     id_name, ood_name = test_sets[0].name, test_sets[1].name
     results = {}
     for m in models:
         id_m, ood_m = metrics[m.name, id_name], metrics[m.name, ood_name]
         results[m.name] = {
-            "id": id_m["macro"]["f1"],
-            "ood": ood_m["macro"]["f1"],
-            "id_micro_f1": id_m["micro"]["f1"],
-            "ood_micro_f1": ood_m["micro"]["f1"],
-            "id_fail_rate": id_m["fail_rate"],
-            "ood_fail_rate": ood_m["fail_rate"],
+            "id": id_m.macro.f1,
+            "ood": ood_m.macro.f1,
+            "id_micro_f1": id_m.micro.f1,
+            "ood_micro_f1": ood_m.micro.f1,
+            "id_fail_rate": id_m.fail_rate,
+            "ood_fail_rate": ood_m.fail_rate,
         }
         if pass_at_k:
             results[m.name]["pass_at_k"] = {

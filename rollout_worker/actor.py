@@ -13,8 +13,9 @@ import os
 import ray
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.adapter_io import AdapterWeights
 from chexrl.models.vllm_env import actor_env
-from rollout_worker.types import AdapterWeights, RolloutError, RolloutGroup, RolloutPrompt
+from rollout_worker.types import RolloutError, RolloutGroup, RolloutPrompt
 
 
 @ray.remote(num_cpus=0)

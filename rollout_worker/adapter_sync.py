@@ -29,7 +29,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from vllm.lora.request import LoRARequest
 
-from rollout_worker.types import AdapterWeights
+from chexrl.models.adapter_io import AdapterWeights
 
 log = logging.getLogger(__name__)
 

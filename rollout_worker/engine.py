@@ -9,10 +9,12 @@ import logging
 import time
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.data.images import open_image
+from chexrl.models.adapter_io import AdapterWeights
+from chexrl.models.merged_sync import MergedWeightsSlot
 from chexrl.models.vllm_env import set_vllm_env
 from rollout_worker.adapter_sync import AdapterSlot
-from rollout_worker.merged_sync import MergedWeightsSlot
-from rollout_worker.types import AdapterWeights, Completion, RolloutGroup, RolloutPrompt
+from rollout_worker.types import Completion, RolloutGroup, RolloutPrompt
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,6 @@ def multimodal_token_ids(processor) -> list[int]:
 
 def decode_image(data: bytes):
     """Encoded image bytes -> RGB PIL image; `ImageError` (a ValueError) says what is wrong with them."""
-    from chexrl.data.images import open_image
-
     return open_image(data)
 
 

@@ -7,8 +7,9 @@ import contextlib
 import ray
 
 from chexrl.config import RolloutConfig, SamplingConfig
+from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.actor import AdapterRegistry, RolloutWorker
-from rollout_worker.types import AdapterWeights, RolloutError, RolloutGroup, RolloutPrompt
+from rollout_worker.types import RolloutError, RolloutGroup, RolloutPrompt
 
 
 def split_evenly(items: list, parts: int) -> list[list]:

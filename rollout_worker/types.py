@@ -1,9 +1,9 @@
-"""What a rollout request and its answer carry. Plain dataclasses: they cross Ray's object store."""
+"""What a rollout request and its answer carry. Plain dataclasses: they cross Ray's object store. The
+adapter pushed to the workers, `AdapterWeights`, lives beside the models (chexrl/models/adapter_io.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,3 @@ class RolloutGroup:
 
 class RolloutError(RuntimeError):
     """A rollout request that cannot be served as asked (bad input, stale adapter)."""
-
-
-@dataclass(frozen=True)
-class AdapterWeights:
-    """A LoRA adapter as it travels from trainer to workers: PEFT state-dict tensors (torch, on the CPU)
-    and PEFT's adapter_config.json as a dict. `version` increases by one per push; 0 is the base model."""
-
-    version: int
-    tensors: dict[str, Any]
-    config: dict
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())

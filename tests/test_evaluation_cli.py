@@ -127,7 +127,7 @@ def assert_files_agree(out, evaluator) -> dict:
 def test_evaluate_models_side_by_side(
     engine, tiny_gemma3_dir, synth_chexpert_dir, synth_nih_shift_dir, evaluator, tmp_path
 ):
-    from trainer.adapter_io import save_adapter_dir
+    from chexrl.models.adapter_io import save_adapter_dir
 
     model = str(tiny_gemma3_dir)
     adapter_dir = save_adapter_dir(make_adapter(model, 1, seed=7), tmp_path / "adapter")

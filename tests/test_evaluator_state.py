@@ -10,9 +10,9 @@ import yaml
 
 from chexrl.core.parsing import format_completion
 from chexrl.core.run_ids import check_run_id
+from services.evaluator.client import EvaluatorClient, ScoringError
 from services.evaluator.process import EvaluatorProcess
 from services.evaluator.window_store import StateDirInUse, StateUnavailable, WindowStore
-from trainer.score_client import EvaluatorClient, ScoringError
 
 pytestmark = pytest.mark.slow
 

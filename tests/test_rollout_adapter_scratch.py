@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
+from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.adapter_sync import AdapterSlot
-from rollout_worker.types import AdapterWeights
 
 
 class _Engine:

@@ -15,7 +15,8 @@ import pytest
 
 from chexrl.config import ChexrlConfig, PrefilterConfig
 from chexrl.core.samples import XraySample
-from rollout_worker.types import AdapterWeights, Completion, RolloutGroup
+from chexrl.models.adapter_io import AdapterWeights
+from rollout_worker.types import Completion, RolloutGroup
 from trainer import prefilter as prefilter_mod
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
 from trainer.loop import GRPORun, PhaseTimer, RunParts, _save, grpo_step

@@ -138,7 +138,7 @@ def test_evaluator_killed_mid_run_delays_the_step(ray_session, tiny_gemma3_dir, 
                 failed.set()
 
     handler = SeeRetry(level=logging.WARNING)
-    client_log = logging.getLogger("trainer.score_client")
+    client_log = logging.getLogger("services.evaluator.client")
     client_log.addHandler(handler)
     run_dir = tmp_path / "run"
     problems: list[str] = []

@@ -13,8 +13,8 @@ import pytest
 from chexrl.config import ChexrlConfig, RolloutConfig
 from chexrl.core.prompts import build_messages
 from chexrl.core.samples import XraySample
+from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.engine import RolloutEngine
-from rollout_worker.types import AdapterWeights
 from tests.fixtures.rollout import png_bytes
 from trainer.loop import GRPORun, PhaseTimer, RunParts, grpo_step
 from trainer.sampler import PromptCursor

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from chexrl.run_files import atomic_write_text, fsync_dir, write_bytes_synced
+
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
@@ -41,28 +43,6 @@ _PLAIN = (torch.Tensor, str, int, float, bool, type(None), torch.Size, torch.dty
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted or loaded; the message names the path and the fix."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    _write_bytes(tmp, text.encode())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _sha256(path: Path) -> str:
@@ -107,16 +87,16 @@ def save_checkpoint(root: str | Path, step: int, tensors_state: dict, meta: dict
     torch.save(tensors_state, state_path)
     with open(state_path, "rb+") as f:
         os.fsync(f.fileno())
-    _write_bytes(tmp / META, json.dumps({**meta, "step": step}, indent=2, sort_keys=True).encode())
+    write_bytes_synced(tmp / META, json.dumps({**meta, "step": step}, indent=2, sort_keys=True).encode())
     sums = {name: _sha256(tmp / name) for name in (STATE, META)}
-    _write_bytes(tmp / CHECKSUMS, json.dumps(sums, indent=2, sort_keys=True).encode())
-    _fsync_dir(tmp)
+    write_bytes_synced(tmp / CHECKSUMS, json.dumps(sums, indent=2, sort_keys=True).encode())
+    fsync_dir(tmp)
     doomed = final.with_name(final.name + ".deleting")
     if final.exists():  # a re-save of the same step after a resume: moved aside whole, never half-deleted
         os.rename(final, doomed)
     os.rename(tmp, final)
     shutil.rmtree(doomed, ignore_errors=True)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / LATEST, final.name + "\n")
     _prune(root, keep, protect=final.name)
     return final

@@ -29,6 +29,7 @@ import torch
 
 from chexrl.core.grpo import token_entropy
 from chexrl.core.logprobs import chunked_token_entropy, chunked_token_logprobs
+from chexrl.traces.render import render_prompt, render_training_text
 
 IGNORE_INDEX = -100
 # Keys the processor returns per token (padded), as opposed to per image (concatenated).
@@ -64,8 +65,6 @@ def end_of_turn_token(processor: Any) -> str:
 def _end_of_turn_token(processor: Any) -> str:
     """The token that closes the assistant turn in the family's chat template: what the suffix after
     the completion starts with (`<end_of_turn>` for Gemma3, `<|im_end|>` for Qwen2.5-VL)."""
-    from chexrl.traces.render import render_prompt, render_training_text
-
     messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
     marker = "\x00COMPLETION\x00"
     full = render_training_text(processor, messages, marker)
@@ -155,8 +154,6 @@ def assemble(
 
 def encode_sft_example(processor: Any, example: SFTExample) -> dict[str, Any]:
     """An SFT example as one row (prompt rendered by the chat template, completion + end-of-turn)."""
-    from chexrl.traces.render import render_prompt
-
     return encode_row(
         processor,
         render_prompt(processor, example.messages),

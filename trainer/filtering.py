@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from chexrl.core.scoring import ScoredCompletion
+
 
 @dataclass
 class StepBatch:
@@ -26,7 +28,7 @@ class StepBatch:
     `train_rewards`: the groups the update uses (all of them with the filter off)."""
 
     drawn: object  # StepRollouts (trainer/loop.py): prompt_idx, items, examples
-    scored: list
+    scored: list[ScoredCompletion]  # the evaluator's answers, one per completion
     train: object
     train_rewards: list[float]
     metrics: dict[str, float] = field(default_factory=dict)

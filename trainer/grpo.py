@@ -21,7 +21,8 @@ import torch
 
 from chexrl.config import GRPOConfig
 from chexrl.core.grpo import group_advantages, grpo_loss, reduce_micro_batch_metrics
-from trainer.collate import completion_logprobs
+from chexrl.models.loading import load_model, load_processor
+from trainer.collate import build_policy_batch, completion_logprobs
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ class GRPOLearner:
     ) -> None:
         from peft import get_peft_model
 
-        from chexrl.models.loading import load_model, load_processor
         from trainer.lora import language_lora_config
 
         # Ray sets OMP_NUM_THREADS to an actor's num_cpus (1), so the learner actor would train on one
@@ -82,8 +82,6 @@ class GRPOLearner:
         """One Dr. GRPO update on a step's completions (grouped contiguously, `group_size` per prompt):
         the fixed log-probs (reference, old policy), then `num_iterations` passes of forward/backward
         over the micro-batches, each ending in one optimizer step; the scheduler steps once."""
-        from trainer.collate import build_policy_batch
-
         cfg, clock = self.cfg, _synchronized_clock
         t_start = clock()
         advantages = group_advantages(

@@ -28,17 +28,20 @@ import ray
 from chexrl.config import ChexrlConfig, RolloutConfig
 from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
 from chexrl.core.samples import XraySample
+from chexrl.core.scoring import ScoredCompletion
 from chexrl.data.images import image_bytes
+from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
+from chexrl.run_files import atomic_write_text
 from rollout_worker.router import RolloutRouter
-from rollout_worker.types import AdapterWeights, RolloutPrompt
-from trainer.adapter_io import save_adapter_dir
-from trainer.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from rollout_worker.types import RolloutPrompt
+from services.evaluator.client import EvaluatorClient
+from trainer.checkpoint import load_latest, save_checkpoint
 from trainer.filtering import collect_groups
 from trainer.grpo import GRPOLearner, TrainingExample
+from trainer.periodic_eval import PeriodicEvaluator, eval_scalars
 from trainer.prefilter import prefilter_pool
 from trainer.run_log import RunLog
 from trainer.sampler import PromptCursor
-from trainer.score_client import EvaluatorClient
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +343,6 @@ def _progress(steps, start: int, total: int, show: bool):
 def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None):
     if run.id_eval is None:
         return None
-    from trainer.periodic_eval import PeriodicEvaluator
-
     g = cfg.grpo
     return PeriodicEvaluator(
         run.run_dir,
@@ -358,8 +359,6 @@ def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None
 
 def _log_eval(record: dict, progress: bool) -> dict[str, float]:
     """Scalars for the run log; the trade-off warning printed where the user is looking."""
-    from trainer.periodic_eval import eval_scalars
-
     for warning in record["warnings"]:
         text = f"\033[1;31mWARNING step {record['step']}: {warning}\033[0m"
         if progress:
@@ -371,7 +370,7 @@ def _log_eval(record: dict, progress: bool) -> dict[str, float]:
     return eval_scalars(record)
 
 
-def _completion_rows(rollouts: StepRollouts, group_size: int, scored) -> list[dict]:
+def _completion_rows(rollouts: StepRollouts, group_size: int, scored: list[ScoredCompletion]) -> list[dict]:
     """completions.jsonl rows: the RL sample's index, the text, gold labels, reward and its components."""
     return [
         {
@@ -387,7 +386,9 @@ def _completion_rows(rollouts: StepRollouts, group_size: int, scored) -> list[di
     ]
 
 
-def _reward_metrics(scored, examples: list[TrainingExample], group_size: int) -> dict[str, float]:
+def _reward_metrics(
+    scored: list[ScoredCompletion], examples: list[TrainingExample], group_size: int
+) -> dict[str, float]:
     n = len(scored)
     groups = [scored[i : i + group_size] for i in range(0, n, group_size)]
     out = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model_state_dict
 
 from chexrl.config import LoraSettings
+from chexrl.models.adapter_io import AdapterWeights
 from chexrl.models.loading import lora_target_modules
 from chexrl.models.presets import FAMILIES
-from rollout_worker.types import AdapterWeights
 
 _PAPER = LoraSettings()  # the paper's adapter (the SFT defaults)
 

@@ -14,6 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from chexrl.models.loading import detect_family, load_model, read_config
+from chexrl.models.tiny import write_weights
+
 _WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "*.bin", "pytorch_model.bin.index.json")
 
 
@@ -24,8 +27,6 @@ def merge_adapter(
     weights are stored in the base's dtype."""
     import torch
     from peft import PeftModel
-
-    from chexrl.models.loading import detect_family, load_model, read_config
 
     base_dir, out = Path(base_dir), Path(out)
     family = detect_family(base_dir)
@@ -42,8 +43,6 @@ def write_checkpoint(
 ) -> Path:
     """Write `model`'s weights in the published layout plus every non-weight file of `like_dir`
     (config, processor, tokenizer, chat template, generation config), atomically into `out`."""
-    from chexrl.models.tiny import write_weights
-
     like_dir, out = Path(like_dir), Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

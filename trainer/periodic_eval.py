@@ -25,14 +25,14 @@ import shutil
 from pathlib import Path
 
 from chexrl.config import SamplingConfig
+from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
+from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
 from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
-from rollout_worker.types import AdapterWeights
-from trainer.adapter_io import save_adapter_dir
-from trainer.checkpoint import atomic_write_text
-from trainer.evaluation import evaluate_samples, sample_completions
+from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
+from chexrl.run_files import atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 EVALS = "evals.jsonl"
@@ -128,10 +128,10 @@ def eval_scalars(record: dict) -> dict[str, float]:
     (greedy), eval/{id,ood}_pass_at_k_gap (Pass@K - Acc@1)."""
     out = {}
     for side in ("id", "ood"):
-        m = record[side]
-        out[f"eval/{side}_macro_f1"] = m["macro"]["f1"]
-        out[f"eval/{side}_micro_f1"] = m["micro"]["f1"]
-        out[f"eval/{side}_fail_rate"] = m["fail_rate"]
+        m = DatasetMetrics.model_validate(record[side])
+        out[f"eval/{side}_macro_f1"] = m.macro.f1
+        out[f"eval/{side}_micro_f1"] = m.micro.f1
+        out[f"eval/{side}_fail_rate"] = m.fail_rate
     for side, p in (record.get("pass_at_k") or {}).items():
         out[f"eval/{side}_pass_at_k"] = p["pass_at_k"]["mean"]
         out[f"eval/{side}_pass_at_k_jaccard"] = p["pass_at_k_jaccard"]["mean"]
@@ -143,8 +143,6 @@ def eval_scalars(record: dict) -> dict[str, float]:
 
 def read_evals(run_dir: str | Path) -> list[dict]:
     """The run's in-training evaluations (a line torn by a kill is skipped)."""
-    from chexrl.evaluation.report import read_jsonl
-
     return read_jsonl(Path(run_dir) / EVALS)
 
 

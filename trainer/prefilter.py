@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from chexrl.config import ChexrlConfig, PrefilterConfig
+from chexrl.run_files import atomic_write_text, read_jsonl
 from rollout_worker.types import RolloutPrompt
-from trainer.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def prefilter_pool(cfg: ChexrlConfig, run, parts, *, resume: bool) -> list[int]:
     p = cfg.grpo.prefilter
     path = Path(run.run_dir) / PREFILTER
     if resume and path.is_file():
-        rows = read_rows(path)
+        rows = read_jsonl(path)
         check_rows(rows, [s.image_path for s in run.samples], p, path)
         log.info("prefilter: read %s (%d images), nothing resampled", path, len(rows))
     else:
@@ -64,7 +64,7 @@ def measure(cfg: ChexrlConfig, run, parts, *, resume: bool) -> list[dict]:
     run_dir.mkdir(parents=True, exist_ok=True)
     partial = run_dir / PARTIAL
     images = [s.image_path for s in run.samples]
-    done = {r["index"]: r for r in read_rows(partial)} if resume else {}
+    done = {r["index"]: r for r in read_jsonl(partial)} if resume else {}
     if done:
         check_rows(list(done.values()), images, p, partial, complete=False)
         log.info("prefilter: %d of %d images already measured in %s", len(done), len(images), partial)
@@ -117,17 +117,6 @@ def row(index: int, image: str, passes: int, p: PrefilterConfig) -> dict:
         "pass_rate": rate,
         "kept": p.min_pass <= rate <= p.max_pass,
     }
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The file's complete rows (a line torn by a kill is skipped); [] when it is missing."""
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def check_rows(rows: list[dict], images: list[str], p: PrefilterConfig, path: Path, *, complete: bool = True):

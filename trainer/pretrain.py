@@ -32,8 +32,18 @@ from typing import Any
 import torch
 
 from chexrl.config import PretrainConfig
+from chexrl.core.metrics import completion_metrics, label_set_metrics
+from chexrl.core.parsing import parse_completion
+from chexrl.core.prompts import build_messages
 from chexrl.core.samples import XraySample
+from chexrl.core.schemas import get_schema
+from chexrl.data.images import open_image
+from chexrl.models.loading import detect_family, load_model, load_processor
+from chexrl.traces.render import render_prompt
+from chexrl.traces.store import sample_id_for
+from chexrl.traces.teacher import template_think
 from trainer.collate import SFTExample, collate_rows, encode_sft_example, sft_loss
+from trainer.merge import write_checkpoint
 
 log = logging.getLogger(__name__)
 GENERIC_PROMPTS = (
@@ -77,10 +87,6 @@ def pretrain_examples(samples: Sequence[XraySample], seed: int = 0) -> list[SFTE
     """One example per sample, each with one of the generic questions (images opened once). The target
     is a short radiology report (the template teacher's wording, so the base knows the language a
     medical model knows) and the findings line; no chexrl prompt, no <think>/<solution> tags."""
-    from chexrl.data.images import open_image
-    from chexrl.traces.store import sample_id_for
-    from chexrl.traces.teacher import template_think
-
     rng = random.Random(seed)
     examples = []
     for s in samples:
@@ -99,9 +105,6 @@ def run_pretrain(
 ) -> Path:
     """Fully fine-tune `base_dir` on `samples` and write the new base checkpoint to `out` (atomically),
     with `pretrain_history.json` beside its weights. Returns `out`."""
-    from chexrl.models.loading import detect_family, load_model, load_processor
-    from trainer.merge import write_checkpoint
-
     if not samples:
         raise ValueError("no pretraining samples")
     start = time.perf_counter()
@@ -166,8 +169,6 @@ def greedy_completions(
     batch_size: int = 16,
 ) -> list[str]:
     """Greedy HF `generate` for (messages, image) pairs; left-padded batches; special tokens dropped."""
-    from chexrl.traces.render import render_prompt
-
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts = []
@@ -198,12 +199,6 @@ def base_metrics(
 ) -> dict[str, Any]:
     """Greedy completions of `model_dir` on `samples`, scored: with chexrl's `prompt` (parsed by
     chexrl.core.parsing) or, when `prompt` is None, with a generic question in the pretraining format."""
-    from chexrl.core.metrics import completion_metrics, label_set_metrics
-    from chexrl.core.prompts import build_messages
-    from chexrl.core.schemas import get_schema
-    from chexrl.data.images import open_image
-    from chexrl.models.loading import load_model, load_processor
-
     model, processor = load_model(model_dir, dtype=torch.float32), load_processor(model_dir)
     schema = get_schema(samples[0].schema)
     messages = [
@@ -216,8 +211,6 @@ def base_metrics(
     golds = [s.labels for s in samples]
     if prompt:
         metrics = completion_metrics(texts, golds, schema)
-        from chexrl.core.parsing import parse_completion
-
         preds = [set(parse_completion(t, schema).labels) for t in texts]
     else:
         preds = [set(parse_findings(t)) for t in texts]

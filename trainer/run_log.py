@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from chexrl.run_files import read_jsonl
+
 
 class RunLog:
     def __init__(
@@ -76,13 +78,4 @@ def _step(line: str) -> int:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Every complete line of the run's metrics log (a line torn by a kill is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -32,7 +32,12 @@ from typing import Any
 import torch
 
 from chexrl.config import SFTConfig
+from chexrl.core.prompts import build_messages
+from chexrl.data.images import open_image
+from chexrl.models.loading import detect_family, load_model, load_processor
 from trainer.collate import SFTExample, build_batch, sft_loss
+from trainer.merge import merge_adapter
+from trainer.run_log import RunLog
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 8  # validation forward passes (no gradients): padding does not change the loss
@@ -98,9 +103,6 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
 
 def records_to_examples(records: Sequence[dict], prompt: str) -> list[SFTExample]:
     """Trace records ({"image", "labels", "trace", "schema"}) -> SFT examples with images opened."""
-    from chexrl.core.prompts import build_messages
-    from chexrl.data.images import open_image
-
     return [
         SFTExample(
             build_messages(prompt, schema=r.get("schema", "chexpert14")), open_image(r["image"]), r["trace"]
@@ -147,8 +149,6 @@ def train_sft(
     out: Path,
 ) -> dict[str, Any]:
     """Train the PEFT `model` in place; keep the best epoch's adapter in `out/adapter`. Returns history."""
-    from trainer.run_log import RunLog
-
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -249,7 +249,6 @@ def prepare_model(base_dir: str | Path, cfg: SFTConfig, device: str | None = Non
     """(PEFT model on `device`, processor): fp32 master weights, the paper's adapter, vision frozen."""
     from peft import get_peft_model
 
-    from chexrl.models.loading import detect_family, load_model, load_processor
     from trainer.lora import language_lora_config, single_token_ids
 
     torch.manual_seed(cfg.seed)
@@ -297,8 +296,6 @@ def run_sft(
     )
     merged = None
     if cfg.merge:
-        from trainer.merge import merge_adapter
-
         merged = merge_adapter(base_dir, out / "adapter", out / "merged")
         history["merged"] = str(merged)
     history["seconds"] = time.perf_counter() - start

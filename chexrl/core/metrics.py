@@ -8,42 +8,39 @@ including labels with no support.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 from chexrl.core.parsing import parse_completion
 from chexrl.core.schemas import LabelSchema
 
 
-@dataclass(frozen=True)
-class PRF:
+class _Frozen(BaseModel):
+    # Extra keys are ignored when reading a stored dict (an in-training record's metrics also carry "schema").
+    model_config = ConfigDict(frozen=True)
+
+
+class PRF(_Frozen):
     precision: float
     recall: float
     f1: float
 
     def as_dict(self) -> dict[str, float]:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1}
+        return self.model_dump()
 
 
-@dataclass(frozen=True)
-class LabelScore:
-    precision: float
-    recall: float
-    f1: float
+class LabelScore(PRF):
     support: int  # gold positives
     predicted: int  # predicted positives
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "support": self.support,
-            "predicted": self.predicted,
-        }
+        return self.model_dump()
 
 
-@dataclass(frozen=True)
-class Metrics:
+class DatasetMetrics(_Frozen):
+    """The metrics of one model on one data set: what the evaluator's `/evaluate` returns (its response
+    model) and what evaluation results store (`as_dict()`: the same keys and values)."""
+
     n: int
     fail_rate: float
     micro: PRF
@@ -51,13 +48,17 @@ class Metrics:
     per_label: dict[str, LabelScore]
 
     def as_dict(self) -> dict:
-        return {
-            "n": self.n,
-            "fail_rate": self.fail_rate,
-            "micro": self.micro.as_dict(),
-            "macro": self.macro.as_dict(),
-            "per_label": {k: v.as_dict() for k, v in self.per_label.items()},
-        }
+        return self.model_dump()
+
+
+class EvaluationRecord(_Frozen):
+    """One evaluation: a model (with a prompt) on a data set, and its metrics. An entry of a results
+    document (`{"model", "prompt", "dataset", "metrics"}`) read with attributes."""
+
+    model: str
+    prompt: str
+    dataset: str
+    metrics: DatasetMetrics
 
 
 def _ratio(num: float, den: float) -> float:
@@ -66,7 +67,7 @@ def _ratio(num: float, den: float) -> float:
 
 def _prf(tp: int, fp: int, fn: int) -> PRF:
     p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return PRF(p, r, _ratio(2 * p * r, p + r))
+    return PRF(precision=p, recall=r, f1=_ratio(2 * p * r, p + r))
 
 
 def label_set_metrics(
@@ -74,7 +75,7 @@ def label_set_metrics(
     golds: Sequence[Iterable[str]],
     schema: LabelSchema,
     invalid: Sequence[bool] | None = None,
-) -> Metrics:
+) -> DatasetMetrics:
     """Metrics from predicted and gold label sets. Labels outside `schema` are ignored on both sides."""
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions but {len(golds)} gold label sets")
@@ -94,23 +95,27 @@ def label_set_metrics(
     for label in schema.labels:
         s = _prf(tp[label], fp[label], fn[label])
         per_label[label] = LabelScore(
-            s.precision, s.recall, s.f1, tp[label] + fn[label], tp[label] + fp[label]
+            precision=s.precision,
+            recall=s.recall,
+            f1=s.f1,
+            support=tp[label] + fn[label],
+            predicted=tp[label] + fp[label],
         )
     micro = _prf(sum(tp.values()), sum(fp.values()), sum(fn.values()))
     k = len(schema.labels)
     macro = PRF(
-        sum(s.precision for s in per_label.values()) / k,
-        sum(s.recall for s in per_label.values()) / k,
-        sum(s.f1 for s in per_label.values()) / k,
+        precision=sum(s.precision for s in per_label.values()) / k,
+        recall=sum(s.recall for s in per_label.values()) / k,
+        f1=sum(s.f1 for s in per_label.values()) / k,
     )
     n = len(golds)
     fails = sum(bool(x) for x in invalid) if invalid is not None else 0
-    return Metrics(n=n, fail_rate=_ratio(fails, n), micro=micro, macro=macro, per_label=per_label)
+    return DatasetMetrics(n=n, fail_rate=_ratio(fails, n), micro=micro, macro=macro, per_label=per_label)
 
 
 def completion_metrics(
     completions: Sequence[str], golds: Sequence[Iterable[str]], schema: LabelSchema
-) -> Metrics:
+) -> DatasetMetrics:
     """Parse each completion with `schema` and score it; invalid completions predict nothing."""
     parsed = [parse_completion(text, schema) for text in completions]
     return label_set_metrics([p.labels for p in parsed], golds, schema, invalid=[not p.valid for p in parsed])

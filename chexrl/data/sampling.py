@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from chexrl.core.samples import XraySample
+from chexrl.data.loaders import load_dataset
 
 SUBSETS = ("sft", "sft_val", "rl", "rl_val")
 
@@ -154,8 +155,6 @@ def is_sample_source(source: str) -> bool:
 def load_pool(source: str) -> list[XraySample]:
     """The samples `grpo.data` names: a dataset spec (docs/data.md), a sample JSONL, or a `chexrl data
     sample` folder (its rl.jsonl)."""
-    from chexrl.data.loaders import load_dataset
-
     if not is_sample_source(source):
         return load_dataset(source)
     path = Path(source).expanduser()

@@ -4,7 +4,10 @@ training (the paper's central finding, made visible for every run).
 Pure parts (no I/O): `selection` (checkpoint selection policies, the trade-off warning, EMA smoothing),
 `comparison` (transfer gaps, change against the parent model, warnings over a results document), `tables`
 (the paper's table layouts) and `render` (Markdown, HTML and CSV text). With I/O: `plots` (PNG figures),
-`runner` (models x prompts x test sets through the rollout workers; writes results.*) and `report`
-(`write_report(run_dir)`). Heavy imports (matplotlib, Ray, vLLM) stay inside the modules that need them, so
-importing `chexrl.evaluation.selection` from the training loop costs nothing.
+`rollouts` (greedy and sampled completions of a test set through a rollout router, and their metrics; the
+training loop's evaluation uses it too), `runner` (models x prompts x test sets through the rollout
+workers; writes results.*) and `report` (`write_report(run_dir)`). Metrics are
+`chexrl.core.metrics.DatasetMetrics`; an entry of a results document is an `EvaluationRecord`. Heavy
+imports (matplotlib, Ray, vLLM) stay inside the modules that need them, so importing
+`chexrl.evaluation.selection` from the training loop costs nothing.
 """

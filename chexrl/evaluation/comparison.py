@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from chexrl.config import GRPOConfig
+from chexrl.core.metrics import DatasetMetrics, EvaluationRecord
 from chexrl.evaluation.selection import tradeoff_warning
 
 
@@ -114,14 +115,15 @@ def build_results(
         for m in models
         for p in prompts
     ]
-    metrics = {(label[e["model"], e["prompt"]], e["dataset"]): e["metrics"] for e in entries}
+    records = [EvaluationRecord.model_validate(e) for e in entries]
+    metrics = {(label[r.model, r.prompt], r.dataset): r.metrics for r in records}
     id_set, ood_sets = datasets[0]["name"], [d["name"] for d in datasets[1:]]
 
     gaps = []
     for s in systems:
-        id_f1 = metrics[s["label"], id_set]["macro"]["f1"]
+        id_f1 = metrics[s["label"], id_set].macro.f1
         for ood in ood_sets:
-            ood_f1 = metrics[s["label"], ood]["macro"]["f1"]
+            ood_f1 = metrics[s["label"], ood].macro.f1
             gaps.append(
                 {
                     "system": s["label"],
@@ -145,17 +147,16 @@ def build_results(
                     "parent": s["parent"],
                     "dataset": d["name"],
                     **{
-                        key: {
-                            "parent": par[avg]["f1"],
-                            "value": child[avg]["f1"],
-                            "change": relative_change(child[avg]["f1"], par[avg]["f1"]),
-                        }
-                        for key, avg in (("macro_f1", "macro"), ("micro_f1", "micro"))
+                        key: {"parent": p, "value": c, "change": relative_change(c, p)}
+                        for key, p, c in (
+                            ("macro_f1", par.macro.f1, child.macro.f1),
+                            ("micro_f1", par.micro.f1, child.micro.f1),
+                        )
                     },
                     "fail_rate": {
-                        "parent": par["fail_rate"],
-                        "value": child["fail_rate"],
-                        "delta": child["fail_rate"] - par["fail_rate"],
+                        "parent": par.fail_rate,
+                        "value": child.fail_rate,
+                        "delta": child.fail_rate - par.fail_rate,
                     },
                 }
             )
@@ -190,11 +191,16 @@ def build_results(
     }
 
 
-def metrics_of(doc: Mapping, system: str, dataset: str) -> dict:
-    """The metrics of one system on one test set of a results document."""
+def record_of(doc: Mapping, system: str, dataset: str) -> EvaluationRecord:
+    """The evaluation of one system on one test set of a results document."""
     by_name = {s["label"]: (s["model"], s["prompt"]) for s in doc["systems"]}
     model, prompt = by_name[system]
     for e in doc["entries"]:
         if (e["model"], e["prompt"], e["dataset"]) == (model, prompt, dataset):
-            return e["metrics"]
+            return EvaluationRecord.model_validate(e)
     raise KeyError(f"no metrics for {system!r} on {dataset!r}")
+
+
+def metrics_of(doc: Mapping, system: str, dataset: str) -> DatasetMetrics:
+    """The metrics of one system on one test set of a results document."""
+    return record_of(doc, system, dataset).metrics

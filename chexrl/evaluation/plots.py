@@ -185,7 +185,7 @@ def comparison_png(doc: Mapping, path: str | Path) -> Path:
     bars, notes = {}, {}
     for d in doc["datasets"]:
         key = f"{d['name']} ({d['role'].upper()})"
-        bars[key] = [metrics_of(doc, s, d["name"])["macro"]["f1"] for s in systems]
+        bars[key] = [metrics_of(doc, s, d["name"]).macro.f1 for s in systems]
         if d["role"] == "ood":
             for g in doc["transfer_gaps"]:
                 if g["ood_dataset"] == d["name"] and g["gap"] is not None:
@@ -206,9 +206,9 @@ def ablation_png(doc: Mapping, path: str | Path) -> Path:
     systems = doc["systems"]
     m = [metrics_of(doc, s["label"], dataset) for s in systems]
     bars = {
-        "micro-F1": [x["micro"]["f1"] for x in m],
-        "macro-F1": [x["macro"]["f1"] for x in m],
-        "fail rate": [x["fail_rate"] for x in m],
+        "micro-F1": [x.micro.f1 for x in m],
+        "macro-F1": [x.macro.f1 for x in m],
+        "fail rate": [x.fail_rate for x in m],
     }
     names = [prompt_title(s["prompt"]) if doc["kind"] == "prompt_ablation" else s["label"] for s in systems]
     return grouped_bars_png(names, bars, path, title=f"Prompt ablation on {dataset}", ylabel="score")

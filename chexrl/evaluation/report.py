@@ -18,20 +18,10 @@ from chexrl.evaluation.render import Image, html_page, markdown_page
 from chexrl.evaluation.runner import RESULTS_JSON
 from chexrl.evaluation.sections import run_blocks
 from chexrl.evaluation.selection import select_checkpoints
+from chexrl.run_files import read_jsonl
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "evals.jsonl", "selection.json", f"evaluation/{RESULTS_JSON}")
 REPORT_DIR = "report"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON line (a line torn by a kill is skipped); [] when the file is missing."""
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def _read_json(path: Path) -> dict | None:

@@ -1,6 +1,6 @@
 """Evaluate models x prompt variants x test sets through the rollout workers, and write the results.
 
-Completions come from trainer.evaluation.evaluate_samples (the same path as evaluation during GRPO) and
+Completions come from chexrl.evaluation.rollouts.evaluate_samples (the same path as evaluation during GRPO) and
 metrics from chexrl.core.metrics.completion_metrics, the function behind the evaluator's /evaluate: the
 numbers are /evaluate's. One engine per distinct base checkpoint: the models on it without an adapter are
 evaluated first, then each adapter is pushed in turn (an engine cannot drop an adapter again).
@@ -21,9 +21,18 @@ from pathlib import Path
 import yaml
 
 from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
+from chexrl.core.metrics import DatasetMetrics, completion_metrics
+from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, pass_at_k_summary
 from chexrl.core.prompts import DEFAULT_PROMPT, get_prompt
 from chexrl.core.samples import XraySample
+from chexrl.core.schemas import SCHEMAS, get_schema
+from chexrl.data.loaders import DatasetSpec, load_dataset
 from chexrl.evaluation.comparison import build_results, check_parents
+from chexrl.evaluation.render import Image, csv_text, markdown_page
+from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
+from chexrl.evaluation.sections import results_blocks
+from chexrl.evaluation.tables import per_label_csv_table, results_csv_table
+from chexrl.models.adapter_io import load_adapter_dir
 
 RESULTS_JSON = "results.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -96,8 +105,6 @@ def parse_data_arg(text: str) -> tuple[str | None, str]:
 
 def default_set_name(spec: str) -> str:
     """The dataset and its splits, e.g. "chexpert-valid"."""
-    from chexrl.data.loaders import DatasetSpec
-
     s = DatasetSpec.parse(spec)
     return s.dataset + (f"-{'+'.join(s.splits)}" if s.splits else "")
 
@@ -105,8 +112,6 @@ def default_set_name(spec: str) -> str:
 def load_test_sets(args: Sequence[str], limit: int | None = None) -> list[TestSet]:
     """Load `[NAME=]SPEC` test sets (the first is the in-distribution one), the first `limit` samples of
     each. Errors name the argument at fault."""
-    from chexrl.data.loaders import load_dataset
-
     sets: list[TestSet] = []
     for arg in args:
         name, spec = parse_data_arg(arg)
@@ -227,12 +232,6 @@ def evaluate_models(
     image are sampled at `pass_sampling`'s temperature, top-p and seed (default: SamplingConfig(), the GRPO
     sampling settings). The sampled completions are added to the records with their "sample" index.
     """
-    from chexrl.core.metrics import completion_metrics
-    from chexrl.core.pass_at_k import pass_at_k_summary
-    from chexrl.core.schemas import get_schema
-    from trainer.adapter_io import load_adapter_dir
-    from trainer.evaluation import evaluate_samples, sample_completions
-
     check_parents([asdict(m) for m in models])
     check_prompts(prompts)
     for m in models:
@@ -351,8 +350,6 @@ def check_samples(samples: int | None, samples_n: int | None, sampling: Sampling
 
 def pass_at_k_settings(k: int, n: int, sampling: SamplingConfig, max_tokens: int) -> dict:
     """How the Pass@K numbers of a results document were made."""
-    from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-
     return {
         "k": k,
         "n_samples": n,
@@ -362,7 +359,8 @@ def pass_at_k_settings(k: int, n: int, sampling: SamplingConfig, max_tokens: int
     }
 
 
-METRIC_KEYS = ("n", "fail_rate", "micro", "macro", "per_label")  # /evaluate's response
+# /evaluate's response (DatasetMetrics): n, fail_rate, micro, macro, per_label
+METRIC_KEYS = tuple(DatasetMetrics.model_fields)
 
 
 def schema_of(metrics: Mapping) -> str:
@@ -370,8 +368,6 @@ def schema_of(metrics: Mapping) -> str:
     schema whose labels its per-label table lists, in order."""
     if metrics.get("schema"):
         return str(metrics["schema"])
-    from chexrl.core.schemas import SCHEMAS
-
     labels = tuple(metrics["per_label"])
     for name, schema in SCHEMAS.items():
         if schema.labels == labels:
@@ -391,7 +387,7 @@ def results_from_metrics(
 ) -> dict:
     """The results document of `chexrl evaluate` from metrics computed elsewhere (the demo's own
     evaluation, evaluation during training): `metrics[model_name][set_name]` in /evaluate's shape
-    (trainer.evaluation.evaluate_samples' output is accepted as is: its "schema" and "completions" keys are
+    (chexrl.evaluation.rollouts.evaluate_samples' output is accepted as is: its "schema" and "completions" keys are
     not copied; a "pass_at_k" summary is, with `pass_at_k_settings=...` in `extra` to describe it). Test
     sets come in the order of the first model's dict, the in-distribution one first;
     `specs[set_name]` says where a set came from. `extra` (e.g. sampling={"greedy": True, "max_tokens": 64})
@@ -441,9 +437,6 @@ def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = 
     """results.json, results.md, results.csv, per_label.csv, the chart PNG and completions.jsonl; with
     Pass@K, the Acc@1-against-Pass@K chart (pass_at_k.png) and the sampled completions (samples.jsonl)."""
     from chexrl.evaluation.plots import ablation_png, comparison_png, pass_at_k_png
-    from chexrl.evaluation.render import Image, csv_text, markdown_page
-    from chexrl.evaluation.sections import results_blocks
-    from chexrl.evaluation.tables import per_label_csv_table, results_csv_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,16 @@
 """Which in-training checkpoint to keep, when to warn, and how to smooth a curve. Pure functions, no I/O.
 
 An *evaluation record* is one line of `RUN_DIR/evals.jsonl`: {"step", "id", "ood", "id_name", "ood_name",
-"warnings"}, where "id" and "ood" are /evaluate's metrics (`Metrics.as_dict()`). The functions here read
-only the macro-F1 of each side, and also accept a plain number in place of a metrics dict.
+"warnings"}, where "id" and "ood" are /evaluate's metrics (`DatasetMetrics`, or its `as_dict()` as stored).
+The functions here read only the macro-F1 of each side, and also accept a plain number in its place.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+
+from chexrl.core.metrics import DatasetMetrics
 
 # The selection policies, in the order reports list them, with what each one means.
 POLICIES: dict[str, str] = {
@@ -19,8 +21,11 @@ POLICIES: dict[str, str] = {
 }
 
 
-def macro_f1(side: Mapping | float) -> float:
-    """The macro-F1 of one side of a record: a metrics dict (/evaluate's shape) or already a number."""
+def macro_f1(side: DatasetMetrics | Mapping | float) -> float:
+    """The macro-F1 of one side of a record: its metrics (`DatasetMetrics`, or a stored dict of that shape,
+    of which only "macro" is read) or already a number."""
+    if isinstance(side, DatasetMetrics):
+        return side.macro.f1
     if isinstance(side, Mapping):
         return float(side["macro"]["f1"])
     return float(side)

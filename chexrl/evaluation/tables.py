@@ -10,9 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.pass_at_k import MEASURES
+from chexrl.core.prompts import PROMPTS
 from chexrl.evaluation.comparison import metrics_of, transfer_gap
-from chexrl.evaluation.selection import POLICIES, ema, macro_f1
+from chexrl.evaluation.selection import POLICIES, ema
 
 # Display formats: text as is, f3 three decimals, pct a signed percentage, delta a signed difference.
 FORMATS = ("text", "f3", "pct", "delta", "int")
@@ -82,10 +84,10 @@ def overview_table(doc: Mapping) -> Table:
             (
                 s["label"],
                 s["parent"] or "",
-                *(m[n]["macro"]["f1"] for n in sets),
+                *(m[n].macro.f1 for n in sets),
                 *(_gap(doc, s["label"], n) for n in oods),
-                *(m[n]["micro"]["f1"] for n in sets),
-                *(m[n]["fail_rate"] for n in sets),
+                *(m[n].micro.f1 for n in sets),
+                *(m[n].fail_rate for n in sets),
             )
         )
     return Table(
@@ -102,19 +104,9 @@ def metrics_table(doc: Mapping, dataset: str) -> Table:
     rows = []
     for s in doc["systems"]:
         m = metrics_of(doc, s["label"], dataset)
-        mi, ma = m["micro"], m["macro"]
+        mi, ma = m.micro, m.macro
         rows.append(
-            (
-                s["label"],
-                m["n"],
-                mi["precision"],
-                mi["recall"],
-                mi["f1"],
-                ma["precision"],
-                ma["recall"],
-                ma["f1"],
-                m["fail_rate"],
-            )
+            (s["label"], m.n, mi.precision, mi.recall, mi.f1, ma.precision, ma.recall, ma.f1, m.fail_rate)
         )
     return Table(
         f"{dataset} ({_role(doc, dataset)}): micro and macro metrics",
@@ -129,9 +121,9 @@ def per_label_table(doc: Mapping, dataset: str) -> Table:
     Table 6 out of distribution); each row's best is bold."""
     systems = [s["label"] for s in doc["systems"]]
     per = {s: metrics_of(doc, s, dataset) for s in systems}
-    labels = list(per[systems[0]]["per_label"])
-    rows = [(label, *(per[s]["per_label"][label]["f1"] for s in systems)) for label in labels]
-    rows.append((OVERALL_ROW, *(per[s]["macro"]["f1"] for s in systems)))
+    labels = list(per[systems[0]].per_label)
+    rows = [(label, *(per[s].per_label[label].f1 for s in systems)) for label in labels]
+    rows.append((OVERALL_ROW, *(per[s].macro.f1 for s in systems)))
     role = _role(doc, dataset)
     return Table(
         f"{dataset} ({role}): F1 per label (layout of the paper's Table {5 if role == 'ID' else 6})",
@@ -189,8 +181,6 @@ def parent_table(doc: Mapping) -> Table | None:
 
 def prompt_title(name: str) -> str:
     """The paper's name of a prompt variant (Table 1), or the name itself when it is not one of them."""
-    from chexrl.core.prompts import PROMPTS
-
     title = PROMPTS[name].title if name in PROMPTS else name
     return f"{title} (baseline)" if name == "reasoning_a" else title
 
@@ -200,9 +190,7 @@ def ablation_table(doc: Mapping, dataset: str) -> Table:
     rows = []
     for s in doc["systems"]:
         m = metrics_of(doc, s["label"], dataset)
-        rows.append(
-            (prompt_title(s["prompt"]), s["prompt"], m["micro"]["f1"], m["macro"]["f1"], m["fail_rate"])
-        )
+        rows.append((prompt_title(s["prompt"]), s["prompt"], m.micro.f1, m.macro.f1, m.fail_rate))
     model = doc["systems"][0]["model"]
     return Table(
         f"Prompt ablation of {model} on {dataset} (layout of the paper's Table 1)",
@@ -276,9 +264,9 @@ def results_csv_table(doc: Mapping) -> Table:
             c = changes.get((s["label"], d["name"]))
             gap = _gap(doc, s["label"], d["name"]) if d["role"] == "ood" else None
             rows.append(
-                (s["label"], s["model"], s["prompt"], s["parent"], d["name"], d["role"], d["schema"], m["n"])
-                + (m["fail_rate"], m["micro"]["precision"], m["micro"]["recall"], m["micro"]["f1"])
-                + (m["macro"]["precision"], m["macro"]["recall"], m["macro"]["f1"], gap)
+                (s["label"], s["model"], s["prompt"], s["parent"], d["name"], d["role"], d["schema"], m.n)
+                + (m.fail_rate, m.micro.precision, m.micro.recall, m.micro.f1)
+                + (m.macro.precision, m.macro.recall, m.macro.f1, gap)
                 + (
                     (c["macro_f1"]["change"], c["micro_f1"]["change"], c["fail_rate"]["delta"])
                     if c
@@ -311,7 +299,7 @@ def per_label_csv_table(doc: Mapping) -> Table:
     rows = []
     for s in doc["systems"]:
         for d in doc["datasets"]:
-            for label, v in metrics_of(doc, s["label"], d["name"])["per_label"].items():
+            for label, v in metrics_of(doc, s["label"], d["name"]).per_label.items():
                 rows.append(
                     (
                         s["label"],
@@ -320,11 +308,11 @@ def per_label_csv_table(doc: Mapping) -> Table:
                         d["name"],
                         d["role"],
                         label,
-                        v["precision"],
-                        v["recall"],
-                        v["f1"],
-                        v["support"],
-                        v["predicted"],
+                        v.precision,
+                        v.recall,
+                        v.f1,
+                        v.support,
+                        v.predicted,
                     )
                 )
     header = ("system", "model", "prompt", "dataset", "role", "label", "precision", "recall", "f1")
@@ -346,17 +334,18 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
     k = passes[0]["id"]["k"] if passes else None
     rows = []
     for e in sorted(evals, key=lambda e: e["step"]):
-        id_f1, ood_f1 = macro_f1(e["id"]), macro_f1(e["ood"])
+        id_m, ood_m = DatasetMetrics.model_validate(e["id"]), DatasetMetrics.model_validate(e["ood"])
+        id_f1, ood_f1 = id_m.macro.f1, ood_m.macro.f1
         rows.append(
             (
                 e["step"],
                 id_f1,
                 ood_f1,
                 transfer_gap(id_f1, ood_f1),
-                e["id"]["micro"]["f1"],
-                e["ood"]["micro"]["f1"],
-                e["id"]["fail_rate"],
-                e["ood"]["fail_rate"],
+                id_m.micro.f1,
+                ood_m.micro.f1,
+                id_m.fail_rate,
+                ood_m.fail_rate,
                 "yes" if e.get("warnings") else "",
             )
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 from chexrl.models.loading import to_published_keys
 from chexrl.models.presets import PRESETS, TINY_BY_FAMILY, Preset
+from chexrl.models.tokenizer import build_gemma3_tokenizer, build_qwen_tokenizer
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # Qwen2.5-VL's image normalisation (OpenAI CLIP)
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -50,8 +51,6 @@ def resolve_preset(family: str | None, preset: str | None) -> Preset:
 
 
 def build_tokenizer(preset: Preset) -> Any:
-    from chexrl.models.tokenizer import build_gemma3_tokenizer, build_qwen_tokenizer
-
     return build_gemma3_tokenizer() if preset.family == "gemma3" else build_qwen_tokenizer()
 
 

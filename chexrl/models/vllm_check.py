@@ -6,7 +6,7 @@ Steps: render a chat-template prompt holding one image; start an engine with ena
 max_lora_rank=16; sample n=4 completions (temperature 0.8, top_p 0.95, fixed seed); sample again with
 a LoRA adapter (a random one is written when --lora is not given) passed as a LoRARequest; then score
 a fixed answer teacher-forced without the adapter, with it as a LoRARequest and with it merged into the
-weights (the rollout worker's `merged` weight sync, `rollout_worker.merged_sync`); report as JSON and
+weights (the rollout worker's `merged` weight sync, `chexrl.models.merged_sync`); report as JSON and
 exit non-zero unless the adapter changed the outputs and both ways of serving it give the same
 log-probs. Run it as its own process: the engine core runs in it, and on the CPU its KV cache is sized
 by VLLM_CPU_KVCACHE_SPACE (GiB).
@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chexrl.models.adapter_io import load_adapter_dir
+from chexrl.models.adapters import make_random_lora
+from chexrl.models.loading import load_processor
+from chexrl.models.merged_sync import MergedWeightsSlot
 from chexrl.models.vllm_env import set_vllm_env
 
 # LoRA and merged weights run the same sums in another order, in bf16: their log-probs agree to this much
@@ -46,8 +50,6 @@ def synthetic_image(size: int = 64, seed: int = 0) -> Any:
 def render_prompt(model_dir: str | Path, question: str) -> str:
     """The chat-template prompt for one image and a question, without the leading BOS (the engine's
     tokenizer adds it)."""
-    from chexrl.models.loading import load_processor
-
     processor = load_processor(model_dir)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -60,8 +62,6 @@ def run(model_dir: str, lora_dir: str | None, image_path: str | None, max_tokens
     from PIL import Image
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
-
-    from chexrl.models.adapters import make_random_lora
 
     if lora_dir is None:
         lora_dir = str(make_random_lora(model_dir, tempfile.mkdtemp(prefix="chexrl-lora-")))
@@ -117,9 +117,6 @@ def merged_against_lora(llm, model_dir: str, lora_dir: str, prompt: dict, reques
     Teacher forcing compares the same tokens in the same contexts: a tiny random model's top tokens are
     often within 0.01 of each other, so sampled or greedy paths may part on a rounding difference."""
     from vllm import SamplingParams
-
-    from rollout_worker.merged_sync import MergedWeightsSlot
-    from trainer.adapter_io import load_adapter_dir
 
     scored = {**prompt, "prompt": prompt["prompt"] + FIXED_ANSWER}
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)

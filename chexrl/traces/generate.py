@@ -44,6 +44,7 @@ from chexrl.traces.store import (
     rejected_path,
     repair_jsonl,
 )
+from chexrl.traces.teacher import TEACHER_NAME, template_trace
 
 REASON_HTTP = "http error"  # not final: the sample stays pending
 REASON_CANCELLED = "cancelled"  # not final: the run stopped before the sample's attempts were spent
@@ -382,8 +383,6 @@ def generate_traces(
 
 def template_traces(jobs: list[TraceJob], out: str | Path, fmt: str, *, seed: int = 0) -> Summary:
     """Write template-teacher traces for `jobs` (resumable like `generate_traces`; never rejects)."""
-    from chexrl.traces.teacher import TEACHER_NAME, template_trace
-
     get_format(fmt)
     out = Path(out)
     summary = Summary(repaired_bytes=repair_jsonl(out))

@@ -32,10 +32,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chexrl.core.metrics import completion_metrics
+from chexrl.core.metrics import DatasetMetrics, completion_metrics
 from chexrl.core.run_ids import RUN_ID_DESCRIPTION, RUN_ID_MAX_LENGTH, RUN_ID_PATTERN
 from chexrl.core.schemas import SCHEMAS, get_schema
-from chexrl.core.scoring import score_completion
+from chexrl.core.scoring import ScoredCompletion, score_completion
 from services.evaluator.body_limit import BodySizeLimit
 from services.evaluator.security import BearerAuth
 from services.evaluator.settings import EvaluatorSettings
@@ -94,7 +94,7 @@ def _models(settings: EvaluatorSettings):
         # strict: "3" is not an int and 1 is not a string; JSON types must be exactly the schema's
         model_config = ConfigDict(extra="forbid", strict=True)
 
-    class ScoreItem(Strict):
+    class ScoreRequestItem(Strict):
         completion: CompletionText
         labels: LabelList
         num_tokens: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
@@ -103,7 +103,9 @@ def _models(settings: EvaluatorSettings):
         reward: Literal["hard", "nuanced"]
         run_id: RunIdBody | None = None
         request_id: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
-        items: Annotated[list[ScoreItem], Field(min_length=1, max_length=settings.max_items_per_request)]
+        items: Annotated[
+            list[ScoreRequestItem], Field(min_length=1, max_length=settings.max_items_per_request)
+        ]
 
     class EvaluateItem(Strict):
         completion: CompletionText
@@ -120,35 +122,9 @@ def _models(settings: EvaluatorSettings):
     return ScoreRequest, EvaluateRequest, WindowBody
 
 
-class ScoredItemOut(BaseModel):
-    reward: float
-    valid: bool
-    predicted: list[str]
-    components: dict[str, float]
-
-
 class ScoreResponse(BaseModel):
     rewards: list[float]
-    items: list[ScoredItemOut]
-
-
-class PRFOut(BaseModel):
-    precision: float
-    recall: float
-    f1: float
-
-
-class LabelScoreOut(PRFOut):
-    support: int
-    predicted: int
-
-
-class EvaluateResponse(BaseModel):
-    n: int
-    fail_rate: float
-    micro: PRFOut
-    macro: PRFOut
-    per_label: dict[str, LabelScoreOut]
+    items: list[ScoredCompletion]
 
 
 class WindowOut(BaseModel):
@@ -384,7 +360,7 @@ def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI
         # Serialised here, not re-validated against the response model (which documents the shape).
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    @app.post("/evaluate", response_model=EvaluateResponse, responses=errors)
+    @app.post("/evaluate", response_model=DatasetMetrics, responses=errors)
     async def evaluate(body: EvaluateRequest) -> Response:
         golds = _canonical_labels(body.items, body.schema_)
         completions = [i.completion for i in body.items]

@@ -1,4 +1,5 @@
-"""The trainer's client of the evaluator's `/score` route, with retries.
+"""The evaluator's HTTP client (the trainer's, for `/score` and the run windows), with retries. It imports
+httpx only: no FastAPI, no app code.
 
 A step's scoring is retried as a whole on connection errors, timeouts and 5xx answers (with exponential
 backoff), so an evaluator restart mid-step delays the step instead of skipping it. Every request carries a
@@ -13,26 +14,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
 
+from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.run_ids import check_run_id
+from chexrl.core.scoring import ScoredCompletion
 
 log = logging.getLogger(__name__)
 
 
 class ScoringError(RuntimeError):
     """The evaluator refused the request (4xx) or stayed unreachable through every retry."""
-
-
-@dataclass(frozen=True)
-class ScoredItem:
-    reward: float
-    valid: bool
-    predicted: list[str]
-    components: dict[str, float]
 
 
 class EvaluatorClient:
@@ -55,15 +49,15 @@ class EvaluatorClient:
         items: list[dict],
         run_id: str | None = None,
         request_id: str | None = None,
-    ) -> list[ScoredItem]:
+    ) -> list[ScoredCompletion]:
         body = {"reward": reward, "items": items, "request_id": request_id or uuid.uuid4().hex}
         if run_id is not None:
             body["run_id"] = check_run_id(run_id)
         answer = self._post("/score", body)
-        return [ScoredItem(i["reward"], i["valid"], i["predicted"], i["components"]) for i in answer["items"]]
+        return [ScoredCompletion.model_validate(i) for i in answer["items"]]
 
-    def evaluate(self, schema: str, items: list[dict]) -> dict:
-        return self._post("/evaluate", {"schema": schema, "items": items})
+    def evaluate(self, schema: str, items: list[dict]) -> DatasetMetrics:
+        return DatasetMetrics.model_validate(self._post("/evaluate", {"schema": schema, "items": items}))
 
     def get_window(self, run_id: str) -> list[list[str]]:
         """The run's nuanced-reward window (its last predictions), for a checkpoint."""

@@ -4,8 +4,8 @@ merge on the tiny Gemma3 model, and the adapters it must refuse."""
 import pytest
 import torch
 
-from rollout_worker.merged_sync import lora_modules, lora_scale, merged_weights
-from rollout_worker.types import AdapterWeights
+from chexrl.models.adapter_io import AdapterWeights
+from chexrl.models.merged_sync import lora_modules, lora_scale, merged_weights
 
 
 def _peft_model(model_dir, **lora_kwargs):

@@ -16,7 +16,8 @@ import logging
 import math
 from contextlib import contextmanager
 
-from rollout_worker.types import AdapterWeights
+from chexrl.models.adapter_io import AdapterWeights
+from chexrl.models.loading import load_model
 
 PEFT_PREFIX = "base_model.model."
 # Adapter features this slot cannot fold into plain weights: a clear error instead of a silent mismatch.
@@ -84,8 +85,6 @@ class MergedWeightsSlot:
     def _base_weights(self, names: list[str]) -> dict:
         """Host copies of the base projections `names` (read once from the checkpoint, then kept)."""
         if any(n not in self._base for n in names):
-            from chexrl.models.loading import load_model
-
             model = load_model(self._model_dir)  # in memory names = the adapter's module names
             modules = dict(model.named_modules())
             for n in names:

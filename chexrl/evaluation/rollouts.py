@@ -9,6 +9,7 @@ from chexrl.core.metrics import completion_metrics
 from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
+from chexrl.data.images import image_bytes
 from rollout_worker.types import RolloutPrompt
 
 
@@ -68,8 +69,6 @@ def _schema(samples: list[XraySample]) -> str:
 
 def _generate(router, samples: list[XraySample], prompt_name: str, sampling: SamplingConfig, batch_size: int):
     """(chunk of samples, their rollout groups in order), one generate call per `batch_size` images."""
-    from chexrl.data.images import image_bytes
-
     messages = build_messages(
         prompt_name, schema="chexpert14"
     )  # the policy always answers in CheXpert labels
