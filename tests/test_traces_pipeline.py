@@ -227,20 +227,8 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path, image):
     import os
     import signal
     import subprocess
-    import sys
 
-    from chexrl.core.schemas import CHEXPERT14
-
-    labels = [lab for lab in CHEXPERT14 if lab != "No Finding"][:10]
-    server = ScriptedServer(dict.fromkeys(labels, "slow"))
-    samples = tmp_path / "samples.jsonl"
-    samples.write_text(
-        "".join(json.dumps({"image": image, "labels": [lab], "sample_id": lab}) + "\n" for lab in labels)
-    )
-    out = tmp_path / "traces.jsonl"
-    chexrl_bin = os.path.join(os.path.dirname(sys.executable), "chexrl")
-    cmd = [chexrl_bin, "traces", "generate", "--samples-jsonl", str(samples)]
-    cmd += ["--out", str(out), "--endpoint", server.url, "--model", "m", "--concurrency", "1"]
+    labels, server, out, cmd = _slow_traces_cli(tmp_path, image, n_labels=10, concurrency=1)
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -318,23 +306,10 @@ def app_cli():
 def test_ctrl_c_cancels_queued_requests_and_keeps_the_answers_in_flight(tmp_path, image):
     """SIGINT the CLI mid-run: the queued requests are never sent, and every answer the server gave is
     written (before, the pool sent every queued request on exit and threw the answers away)."""
-    import os
     import signal
     import subprocess
-    import sys
 
-    from chexrl.core.schemas import CHEXPERT14
-
-    labels = [lab for lab in CHEXPERT14 if lab != "No Finding"][:12]
-    server = ScriptedServer(dict.fromkeys(labels, "slow"))
-    samples = tmp_path / "samples.jsonl"
-    samples.write_text(
-        "".join(json.dumps({"image": image, "labels": [lab], "sample_id": lab}) + "\n" for lab in labels)
-    )
-    out = tmp_path / "traces.jsonl"
-    chexrl_bin = os.path.join(os.path.dirname(sys.executable), "chexrl")
-    cmd = [chexrl_bin, "traces", "generate", "--samples-jsonl", str(samples)]
-    cmd += ["--out", str(out), "--endpoint", server.url, "--model", "m", "--concurrency", "2"]
+    labels, server, out, cmd = _slow_traces_cli(tmp_path, image, n_labels=12, concurrency=2)
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -349,3 +324,24 @@ def test_ctrl_c_cancels_queued_requests_and_keeps_the_answers_in_flight(tmp_path
         assert sum(server.calls.values()) == answered  # and nothing is sent after the exit either
     finally:
         server.close()
+
+
+def _slow_traces_cli(tmp_path, image, *, n_labels: int, concurrency: int):
+    """A teacher that answers slowly, one sample per label, and the `chexrl traces generate` command line
+    that asks it: (labels, server, out file, command)."""
+    import os
+    import sys
+
+    from chexrl.core.schemas import CHEXPERT14
+
+    labels = [lab for lab in CHEXPERT14 if lab != "No Finding"][:n_labels]
+    server = ScriptedServer(dict.fromkeys(labels, "slow"))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "".join(json.dumps({"image": image, "labels": [lab], "sample_id": lab}) + "\n" for lab in labels)
+    )
+    out = tmp_path / "traces.jsonl"
+    chexrl_bin = os.path.join(os.path.dirname(sys.executable), "chexrl")
+    cmd = [chexrl_bin, "traces", "generate", "--samples-jsonl", str(samples)]
+    cmd += ["--out", str(out), "--endpoint", server.url, "--model", "m", "--concurrency", str(concurrency)]
+    return labels, server, out, cmd
