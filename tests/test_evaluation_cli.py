@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+import ray
 from typer.testing import CliRunner
 
 from chexrl.cli import app
@@ -49,8 +50,10 @@ class SharedEngine:
     def generate(self, prompts, sampling):
         return self.router.generate(prompts, sampling)
 
-    def push_adapter(self, adapter):
-        return self.router.push_adapter(dataclasses.replace(adapter, version=self.router.version + 1))
+    def push_adapter(self, adapter, version=None):
+        # the loop pushes the learner's export by reference: fetch it, renumber it for the shared router
+        weights = ray.get(adapter) if isinstance(adapter, ray.ObjectRef) else adapter
+        return self.router.push_adapter(dataclasses.replace(weights, version=self.router.version + 1))
 
     def sleep(self) -> None:  # the loop's phases (a no-op where the worker does not sleep)
         self.router.sleep()

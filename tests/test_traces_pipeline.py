@@ -25,11 +25,13 @@ GOLD = re.compile(r"The ground-truth labels for this image, confirmed by expert 
 
 class ScriptedServer:
     """behaviour by gold labels: 'ok', 'flaky' (503 twice, then ok), 'garbage', 'wrong', 'bad_request',
-    'down' (503 always), 'slow' (ok after 0.3 s). With `token`, a request without that bearer token gets 401."""
+    'down' (503 always), 'slow' (ok after `slow_seconds`). With `token`, a request without that bearer token
+    gets 401."""
 
-    def __init__(self, script: dict[str, str], token: str | None = None):
+    def __init__(self, script: dict[str, str], token: str | None = None, slow_seconds: float = 0.3):
         self.script = script
         self.token = token
+        self.slow_seconds = slow_seconds
         self.calls: Counter = Counter()
         self.bodies: list[dict] = []
         server = self
@@ -52,7 +54,7 @@ class ScriptedServer:
                 server.calls[gold] += 1
                 mode = server.script[gold]
                 if mode == "slow":
-                    time.sleep(0.3)
+                    time.sleep(server.slow_seconds)
                 if mode in ("bad_request", "down") or (mode == "flaky" and server.calls[gold] <= 2):
                     self.send_response(400 if mode == "bad_request" else 503)
                     self.end_headers()
@@ -309,7 +311,8 @@ def test_ctrl_c_cancels_queued_requests_and_keeps_the_answers_in_flight(tmp_path
     import signal
     import subprocess
 
-    labels, server, out, cmd = _slow_traces_cli(tmp_path, image, n_labels=12, concurrency=2)
+    # 1.5 s an answer: the whole run takes 9 s, so the interrupt lands mid-run even on a loaded machine
+    labels, server, out, cmd = _slow_traces_cli(tmp_path, image, n_labels=12, concurrency=2, slow_seconds=1.5)
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -326,7 +329,7 @@ def test_ctrl_c_cancels_queued_requests_and_keeps_the_answers_in_flight(tmp_path
         server.close()
 
 
-def _slow_traces_cli(tmp_path, image, *, n_labels: int, concurrency: int):
+def _slow_traces_cli(tmp_path, image, *, n_labels: int, concurrency: int, slow_seconds: float = 0.3):
     """A teacher that answers slowly, one sample per label, and the `chexrl traces generate` command line
     that asks it: (labels, server, out file, command)."""
     import os
@@ -335,7 +338,7 @@ def _slow_traces_cli(tmp_path, image, *, n_labels: int, concurrency: int):
     from chexrl.core.schemas import CHEXPERT14
 
     labels = [lab for lab in CHEXPERT14 if lab != "No Finding"][:n_labels]
-    server = ScriptedServer(dict.fromkeys(labels, "slow"))
+    server = ScriptedServer(dict.fromkeys(labels, "slow"), slow_seconds=slow_seconds)
     samples = tmp_path / "samples.jsonl"
     samples.write_text(
         "".join(json.dumps({"image": image, "labels": [lab], "sample_id": lab}) + "\n" for lab in labels)

@@ -54,7 +54,8 @@ class FakeRouter:
     def wake_up(self):
         self.calls.append("wake_up")
 
-    def push_adapter(self, adapter):
+    def push_adapter(self, adapter, version=None):
+        assert version == adapter.version  # the loop names the version it pushes
         self.calls.append(f"push {adapter.version}")
 
 
