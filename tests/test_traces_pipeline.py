@@ -314,7 +314,14 @@ def test_ctrl_c_cancels_queued_requests_and_keeps_the_answers_in_flight(tmp_path
     # 1.5 s an answer: the whole run takes 9 s, so the interrupt lands mid-run even on a loaded machine
     labels, server, out, cmd = _slow_traces_cli(tmp_path, image, n_labels=12, concurrency=2, slow_seconds=1.5)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Ctrl-C's default action in the child, whatever this test process inherited or set (an earlier
+        # test in the session can leave SIGINT ignored, and an ignored signal stays ignored across exec)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.monotonic() + 60
         while len(read_jsonl(out)) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
