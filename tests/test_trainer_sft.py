@@ -126,3 +126,31 @@ def test_config_errors_name_the_key(tmp_path, yaml_text, names):
         load_config(path)
     for name in names:
         assert name in str(err.value)
+
+
+def test_encoded_examples_give_build_batch_tensors_kept_or_not(tiny_gemma3_dir):
+    """Kept across epochs (the demo's small images) or encoded per batch (over the byte budget, a real
+    run's): the same tensors as `build_batch`; examples over max_length are dropped and counted."""
+    import torch
+
+    from chexrl.core.prompts import build_messages
+    from chexrl.models.loading import load_processor
+    from chexrl.models.vllm_check import synthetic_image
+    from trainer.collate import SFTExample, build_batch
+    from trainer.sft import EncodedExamples
+
+    processor = load_processor(tiny_gemma3_dir)
+    examples = [
+        SFTExample(build_messages(), synthetic_image(seed=i), "<think>Clear.</think> " + "No Finding " * n)
+        for i, n in enumerate((1, 3, 40, 2))
+    ]
+    lengths = [build_batch(processor, [ex])["input_ids"].shape[1] for ex in examples]
+    max_length = sorted(lengths)[-2]  # drops the one long example
+    kept = EncodedExamples(processor, examples, max_length)
+    per_batch = EncodedExamples(processor, examples, max_length, keep_bytes=0)
+    assert kept.kept_encoded and not per_batch.kept_encoded
+    for data in (kept, per_batch):
+        assert len(data) == 3 and data.skipped == 1 and examples[2] not in data.examples
+        got, expected = data.batch([2, 0]), build_batch(processor, [data.examples[2], data.examples[0]])
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in got)

@@ -29,6 +29,7 @@ import torch
 
 from chexrl.core.grpo import token_entropy
 from chexrl.core.logprobs import chunked_token_entropy, chunked_token_logprobs
+from chexrl.models.attention_masks import with_prebuilt_masks
 from chexrl.traces.render import render_prompt, render_training_text
 
 IGNORE_INDEX = -100
@@ -218,7 +219,8 @@ def completion_logits(
     """
     device = next(model.parameters()).device
     seq_len, keep = _kept_tail(batch)
-    out = model(**model_inputs(batch, device), logits_to_keep=keep, use_cache=False)
+    inputs = with_prebuilt_masks(model, model_inputs(batch, device))
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = out.logits  # (B, keep, V): positions T-keep .. T-1
     pos, targets, mask = _completion_positions(batch, device, seq_len, keep)
     picked = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Tc, V)
@@ -250,7 +252,8 @@ def completion_hidden_states(
     backbone, weight = lm_backbone_and_head(model)
     device = weight.device
     seq_len, keep = _kept_tail(batch)
-    states = backbone(**model_inputs(batch, device), use_cache=False)[0][:, seq_len - keep :]  # (B, keep, H)
+    inputs = with_prebuilt_masks(backbone, model_inputs(batch, device))
+    states = backbone(**inputs, use_cache=False)[0][:, seq_len - keep :]  # (B, keep, H)
     pos, targets, mask = _completion_positions(batch, device, seq_len, keep)
     rows = torch.arange(pos.shape[0], device=device)[:, None].expand_as(pos)
     return states[rows[mask], pos[mask]], targets, mask, weight

@@ -35,12 +35,16 @@ from chexrl.config import SFTConfig
 from chexrl.core.prompts import build_messages
 from chexrl.data.images import open_image
 from chexrl.models.loading import detect_family, load_model, load_processor
-from trainer.collate import SFTExample, build_batch, sft_loss
+from trainer.collate import SFTExample, collate_rows, encode_sft_example, sft_loss
 from trainer.merge import merge_adapter
 from trainer.run_log import RunLog
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 8  # validation forward passes (no gradients): padding does not change the loss
+# Encoded examples are kept across epochs while all of them fit in this many bytes. The demo's 400
+# examples at 64 pixels take ~20 MB (re-encoding them cost 2.6 s an epoch, 15% of it); MedGemma's
+# 896-pixel images are ~9.6 MB a row in fp32, so a real run's 2,000 are encoded per batch instead.
+KEEP_ENCODED_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,58 @@ def records_to_examples(records: Sequence[dict], prompt: str) -> list[SFTExample
     ]
 
 
+class EncodedExamples:
+    """SFT examples with their model inputs (`trainer.collate.encode_sft_example` rows).
+
+    Each example is encoded once on construction to measure it; those longer than `max_length` tokens
+    (prompt, image tokens and completion) are dropped. The rows are kept for the epochs while all of them
+    fit in `keep_bytes`, and otherwise encoded again per batch. Either way a batch is the same tensors
+    `build_batch` would give.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        examples: Sequence[SFTExample],
+        max_length: int,
+        keep_bytes: int = KEEP_ENCODED_BYTES,
+    ) -> None:
+        self.processor = processor
+        self.pad_id = getattr(processor, "tokenizer", processor).pad_token_id
+        self.examples: list[SFTExample] = []
+        self._rows: list[dict] | None = []
+        held = 0
+        for ex in examples:
+            row = encode_sft_example(processor, ex)
+            if row["input_ids"].shape[1] > max_length:
+                continue
+            self.examples.append(ex)
+            if self._rows is not None:
+                held += sum(v.numel() * v.element_size() for v in row.values() if torch.is_tensor(v))
+                if held <= keep_bytes:
+                    self._rows.append(row)
+                else:  # too large to keep: encode per batch, and free what was kept
+                    self._rows = None
+        self.skipped = len(examples) - len(self.examples)
+        if self.skipped:
+            log.warning("sft: skipped %d examples longer than %d tokens", self.skipped, max_length)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def kept_encoded(self) -> bool:
+        return self._rows is not None
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The batch of the examples at `indices`, in that order."""
+        if self._rows is not None:
+            rows = [self._rows[i] for i in indices]
+        else:
+            rows = [encode_sft_example(self.processor, self.examples[i]) for i in indices]
+        return collate_rows(rows, self.pad_id)
+
+
 # ---- the loop --------------------------------------------------------------------------------------
 def autocast_context(precision: str, device: torch.device) -> Any:
     """bf16 autocast where asked for and the device has it ('auto': a GPU with bf16), else a no-op."""
@@ -122,9 +178,7 @@ def autocast_context(precision: str, device: torch.device) -> Any:
     return nullcontext()
 
 
-def evaluate_loss(
-    model: Any, processor: Any, examples: Sequence[SFTExample], precision: str
-) -> dict[str, float]:
+def evaluate_loss(model: Any, examples: EncodedExamples, precision: str) -> dict[str, float]:
     """Token-mean completion NLL and token accuracy over `examples` (eval mode, no gradients)."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -132,7 +186,8 @@ def evaluate_loss(
     nll = tokens = correct = 0.0
     with torch.no_grad(), autocast_context(precision, device):
         for i in range(0, len(examples), EVAL_BATCH_SIZE):
-            loss_sum, counts = sft_loss(model, build_batch(processor, examples[i : i + EVAL_BATCH_SIZE]))
+            indices = range(i, min(i + EVAL_BATCH_SIZE, len(examples)))
+            loss_sum, counts = sft_loss(model, examples.batch(indices))
             nll += loss_sum.item()
             tokens += counts["tokens"]
             correct += counts["correct"]
@@ -142,9 +197,8 @@ def evaluate_loss(
 
 def train_sft(
     model: Any,
-    processor: Any,
-    train: Sequence[SFTExample],
-    val: Sequence[SFTExample],
+    train: EncodedExamples,
+    val: EncodedExamples,
     cfg: SFTConfig,
     out: Path,
 ) -> dict[str, Any]:
@@ -160,7 +214,7 @@ def train_sft(
     run_log = RunLog(out)
     history: dict[str, Any] = {"epochs": [], "best_epoch": None, "early_stop_epoch": None}
     if val:  # the untrained adapter's validation loss: the reference the epochs are compared with
-        history["initial_val_loss"] = evaluate_loss(model, processor, val, cfg.precision)["loss"]
+        history["initial_val_loss"] = evaluate_loss(model, val, cfg.precision)["loss"]
     step = 0
     model.train()
     try:
@@ -170,8 +224,8 @@ def train_sft(
             rng.shuffle(order)
             sums = {"nll": 0.0, "tokens": 0.0, "correct": 0.0}
             for s in range(0, len(order), per_step):
-                group = [train[i] for i in order[s : s + per_step]]
-                metrics = _optimizer_step(model, processor, group, cfg, optimizer, params, device)
+                group = order[s : s + per_step]
+                metrics = _optimizer_step(model, train, group, cfg, optimizer, params, device)
                 scheduler.step()
                 step += 1
                 for key in sums:
@@ -184,7 +238,7 @@ def train_sft(
                 "train_token_accuracy": sums["correct"] / max(sums["tokens"], 1.0),
             }
             if val:
-                v = evaluate_loss(model, processor, val, cfg.precision)
+                v = evaluate_loss(model, val, cfg.precision)
                 record.update(val_loss=v["loss"], val_token_accuracy=v["token_accuracy"])
             record["seconds"] = time.perf_counter() - start
             history["epochs"].append(record)
@@ -203,10 +257,11 @@ def train_sft(
     return history
 
 
-def _optimizer_step(model, processor, group, cfg, optimizer, params, device) -> dict[str, float]:
-    """One optimizer step over `group` (the effective batch): the token mean over all its completions."""
+def _optimizer_step(model, train, group, cfg, optimizer, params, device) -> dict[str, float]:
+    """One optimizer step over the examples at `group` (the effective batch): the token mean over all
+    its completions."""
     batches = [
-        build_batch(processor, group[i : i + cfg.per_device_batch_size])
+        train.batch(group[i : i + cfg.per_device_batch_size])
         for i in range(0, len(group), cfg.per_device_batch_size)
     ]
     total_tokens = float(sum(int(b["completion_len"].sum()) for b in batches))
@@ -283,13 +338,13 @@ def run_sft(
         raise ValueError("no SFT training records")
     start = time.perf_counter()
     model, processor = prepare_model(base_dir, cfg)
-    train, skipped = _fit_length(records_to_examples(train_records, cfg.prompt), processor, cfg.max_length)
-    val, _ = _fit_length(records_to_examples(val_records, cfg.prompt), processor, cfg.max_length)
-    history = train_sft(model, processor, train, val, cfg, out)
+    train = EncodedExamples(processor, records_to_examples(train_records, cfg.prompt), cfg.max_length)
+    val = EncodedExamples(processor, records_to_examples(val_records, cfg.prompt), cfg.max_length)
+    history = train_sft(model, train, val, cfg, out)
     history.update(
         n_train=len(train),
         n_val=len(val),
-        skipped_too_long=skipped,
+        skipped_too_long=train.skipped,
         base=str(base_dir),
         train_seconds=time.perf_counter() - start,
         config=cfg.model_dump(),
@@ -301,15 +356,3 @@ def run_sft(
     history["seconds"] = time.perf_counter() - start
     (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     return SFTResult(adapter_dir=out / "adapter", merged_dir=merged, history=history)
-
-
-def _fit_length(examples: list[SFTExample], processor: Any, max_length: int) -> tuple[list[SFTExample], int]:
-    """Drop examples longer than `max_length` tokens (prompt, image tokens and completion)."""
-    kept = []
-    for ex in examples:
-        batch = build_batch(processor, [ex])
-        if batch["input_ids"].shape[1] <= max_length:
-            kept.append(ex)
-    if len(kept) < len(examples):
-        log.warning("sft: skipped %d examples longer than %d tokens", len(examples) - len(kept), max_length)
-    return kept, len(examples) - len(kept)
