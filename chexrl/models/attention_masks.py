@@ -21,13 +21,6 @@ from typing import Any
 import torch
 
 
-def _image_block_ids(token_type_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T): for each image token the index of its image within the row (0, 1, ...), -1 for text."""
-    is_image = token_type_ids == 1
-    starts = is_image & ~torch.nn.functional.pad(is_image, (1, 0), value=False)[:, :-1]
-    return torch.where(is_image, torch.cumsum(starts.int(), dim=1) - 1, -1)
-
-
 def gemma3_attention_masks(
     config: Any, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
 ) -> dict[str, torch.Tensor] | None:
@@ -44,11 +37,14 @@ def gemma3_attention_masks(
         or getattr(text, "use_bidirectional_attention", False)
     ):
         return None
+    from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
+
     device = attention_mask.device
     length = attention_mask.shape[1]
     query = torch.arange(length, device=device)[:, None]
     key = torch.arange(length, device=device)[None, :]
-    blocks = _image_block_ids(token_type_ids.to(device))
+    # transformers' own numbering: each image's tokens share its index within the row, text is -1
+    blocks = get_block_sequence_ids_for_mask(token_type_ids, device=device)
     same_image = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # (B, T, T)
     visible = ((key <= query)[None] | same_image) & attention_mask.to(device).bool()[:, None, :]
     return {
