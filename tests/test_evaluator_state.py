@@ -12,6 +12,7 @@ from chexrl.core.parsing import format_completion
 from chexrl.core.run_ids import check_run_id
 from services.evaluator.client import EvaluatorClient, ScoringError
 from services.evaluator.process import EvaluatorProcess
+from services.evaluator.settings import EvaluatorSettings
 from services.evaluator.window_store import StateDirInUse, StateUnavailable, WindowStore
 
 pytestmark = pytest.mark.slow
@@ -20,6 +21,11 @@ NORMAL = {
     "completion": format_completion("A careful look at the film.", ["No Finding"]),
     "labels": ["No Finding"],
 }
+
+
+def store_at(path, **limits) -> WindowStore:
+    """A store with the evaluator's default limits (and `limits`), on `path`."""
+    return WindowStore.from_settings(EvaluatorSettings(state_dir=str(path), **limits))
 
 
 def nuanced(server, run_id, n=1, request_id=None):
@@ -123,7 +129,7 @@ def test_a_second_evaluator_on_one_state_directory_fails_to_start(evaluator, tmp
     assert f"pid {evaluator.proc.pid}" in message
     assert httpx.get(evaluator.url + "/healthz").json()["state"] == "ok"  # the first one is unharmed
     with pytest.raises(StateDirInUse):  # in-process too: one store per directory
-        WindowStore(evaluator.state_dir, 100, max_cached_runs=8, answers_per_run=8)
+        store_at(evaluator.state_dir)
 
 
 class FailingCommit:
@@ -143,7 +149,7 @@ class FailingCommit:
 
 
 def test_a_failed_commit_is_rolled_back(tmp_path):
-    store = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+    store = store_at(tmp_path)
 
     def push(label):
         def score(w):
@@ -159,7 +165,7 @@ def test_a_failed_commit_is_rolled_back(tmp_path):
     assert store.apply("run", "step-2", push("Atelectasis")) == {"label": "Atelectasis"}
     assert store.get("run") == [["Atelectasis"]]
     store.close()
-    reopened = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+    reopened = store_at(tmp_path)
     assert reopened.get("run") == [["Atelectasis"]]
     assert reopened.apply("run", "step-1", push("Edema")) == {"label": "Edema"}  # step-1 never stored
     reopened.close()
@@ -171,8 +177,13 @@ def test_a_corrupt_database_fails_only_the_state_routes(tmp_path):
     (state / "windows.sqlite3").write_bytes(b"not a database, whatever it was " * 256)
     server = EvaluatorProcess(state, log=tmp_path / "evaluator.log").start()
     try:
-        health = httpx.get(server.url + "/healthz").json()
-        assert health["status"] == "ok" and "windows.sqlite3 is unusable" in health["state"]
+        health = httpx.get(server.url + "/healthz").json()  # no token configured: the details too
+        assert (health["status"], health["state"], health["reason"]) == (
+            "ok",
+            "unavailable",
+            "database_unreadable",
+        )
+        assert "windows.sqlite3 is unusable" in health["detail"]
         hard = {"reward": "hard", "items": [NORMAL]}
         assert httpx.post(server.url + "/score", json=hard).status_code == 200
         evaluate = {"schema": "chexpert14", "items": [NORMAL]}
@@ -197,13 +208,13 @@ def test_a_corrupt_database_fails_only_the_state_routes(tmp_path):
 
 
 def test_an_unreadable_stored_window_is_a_clear_error(tmp_path):
-    store = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+    store = store_at(tmp_path)
     store.put("good", [["Edema"]])
     store.close()
     with sqlite3.connect(tmp_path / "windows.sqlite3") as db:
-        db.execute("INSERT INTO windows VALUES ('torn', '[[\"Edema\"], ')")
-        db.execute("INSERT INTO windows VALUES ('typed', '[[1, 2]]')")
-    store = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+        db.execute("INSERT INTO windows (run_id, items) VALUES ('torn', '[[\"Edema\"], ')")
+        db.execute("INSERT INTO windows (run_id, items) VALUES ('typed', '[[1, 2]]')")
+    store = store_at(tmp_path)
     for run_id in ("torn", "typed"):
         with pytest.raises(StateUnavailable, match=f"stored window of run '{run_id}' in .* is unreadable"):
             store.get(run_id)

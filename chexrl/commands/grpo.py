@@ -98,7 +98,7 @@ def grpo_cmd(
         run_dir=g.run_dir,
         run_id=g.run_id or Path(g.run_dir).name,
         prompt_name=g.prompt,
-        evaluator_token=os.environ.get("CHEXRL_EVALUATOR_TOKEN"),
+        evaluator_token=evaluator_token(),
         id_eval=eval_sets.get("eval_id_data"),
         ood_eval=eval_sets.get("eval_ood_data"),
     )
@@ -110,6 +110,16 @@ def grpo_cmd(
     typer.echo(
         f"GRPO done: {len(history)} steps, mean reward first {first:.3f} -> last {last:.3f}; {g.run_dir}"
     )
+
+
+def evaluator_token() -> str | None:
+    """The evaluator's bearer token: from CHEXRL_EVALUATOR_TOKEN_FILE, else CHEXRL_EVALUATOR_TOKEN."""
+    from services.evaluator.security import TOKEN_FILE_ENV, read_token
+
+    try:
+        return read_token(os.environ)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=TOKEN_FILE_ENV) from exc
 
 
 def connect_ray() -> None:
