@@ -74,7 +74,14 @@ class RolloutConfig(StrictModel):
     )
     adapter_dir: str = Field(
         "/dev/shm/chexrl-adapters",
-        description="Node-local scratch where pushed adapters are written for vLLM.",
+        description="Node-local scratch where pushed adapters are written for vLLM. It and every parent "
+        "directory must be writable by this user or root only (a sticky one such as /dev/shm excepted).",
+    )
+    adapter_dir_shared_parents: bool = Field(
+        False,
+        description="Accept parents of adapter_dir that other users may write: for a pod whose every "
+        "process runs as one user, where /dev/shm is an emptyDir (mode 2777, not sticky). Symlinked "
+        "parents owned by another user are refused all the same.",
     )
     num_threads: int | None = Field(
         None, ge=1, description="CPU threads of a worker's engine (None: all cores)."
