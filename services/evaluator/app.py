@@ -332,7 +332,7 @@ def _add_health_routes(app: FastAPI, store: WindowStore, token: str | None, metr
     expected = token.encode() if token else None
 
     @app.get("/healthz")
-    def healthz(request: Request) -> dict:
+    async def healthz(request: Request) -> dict:  # on the event loop: no worker thread to wait for
         """Liveness: 200 while the process serves. `state` says whether the run state can be written
         ("ok", "full", "unavailable") with a short reason code and the headroom; the path and the error
         text only for a caller with the token (or when the evaluator has none)."""

@@ -187,6 +187,14 @@ class Reserve:
             self.path.unlink()
 
 
+def _totals(db: sqlite3.Connection) -> tuple[int, int, int]:
+    """(runs, their stored bytes, bytes of the database's free pages)."""
+    runs, used = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM windows").fetchone()
+    (pages,) = db.execute("PRAGMA freelist_count").fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    return runs, used, pages * page_size
+
+
 def disk_free_bytes(path: Path) -> int:
     """Bytes an unprivileged writer may still use on the filesystem holding `path`."""
     info = os.statvfs(path)
@@ -210,22 +218,19 @@ class WindowStore:
         private_state_dir(self.dir)
         self._lock_fd: int | None = lock_state_dir(self.dir)
         self.path = self.dir / DB_NAME
-        self.window_size, self.max_cached_runs, self.answers_per_run = (
-            window_size,
-            max_cached_runs,
-            answers_per_run,
-        )
-        self.max_runs, self.run_idle_expiry_s, self.max_state_bytes = (
-            max_runs,
-            run_idle_expiry_s,
-            max_state_bytes,
-        )
+        self.window_size = window_size
+        self.max_cached_runs = max_cached_runs
+        self.answers_per_run = answers_per_run
+        self.max_runs = max_runs
+        self.run_idle_expiry_s = run_idle_expiry_s
+        self.max_state_bytes = max_state_bytes
         self.reserve = Reserve(self.dir / RESERVE_NAME, reserve_bytes)
         self.reserve.ensure()  # on a full disk the evaluator still starts: /healthz then says so
         self._db: sqlite3.Connection | None = None
         self.broken: str | None = None
         self.refused: str | None = None  # why the last write was refused for space; None once one succeeds
-        self.runs, self.state_bytes = 0, 0
+        # what the last write left: runs, their stored bytes, and the bytes of SQLite's free pages
+        self.runs, self.state_bytes, self.free_page_bytes = 0, 0, 0
         self._db_lock = threading.Lock()
         self._cache: OrderedDict[str, PredictionWindow] = OrderedDict()
         self._cache_guard = threading.Lock()
@@ -264,9 +269,7 @@ class WindowStore:
             db.executescript(_SCHEMA)
             self._upgrade(db)
             db.execute("CREATE INDEX IF NOT EXISTS windows_by_use ON windows (last_used)")
-            self.runs, self.state_bytes = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM windows"
-            ).fetchone()
+            self.runs, self.state_bytes, self.free_page_bytes = _totals(db)
         except BaseException:
             db.close()
             raise
@@ -311,14 +314,9 @@ class WindowStore:
 
     def room_bytes(self) -> int:
         """Space a write may use: the filesystem's free bytes and the database's free pages (the pages of
-        deleted runs, which SQLite reuses before it grows the file)."""
-        free = disk_free_bytes(self.dir)
-        if self._db is None or self.broken is not None:
-            return free
-        with self._sql() as db:
-            (pages,) = db.execute("PRAGMA freelist_count").fetchone()
-            (page_size,) = db.execute("PRAGMA page_size").fetchone()
-        return free + pages * page_size
+        deleted runs, which SQLite reuses before it grows the file) as the last write left them. Takes
+        no lock, so /healthz never waits on a write."""
+        return disk_free_bytes(self.dir) + self.free_page_bytes
 
     def _check_room(self) -> None:
         """Refuse a write while the room left is under the reserve (a delete may still pass)."""
@@ -379,9 +377,9 @@ class WindowStore:
                 raise
 
     # --- bounds -------------------------------------------------------------------------------------
-    def _written(self, db: sqlite3.Connection, run_id: str) -> tuple[list[str], tuple[int, int]]:
+    def _written(self, db: sqlite3.Connection, run_id: str) -> tuple[list[str], tuple[int, int, int]]:
         """After a write of `run_id` (in its transaction): count its bytes, then drop expired runs and the
-        least recently used ones until the bounds hold. Returns the dropped runs and (runs, bytes) left."""
+        least recently used ones until the bounds hold. Returns the dropped runs and the totals left."""
         db.execute("UPDATE windows SET last_used = ? WHERE run_id = ?", (time.time(), run_id))
         db.execute(_RUN_BYTES, (run_id,))
         expired = db.execute(
@@ -404,7 +402,7 @@ class WindowStore:
             oldest.close()
             self._delete_runs(db, victims)
             dropped += victims
-        return dropped, (runs, used)
+        return dropped, _totals(db)
 
     @staticmethod
     def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> None:
@@ -412,9 +410,9 @@ class WindowStore:
         db.executemany("DELETE FROM answers WHERE run_id = ?", rows)
         db.executemany("DELETE FROM windows WHERE run_id = ?", rows)
 
-    def _committed(self, dropped: list[str], totals: tuple[int, int]) -> None:
+    def _committed(self, dropped: list[str], totals: tuple[int, int, int]) -> None:
         """After a write's COMMIT: the totals it left, and dropped runs out of the memory cache."""
-        self.runs, self.state_bytes = totals
+        self.runs, self.state_bytes, self.free_page_bytes = totals
         self.refused = None
         with self._cache_guard:
             for run_id in dropped:
@@ -560,8 +558,8 @@ class WindowStore:
     def _delete(self, run_id: str) -> None:
         with self._transaction() as db:
             self._delete_runs(db, [run_id])
-            totals = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM windows").fetchone()
-        self.runs, self.state_bytes = totals
+            totals = _totals(db)
+        self.runs, self.state_bytes, self.free_page_bytes = totals
 
     def close(self) -> None:
         with self._db_lock:
