@@ -18,6 +18,7 @@ def server_config(application, settings: EvaluatorSettings, log_level: str = "wa
         host=settings.host,
         port=settings.port,
         http=protocol,
+        ws="none",  # no WebSocket routes: an upgrade request is plain HTTP to the application
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=max(1, round(settings.header_timeout_s)),
