@@ -34,7 +34,8 @@ def test_no_product_function_is_longer_than_60_lines():
 def test_the_check_counts_lines_from_def_to_last_statement(tmp_path):
     (tmp_path / "pkg").mkdir()
     body = "\n".join(f"    x{i} = {i}" for i in range(59))
+    method_body = "\n".join(f"        x{i} = {i}" for i in range(61))
     (tmp_path / "pkg" / "m.py").write_text(
-        f"def short():\n{body}\n\n\nclass C:\n    def long(self):\n{body}\n        y = 1\n        return y\n"
+        f"def short():\n{body}\n\n\nclass C:\n    def long(self):\n{method_body}\n"
     )
     assert long_functions(tmp_path, ("pkg",)) == ["pkg/m.py:64 long (62 lines)"]
