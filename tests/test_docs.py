@@ -124,3 +124,36 @@ def test_the_parser_rejects_what_the_cli_rejects():
         "```bash\n$ CHEXRL_X=1 chexrl plan \\\n  --no-such 3  # a comment\necho chexrl\n```\n`chexrl inline`"
     )
     assert chexrl_commands(text) == [["plan", "--no-such", "3"]]
+
+
+# Words about how the work was organised, not about the product: a page, comment or docstring states facts.
+_ORGANISATION_WORDS = re.compile(
+    r"\b[Ii]ssues? #?\d+\b|\b(?:this|previous|last|next|earlier|that) stop(?:'s)?\b|\bstops? \d+\b"
+    r"|\blent\b|\bthis session(?:'s)?\b|\b(?:previous|earlier|last) session(?:'s)?\b"
+)
+_TEXT_FILES = ("*.py", "*.md", "*.yaml", "*.yml", "*.sh", "*.toml", "Makefile", "Dockerfile.*")
+
+
+def organisation_words(root: Path = ROOT) -> list[str]:
+    """'path:line: text' for each line of the tree's text files that speaks of how the work was done."""
+    skip = {".git", ".venv", "runs", "artifacts", "node_modules", "__pycache__"}
+    found = []
+    for pattern in _TEXT_FILES:
+        for path in sorted(root.rglob(pattern)):
+            if skip & set(path.relative_to(root).parts) or path.name == "CHANGELOG.md":
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if _ORGANISATION_WORDS.search(line):
+                    found.append(f"{path.relative_to(root)}:{n}: {line.strip()[:120]}")
+    return found
+
+
+def test_no_text_speaks_of_how_the_work_was_organised():
+    found = [f for f in organisation_words() if not f.startswith("tests/test_docs.py")]
+    assert found == [], "state facts about the product instead:\n" + "\n".join(found)
+
+
+def test_the_organisation_check_finds_what_it_looks_for(tmp_path):
+    (tmp_path / "a.md").write_text("fine\nas issue 17 asked\nthe previous stop's demo\na GPU lent to us\n")
+    (tmp_path / "b.py").write_text("# stop the run\n# the session's Ray directory\n")
+    assert [f.split(":")[1] for f in organisation_words(tmp_path)] == ["2", "3", "4"]
