@@ -105,7 +105,7 @@ class LoraSettings(StrictModel):
 
 
 class PrefilterConfig(StrictModel):
-    """Pass-rate prefiltering of the RL set (issue 17; open-r1's recipe for text, for multi-label answers):
+    """Pass-rate prefiltering of the RL set (open-r1's recipe for text, for multi-label answers):
     before step 0 the starting policy samples `k` completions per RL image at the run's sampling settings,
     the evaluator scores them, and images whose pass rate lies outside [min_pass, max_pass] are set aside
     (RUN_DIR/prefilter.jsonl). Images the policy never or always passes give GRPO groups without signal."""
