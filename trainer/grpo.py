@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -195,7 +195,8 @@ class GRPOLearner:
     def export(self, version: int):
         from trainer.lora import export_adapter
 
-        return export_adapter(self.model, version)
+        adapter = export_adapter(self.model, version)
+        return replace(adapter, tensors=to_cpu(adapter.tensors))
 
     def state(self) -> dict:
         """Tensors and plain data only: checkpoints load with torch.load(weights_only=True), which refuses
@@ -221,14 +222,17 @@ class GRPOLearner:
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "adapter": {
-                k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()
-            },
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-        }
+        # Everything to CPU memory (AdamW's moments live beside the weights, on the GPU): the driver that
+        # receives this may have no GPU (a KubeRay head), and on one machine it would open a CUDA context
+        # of its own to unpickle them.
+        return to_cpu(
+            {
+                "adapter": get_peft_model_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+            }
+        )
 
     def load_state(self, state: dict) -> None:
         from peft import set_peft_model_state_dict
@@ -250,6 +254,34 @@ class GRPOLearner:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def to_cpu(value):
+    """`value` with every tensor inside it (in dicts, lists, tuples) detached and copied to CPU memory;
+    everything else as it is. A tensor already on the CPU is cloned too: what leaves the learner never
+    shares storage with its live state."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def off_cpu_tensors(value, where: str = "") -> list[str]:
+    """Where in `value` (dicts, lists, tuples, dataclass fields) a tensor is not on the CPU: their paths."""
+    if isinstance(value, torch.Tensor):
+        return [] if value.device.type == "cpu" else [f"{where or '.'} ({value.device})"]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif hasattr(value, "__dataclass_fields__"):
+        items = ((f, getattr(value, f)) for f in value.__dataclass_fields__)
+    else:
+        return []
+    return [p for k, v in items for p in off_cpu_tensors(v, f"{where}/{k}")]
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
