@@ -43,8 +43,17 @@ class RolloutConfig(StrictModel):
     max_model_len: int = Field(4096, ge=128, description="Prompt + completion tokens per sequence.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     seed: int = 0
-    enforce_eager: bool = Field(
-        True, description="Skip CUDA graph capture (faster start, a little slower decode)."
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip CUDA graph capture: faster start, slower decode (decoding a 4B model is bound by "
+        "kernel launches, which graphs remove). None = eager on the CPU (no graphs there), graphs on CUDA.",
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences the engine schedules at once (vLLM's own default is 1,024, and its start-up "
+        "profiling pass allocates max_num_seqs x vocabulary logits). None = one worker's share of a GRPO "
+        "step: ceil(grpo.prompts_per_step / num_workers) x sampling.n, filled in by ChexrlConfig.",
     )
     gpu_memory_utilization: float = Field(
         0.35, gt=0, le=1, description="GPU share vLLM may take when colocated with the trainer (GPU only)."
@@ -83,6 +92,10 @@ class RolloutConfig(StrictModel):
     max_task_retries: int = Field(
         3, ge=0, description="Ray retries of a call in flight when its worker dies."
     )
+
+    def resolved_enforce_eager(self, cuda: bool) -> bool:
+        """`enforce_eager`, with None resolved for the device: CUDA graphs on CUDA, eager elsewhere."""
+        return (not cuda) if self.enforce_eager is None else self.enforce_eager
 
     def resolved_weight_sync(self, cuda: bool) -> Literal["lora", "merged"]:
         """`weight_sync`, with None resolved for the device: merged on the CPU, lora on a GPU."""
@@ -394,6 +407,17 @@ class ChexrlConfig(StrictModel):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+    @model_validator(mode="after")
+    def _engine_sized_to_the_step(self) -> ChexrlConfig:
+        """rollout.max_num_seqs left unset: one worker's share of a step's sequences (the router splits a
+        step's prompts across the workers), not vLLM's 1,024."""
+        r = self.rollout
+        if r is not None and r.max_num_seqs is None:
+            prompts = -(-self.grpo.prompts_per_step // r.num_workers)
+            sized = r.model_copy(update={"max_num_seqs": prompts * self.sampling.n})
+            object.__setattr__(self, "rollout", sized)  # frozen model: set once, while validating
+        return self
 
 
 def load_config(path: str | Path) -> ChexrlConfig:

@@ -40,6 +40,31 @@ def decode_image(data: bytes):
     return open_image(data)
 
 
+def engine_kwargs(cfg: RolloutConfig, *, cuda: bool, sleep: bool) -> dict:
+    """vLLM `LLM(...)` arguments for `cfg` on this device (CUDA or not) with sleep mode on or off."""
+    weight_sync = cfg.resolved_weight_sync(cuda)
+    kwargs = dict(
+        model=cfg.model,
+        enable_lora=weight_sync == "lora",
+        max_model_len=cfg.max_model_len,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        enforce_eager=cfg.resolved_enforce_eager(cuda),
+        limit_mm_per_prompt={"image": 1},
+        logprobs_mode=cfg.logprobs_mode,
+        enable_prefix_caching=True,
+    )
+    if cfg.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = cfg.max_num_seqs
+    if weight_sync == "lora":
+        kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=1)
+    if cfg.mm_processor_kwargs:
+        kwargs["mm_processor_kwargs"] = dict(cfg.mm_processor_kwargs)
+    if cuda:
+        kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=sleep)
+    return kwargs
+
+
 class RolloutEngine:
     """One vLLM engine for one base checkpoint, serving one adapter version at a time: as a live LoRA or
     merged into the weights (`RolloutConfig.weight_sync`)."""
@@ -57,26 +82,7 @@ class RolloutEngine:
         set_vllm_env(cfg.kv_cache_gib, in_process=self.weight_sync == "merged")
         started = time.perf_counter()
         self.processor = AutoProcessor.from_pretrained(cfg.model)
-        kwargs = dict(
-            model=cfg.model,
-            enable_lora=self.weight_sync == "lora",
-            max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype,
-            seed=cfg.seed,
-            enforce_eager=cfg.enforce_eager,
-            limit_mm_per_prompt={"image": 1},
-            logprobs_mode=cfg.logprobs_mode,
-            enable_prefix_caching=True,
-        )
-        if self.weight_sync == "lora":
-            kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=1)
-        if cfg.mm_processor_kwargs:
-            kwargs["mm_processor_kwargs"] = dict(cfg.mm_processor_kwargs)
-        if cuda:
-            kwargs.update(
-                gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled
-            )
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(**engine_kwargs(cfg, cuda=cuda, sleep=self.sleep_enabled))
         # A sampled image/video placeholder token would make the completion unusable for training (the
         # model would expect image features for it): such tokens can never be generated.
         self.banned_token_bias = {tok: -100.0 for tok in multimodal_token_ids(self.processor)}

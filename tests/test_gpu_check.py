@@ -5,6 +5,7 @@ FastAPI or HTTP client, none of which the GPU machine has."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,41 +15,71 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def without_vllm_and_ray(root: Path) -> dict[str, str]:
+    """Environment variables under which `vllm` and `ray` cannot be imported, as on the lent GPU machine:
+    a directory of links to everything in this virtualenv's site-packages except those two (and their
+    metadata), put on PYTHONPATH, with a sitecustomize that drops the real site-packages from sys.path.
+    Every child process (the learner's subprocesses, TRL's spawned one) inherits it."""
+    import site
+
+    real = next(Path(p) for p in site.getsitepackages() if (Path(p) / "torch").is_dir())
+    view = root / "site-without-vllm-ray"
+    view.mkdir(parents=True)
+    hidden = ("vllm", "vllm_", "vllm-", "ray", "ray-", "ray_")
+    for entry in real.iterdir():
+        if entry.name in ("vllm", "ray") or entry.name.startswith(hidden[1:]) or entry.suffix == ".pth":
+            continue
+        (view / entry.name).symlink_to(entry)
+    (view / "sitecustomize.py").write_text(
+        f"import sys\nsys.path[:] = [p for p in sys.path if p.rstrip('/') != {str(real)!r}]\n"
+    )
+    return {"PYTHONPATH": str(view), "PYTHON": sys.executable}
+
+
+def test_the_view_hides_vllm_and_ray(tmp_path):
+    env = {**os.environ, **without_vllm_and_ray(tmp_path)}
+    code = (
+        "import importlib.util as u, trl, peft, transformers;"
+        "print([m for m in ('vllm', 'ray') if u.find_spec(m) is not None])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
-def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
+def test_gpu_check_runs_end_to_end_without_vllm_or_ray(tmp_path):
+    """scripts/gpu_check.sh --cpu where neither vLLM nor Ray can be imported: both sides measured (chexrl's
+    two log-prob paths and TRL's GRPOTrainer), with the same gradient checkpointing, and TRL's generation
+    and training peaks apart."""
     out, work = tmp_path / "out", tmp_path / "work"
+    args = ["--cpu", "--out", str(out), "--work", str(work), "--steps", "1", "--warmup", "0"]
     proc = subprocess.run(
-        [
-            "bash",
-            "scripts/gpu_check.sh",
-            "--cpu",
-            "--out",
-            str(out),
-            "--work",
-            str(work),
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-        ],
+        ["bash", "scripts/gpu_check.sh", *args],
         cwd=REPO,
+        env={**os.environ, **without_vllm_and_ray(tmp_path)},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     figures = json.loads((out / "gpu_check.json").read_text())
+    checkpointing = figures["settings"]["gradient_checkpointing"]
     for path in ("chunked", "full"):
         r = figures["chexrl"][path]
-        assert r["chunk_tokens"] == (256 if path == "chunked" else None)
+        assert r["ran"] and r["chunk_tokens"] == (256 if path == "chunked" else None)
         assert len(r["step_seconds"]) == 1 and r["tokens_per_second_fwd_bwd"] > 0
         assert r["plan_peak_bytes"] > 0 and r["plan_over_measured"] == pytest.approx(
             r["plan_peak_bytes"] / r["measured_peak_bytes"]
         )
+        assert r["gradient_checkpointing"] == checkpointing and r["training_peak_bytes"] > 0
     trl = figures["trl"]
-    assert trl["ran"] and len(trl["step_seconds"]) == 1 and len(trl["update_seconds"]) == 1
+    assert trl["ran"], trl.get("reason")
+    assert trl["gradient_checkpointing"] == checkpointing
+    assert len(trl["step_seconds"]) == 1 and len(trl["update_seconds"]) == 1
     assert 0 < trl["update_seconds"][0] < trl["step_seconds"][0]
-    assert "chexrl chunked" in proc.stdout and "trl" in proc.stdout
+    assert trl["generation_peak_bytes"] > 0 and trl["training_peak_bytes"] > 0
+    assert "chexrl chunked" in proc.stdout and "trl " in proc.stdout
 
 
 def test_the_learner_side_needs_no_engine_cluster_or_server():
