@@ -65,9 +65,13 @@ class RolloutConfig(StrictModel):
         None,
         description="Sleep (level 1) during training and wake for rollouts; None = on when a GPU is present.",
     )
-    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
-        "processed_logprobs",
-        description="Returned logprobs before or after temperature/top-p: 'processed' is the sampling policy itself.",
+    logprobs_mode: Literal["raw_logprobs"] = Field(
+        "raw_logprobs",
+        description="The log-probs the engine returns with each sampled token: the model's own distribution "
+        "(temperature 1, before logit bias and top-p), which the learner recomputes exactly to check that "
+        "the engine serves the policy being trained (rollout/logp_abs_diff). vLLM's processed modes "
+        "renormalise after top-p (a bias of about -log top_p per token) and FlashInfer's CUDA sampler "
+        "refuses them.",
     )
     mm_processor_kwargs: dict[str, int] = Field(
         default_factory=dict,
@@ -232,6 +236,14 @@ class GRPOConfig(StrictModel):
         description="Completion log-probs and entropy from the final hidden states and the LM head, this many "
         "tokens at a time (the batch's (tokens x vocabulary) fp32 logits never exist: 10 GB for 32 x 300 "
         "tokens at Gemma3's 262,144 vocabulary). None: project the whole micro-batch at once.",
+    )
+    engine_logp_diff_warn: float = Field(
+        0.05,
+        gt=0,
+        description="Warn (once per run, naming the step) when rollout/logp_abs_diff, the mean |delta log p| "
+        "per completion token between the rollout engine and the learner, exceeds this: the engine is not "
+        "serving the policy being trained (a misapplied or stale adapter). Set above the gap measured on "
+        "the CPU with the right adapter in both weight-sync modes (docs/gpu.md).",
     )
     save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (atomically).")
     log_completions: bool = Field(

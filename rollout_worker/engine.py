@@ -95,6 +95,14 @@ class RolloutEngine:
         self.start_seconds = time.perf_counter() - started
         log.info("rollout engine for %s ready in %.1fs", cfg.model, self.start_seconds)
 
+    @property
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the engine's KV cache holds, as vLLM sized it at start-up (blocks x block size); None
+        where this process cannot see the engine core's figures (multiprocess engine core)."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        blocks = getattr(cache, "num_gpu_blocks", None)
+        return blocks * cache.block_size if blocks else None
+
     # ---- adapters -------------------------------------------------------------------------------
     @property
     def adapter_version(self) -> int:
