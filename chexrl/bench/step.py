@@ -56,18 +56,8 @@ def bench_step(
     """
     import torch
 
-    if steps < 1 or warmup < 0:
-        raise ValueError("need steps >= 1 and warmup >= 0")
     cuda = torch.cuda.is_available()
-    if trl_generation == "auto":
-        trl_generation = "vllm-colocate" if cuda else "transformers"
-    if trl_generation not in ("transformers", "vllm-colocate"):
-        raise ValueError(
-            f"trl_generation must be auto, transformers or vllm-colocate, not {trl_generation!r}"
-        )
-    trl_rounds = 2 if trl_rounds is None else trl_rounds
-    if trl_rounds not in (1, 2):
-        raise ValueError("trl_rounds must be 1 (after chexrl) or 2 (before and after)")
+    trl_generation, trl_rounds = _checked_choices(steps, warmup, trl_generation, trl_rounds, cuda)
     if preset is not None and model is not None:
         raise ValueError("give a preset or a model directory, not both")
     defaults = GRPOConfig()
@@ -77,32 +67,65 @@ def bench_step(
     sizes = dict(
         steps=steps, warmup=warmup, prompts=prompts, n=n, max_tokens=max_tokens, micro_batch=micro_batch
     )
+    inputs = dict(preset=preset, model=model, data_dir=data_dir, image_size=image_size)
+    engine = dict(max_model_len=max_model_len, weight_sync=weight_sync, evaluator_url=evaluator_url)
+    cfg, rounds, measured, chexrl_wall = _run_both(
+        sizes, inputs, engine, work_dir=work_dir, trl_generation=trl_generation, trl_rounds=trl_rounds
+    )
+    chexrl = summarize_chexrl([step_split(m) for m in measured])
+    chexrl["wall_s"] = chexrl_wall
+    chexrl["completion_tokens_mean"] = float(statistics.fmean(m["completion/length"] for m in measured))
+    _check_equal_work(chexrl, rounds, max_tokens)
+    run = {
+        "model": preset or model or "tiny-gemma3",
+        "image_size": image_size,
+        "max_model_len": max_model_len,
+    }
+    run |= {"trl_generation": trl_generation, "trl_rounds": trl_rounds}
+    return _figures(cfg, sizes, run, chexrl, _trl_summary(rounds, trl_generation), cuda=cuda)
+
+
+def _run_both(sizes: dict, inputs: dict, engine: dict, *, work_dir, trl_generation: str, trl_rounds: int):
+    """TRL (once before chexrl when `trl_rounds` is 2), chexrl, TRL again, on the same checkpoint and
+    samples; (the config, TRL's rounds, chexrl's measured step metrics, chexrl's wall time)."""
+    steps, warmup = sizes["steps"], sizes["warmup"]
     with tempfile.TemporaryDirectory(prefix="chexrl-bench-step-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         # every step draws fresh images on both sides (no prompt repeats within a run)
-        model_dir, samples = prepare(
-            work,
-            preset=preset,
-            model=model,
-            data_dir=data_dir,
-            images=prompts * (warmup + steps),
-            image_size=image_size,
+        model_dir, samples = prepare(work, images=sizes["prompts"] * (warmup + steps), **inputs)
+        cfg = bench_config(
+            model_dir, max_model_len=engine["max_model_len"], weight_sync=engine["weight_sync"], **sizes
         )
-        cfg = bench_config(model_dir, max_model_len=max_model_len, weight_sync=weight_sync, **sizes)
         trl_args = (cfg, model_dir, samples, work, warmup, trl_generation)
         rounds = []
         if trl_rounds == 2:
             rounds.append({"when": "before chexrl", **run_trl_isolated(*trl_args)})
         measured, chexrl_wall = run_chexrl(
-            cfg, model_dir, samples, work, warmup=warmup, evaluator_url=evaluator_url
+            cfg, model_dir, samples, work, warmup=warmup, evaluator_url=engine["evaluator_url"]
         )
         rounds.append({"when": "after chexrl", **run_trl_isolated(*trl_args)})
+    return cfg, rounds, measured, chexrl_wall
 
-    chexrl = summarize_chexrl([step_split(m) for m in measured])
-    chexrl["wall_s"] = chexrl_wall
-    chexrl["completion_tokens_mean"] = float(statistics.fmean(m["completion/length"] for m in measured))
-    # equal work: every completion on both sides is exactly max_tokens long
+
+def _checked_choices(steps: int, warmup: int, trl_generation: str, trl_rounds: int | None, cuda: bool):
+    """(TRL's generation, TRL's rounds) with 'auto' and None resolved; a clear error for bad values."""
+    if steps < 1 or warmup < 0:
+        raise ValueError("need steps >= 1 and warmup >= 0")
+    if trl_generation == "auto":
+        trl_generation = "vllm-colocate" if cuda else "transformers"
+    if trl_generation not in ("transformers", "vllm-colocate"):
+        raise ValueError(
+            f"trl_generation must be auto, transformers or vllm-colocate, not {trl_generation!r}"
+        )
+    trl_rounds = 2 if trl_rounds is None else trl_rounds
+    if trl_rounds not in (1, 2):
+        raise ValueError("trl_rounds must be 1 (after chexrl) or 2 (before and after)")
+    return trl_generation, trl_rounds
+
+
+def _check_equal_work(chexrl: dict, rounds: list[dict], max_tokens: int) -> None:
+    """Equal work: every completion on both sides is exactly max_tokens long."""
     for side, mean_len in [("chexrl", chexrl["completion_tokens_mean"])] + [
         (f"trl ({r['when']})", r["completion_tokens_mean"]) for r in rounds
     ]:
@@ -110,9 +133,12 @@ def bench_step(
             raise RuntimeError(
                 f"{side} completions average {mean_len} tokens, not {max_tokens}: unequal work"
             )
+
+
+def _trl_summary(rounds: list[dict], trl_generation: str) -> dict:
     trl_steps = [t for r in rounds for t in r["step_seconds"]]
     trl_gen = [t for r in rounds for t in r["generation_seconds"]]
-    trl = {
+    return {
         "generation": trl_generation,
         "step_seconds": trl_steps,
         "generation_seconds": trl_gen,
@@ -121,16 +147,20 @@ def bench_step(
         "median_generation": float(statistics.median(trl_gen)),
         "rounds": rounds,
     }
+
+
+def _figures(cfg, sizes: dict, run: dict, chexrl: dict, trl: dict, *, cuda: bool) -> dict:
+    """The benchmark's JSON: the configuration both sides ran, their figures, the ratio and targets."""
     ratio = trl["median"] / chexrl["median"]["step"]
     g, s = cfg.grpo, cfg.sampling
     return {
         "device": device_description(),
         "config": {
             **sizes,
-            "completions_per_step": prompts * n,
-            "model": preset or model or "tiny-gemma3",
-            "image_size": image_size,
-            "max_model_len": max_model_len,
+            "completions_per_step": sizes["prompts"] * sizes["n"],
+            "model": run["model"],
+            "image_size": run["image_size"],
+            "max_model_len": run["max_model_len"],
             "ignore_eos": True,
             "temperature": s.temperature,
             "top_p": s.top_p,
@@ -143,8 +173,8 @@ def bench_step(
             "reward": "hard",
             "chexrl_generation": "vLLM in the Ray rollout actor",
             "chexrl_weight_sync": cfg.rollout.resolved_weight_sync(cuda),
-            "trl_generation": trl_generation,
-            "trl_rounds": trl_rounds,
+            "trl_generation": run["trl_generation"],
+            "trl_rounds": run["trl_rounds"],
         },
         "chexrl": chexrl,
         "trl": trl,

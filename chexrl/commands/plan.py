@@ -126,6 +126,21 @@ def plan_cmd(
         raise typer.Exit(1)
 
 
+def _learner_sizes(n, micro_batch, chunk_tokens, gradient_checkpointing) -> dict:
+    """`chexrl bench learner`'s options, those left unset (None) taken from the config's defaults."""
+    from chexrl.config import GRPOConfig, SamplingConfig
+
+    g = GRPOConfig()
+    return {
+        "n": SamplingConfig().n if n is None else n,
+        "micro_batch": g.micro_batch_size if micro_batch is None else micro_batch,
+        "chunk_tokens": g.logprob_chunk_tokens if chunk_tokens is None else chunk_tokens,
+        "gradient_checkpointing": (
+            g.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        ),
+    }
+
+
 @bench_app.command("learner")
 def bench_learner_cmd(
     json_path: Path = typer.Option(..., "--json", help="Where to write the figures."),
@@ -161,32 +176,23 @@ def bench_learner_cmd(
     log-probs against the full-logits path, and peak_mem_chunked_over_full."""
     from chexrl.bench.common import write_json
     from chexrl.bench.learner import bench_learner, summary_table
-    from chexrl.config import GRPOConfig, SamplingConfig
 
-    g = GRPOConfig()  # options left unset take the config's defaults
-    n = SamplingConfig().n if n is None else n
-    micro_batch = g.micro_batch_size if micro_batch is None else micro_batch
-    chunk_tokens = g.logprob_chunk_tokens if chunk_tokens is None else chunk_tokens
-    gradient_checkpointing = (
-        g.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
-    )
+    sizes = _learner_sizes(n, micro_batch, chunk_tokens, gradient_checkpointing)
     chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
     if not chosen or set(chosen) - {"chunked", "full"}:
         raise typer.BadParameter(f"--paths takes chunked, full or both, not {paths!r}")
+    layers = None if full_depth else layers
     try:
         figures = bench_learner(
             preset=preset,
-            layers=None if full_depth else layers,
+            layers=layers,
             prompts=prompts,
-            n=n,
             completion_tokens=completion_tokens,
-            micro_batch=micro_batch,
-            chunk_tokens=chunk_tokens,
-            gradient_checkpointing=gradient_checkpointing,
             steps=steps,
             warmup=warmup,
             work_dir=work_dir,
             paths=chosen,
+            **sizes,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
