@@ -98,8 +98,8 @@ class RolloutEngine:
     def kv_cache_layout(self) -> dict | None:
         """The KV cache as vLLM laid it out at start-up: `blocks` in the shared pool, `block_size` tokens
         each, `groups` (hybrid models such as Gemma3 keep sliding-window and full-attention layers in
-        separate groups that draw from the pool), and vLLM's own capacity in `tokens` (requests of
-        max_model_len that fit, times max_model_len). None where the engine core runs in another process."""
+        separate groups that draw from the pool), vLLM's own capacity in `tokens` (requests of
+        max_model_len that fit, times max_model_len) and the `dtype` it serves in. None where the engine core runs in another process."""
         core = getattr(self.llm.llm_engine.engine_core, "engine_core", None)  # in-process client only
         if core is None:
             return None
@@ -110,6 +110,7 @@ class RolloutEngine:
             "block_size": cache.block_size,
             "groups": len(kv.kv_cache_groups),
             "tokens": getattr(cache, "kv_cache_size_tokens", None),
+            "dtype": str(self.llm.llm_engine.vllm_config.model_config.dtype).removeprefix("torch."),
         }
 
     # ---- adapters -------------------------------------------------------------------------------

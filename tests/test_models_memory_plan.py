@@ -192,13 +192,15 @@ def test_the_kv_cache_term_matches_the_cpu_engine(rollout_router, rollout_config
     """The plan's KV bytes per token (K and V of every layer), applied to the CPU engine's cache
     (VLLM_CPU_KVCACHE_SPACE = rollout.kv_cache_gib), give the tokens the real engine's block pool holds
     with every layer keeping every token: blocks x block size / layer groups (tiny Gemma3: a
-    sliding-window and a full-attention group drawing from one pool), to within one block."""
+    sliding-window and a full-attention group drawing from one pool), to within one block. (1 GiB on the
+    tiny Gemma3 in bf16: 32,768 blocks of 128 tokens in 2 groups = 2,097,152 tokens of 512 bytes.)"""
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(rollout_config.model)
-    shape, weight_bytes = model_shape(hf), {"float32": 4, "bfloat16": 2}[str(hf.dtype).removeprefix("torch.")]
+    shape = model_shape(AutoConfig.from_pretrained(rollout_config.model))
     kv = rollout_router.info()[0]["kv_cache"]
     assert kv is not None and kv["groups"] >= 1
+    # vLLM's "auto" dtype serves the fp32 tiny checkpoint in bf16, its KV cache too
+    weight_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[kv["dtype"]]
     engine_tokens = kv["blocks"] * kv["block_size"] // kv["groups"]
     planned = int(rollout_config.kv_cache_gib * GIB) // kv_cache_bytes_per_token(shape, weight_bytes)
     assert abs(engine_tokens - planned) <= kv["block_size"], (kv, planned)
