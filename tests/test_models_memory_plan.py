@@ -204,5 +204,6 @@ def test_the_kv_cache_term_matches_the_cpu_engine(rollout_router, rollout_config
     engine_tokens = kv["blocks"] * kv["block_size"] // kv["groups"]
     planned = int(rollout_config.kv_cache_gib * GIB) // kv_cache_bytes_per_token(shape, weight_bytes)
     assert abs(engine_tokens - planned) <= kv["block_size"], (kv, planned)
-    # vLLM's own capacity counts a sliding-window layer's window only: the plan's count is a lower bound
-    assert kv["tokens"] >= planned
+    # vLLM's own capacity reserves a sliding-window group's blocks per request from the scheduling
+    # budget, not the window: close to, not equal to, the every-layer-every-token count here
+    assert 0.9 * planned <= kv["tokens"] <= 1.1 * planned
