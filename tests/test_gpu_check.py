@@ -105,3 +105,48 @@ def test_gpu_check_refuses_to_run_without_a_gpu_unless_told(tmp_path):
         timeout=300,
     )
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr
+
+
+def test_every_wheel_for_the_gpu_machine_is_pinned_to_the_lock():
+    """scripts/gpu_wheels.sh fetches each wheel at the lock's version: pydantic refuses to import beside
+    a pydantic-core of another version."""
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_wheels.sh", "--print"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    specs = proc.stdout.split()
+    lock = {line.strip() for line in (REPO / "requirements/lock-cpu.txt").read_text().splitlines()}
+    assert len(specs) == 8 and all("==" in s and s in lock for s in specs), specs
+    names = {s.split("==")[0].replace("_", "-") for s in specs}
+    assert {"pydantic", "pydantic-core", "trl"} <= names
+
+
+def test_trl_peaks_are_charged_to_generation_and_training_apart():
+    """TRL's step clock: the peak inside `generate` is generation's, the rest of a measured step is
+    training's; a warm-up step charges neither."""
+    from types import SimpleNamespace
+
+    from chexrl.bench.step_trl import step_clock
+
+    class FakePeaks:
+        def __init__(self) -> None:
+            self.now = self.high = 0
+
+        def use(self, nbytes: int) -> None:
+            self.high = max(self.high, self.now + nbytes)
+
+        def reset(self) -> None:
+            self.high = self.now
+
+        def peak(self) -> int:
+            return self.high
+
+    peaks = FakePeaks()
+    clock = step_clock(1, peaks)
+    for step, (generation, training) in enumerate([(900, 900), (300, 50)]):
+        clock.on_step_begin(None, SimpleNamespace(global_step=step), None)
+        clock.around_generation(lambda g=generation: peaks.use(g))
+        peaks.use(training)
+        clock.on_step_end(None, SimpleNamespace(global_step=step + 1), None)
+    assert clock.phase_peaks() == {"generation_peak_bytes": 300, "training_peak_bytes": 50}
+    assert len(clock.step_seconds) == 1
