@@ -2,15 +2,18 @@
 TRL's GRPOTrainer on the same model and batch, and `chexrl plan`'s prediction beside each measurement.
 
 Written for the lent GPU machine, which has torch, transformers, peft and accelerate but no vLLM, Ray or
-network: only the learner runs there (random bf16 weights, the paper's batch: 8 prompts x 4 completions
-of 300 tokens, 256 image tokens). `--cpu` runs the same code end to end at the tiny preset's size, so a
-test keeps the script from rotting. Writes one JSON file:
+network: neither side imports vLLM or Ray (random bf16 weights, the paper's batch: 8 prompts x 4
+completions of 300 tokens, 256 image tokens). `--cpu` runs the same code end to end at the tiny preset's
+size, so a test keeps the script from rotting. Writes OUT/gpu_check.json after each side finishes:
 
-- chexrl: for the chunked and the full-logits path, s/step, peak GPU memory (allocated), tokens/s of
-  forward+backward (chexrl.bench.learner, one fresh process per path);
-- trl: TRL's step (generation with transformers `generate` + update) and its update alone (step minus
-  generation), peak GPU memory, or the reason it did not run (no trl installed);
-- plan: the learner's predicted peak for each path, and predicted / measured.
+- settings: the batch and the gradient checkpointing both sides run with (chexrl's default);
+- chexrl: for the chunked and the full-logits path, s/step, the training peak (CUDA: allocated; CPU: the
+  process's growth), tokens/s of forward+backward (chexrl.bench.learner, one fresh process per path),
+  the plan's predicted peak and predicted / measured; no generation (vLLM's, not on that machine);
+- trl: TRL's step (generation with transformers `generate` + update), its update alone (step minus
+  generation), the peak of generation and of training apart;
+- a side that failed or could not run: `ran` false and the reason (the module really missing, or the
+  error's last line and traceback); the script then exits 1.
 """
 
 from __future__ import annotations
