@@ -150,3 +150,20 @@ def test_trl_peaks_are_charged_to_generation_and_training_apart():
         clock.on_step_end(None, SimpleNamespace(global_step=step + 1), None)
     assert clock.phase_peaks() == {"generation_peak_bytes": 300, "training_peak_bytes": 50}
     assert len(clock.step_seconds) == 1
+
+
+def test_a_missing_module_is_named_and_a_failed_side_is_recorded(monkeypatch, tmp_path):
+    from chexrl.bench.gpu_check import _side, _trl
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl -> ModuleNotFoundError naming 'trl'
+    out = _trl(tmp_path, tmp_path, {})
+    assert out["ran"] is False and "module 'trl' is not installed" in out["reason"]
+
+    def broken():
+        raise RuntimeError(
+            "TRL's GRPOTrainer failed:\nTraceback ...\nModuleNotFoundError: No module named 'x'"
+        )
+
+    failed = _side(broken)
+    assert failed["ran"] is False and failed["reason"] == "ModuleNotFoundError: No module named 'x'"
+    assert "Traceback" in failed["error"]
