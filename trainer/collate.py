@@ -308,14 +308,14 @@ def completion_logprobs(
 def _full_logprobs(model: Any, batch, temperature: float, entropy: bool, model_logprobs: bool):
     """`completion_logprobs` with the whole batch's (B, Tc, V) logits at once."""
     logits, targets, mask = completion_logits(model, batch)
-    raw = logits.float()
-    logits = raw / temperature
+    logits = logits.float() / temperature
     logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     out = [logp * mask, mask]
     with torch.no_grad():
         if entropy:
             out.append(token_entropy(logits) * mask)
-        if model_logprobs:
+        if model_logprobs:  # temperature undone here, so no second (B, Tc, V) tensor lives through the pass
+            raw = logits * temperature
             model_logp = torch.gather(raw, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(raw, dim=-1)
             out.append(model_logp * mask)
     return tuple(out)
