@@ -51,9 +51,16 @@ class RolloutConfig(StrictModel):
     max_num_seqs: int | None = Field(
         None,
         ge=1,
-        description="Sequences the engine schedules at once (vLLM's own default is 1,024, and its start-up "
-        "profiling pass allocates max_num_seqs x vocabulary logits). None = one worker's share of a GRPO "
-        "step: ceil(grpo.prompts_per_step / num_workers) x sampling.n, filled in by ChexrlConfig.",
+        description="Sequences the engine schedules at once. None = on CUDA, `step_sequences` (vLLM's own "
+        "default there is 1,024, and its start-up profiling pass allocates max_num_seqs x vocabulary "
+        "logits: 6.4 GiB for MedGemma-4B); on the CPU, vLLM's default (256), so evaluation batches keep "
+        "their concurrency.",
+    )
+    step_sequences: int | None = Field(
+        None,
+        ge=1,
+        description="One worker's share of a GRPO step: ceil(grpo.prompts_per_step / num_workers) x "
+        "sampling.n. Filled in by ChexrlConfig from those sections when unset; sizes max_num_seqs on CUDA.",
     )
     gpu_memory_utilization: float = Field(
         0.35, gt=0, le=1, description="GPU share vLLM may take when colocated with the trainer (GPU only)."
@@ -96,6 +103,13 @@ class RolloutConfig(StrictModel):
     max_task_retries: int = Field(
         3, ge=0, description="Ray retries of a call in flight when its worker dies."
     )
+
+    def resolved_max_num_seqs(self, cuda: bool) -> int | None:
+        """`max_num_seqs`, with None resolved for the device: the step's share on CUDA, vLLM's default
+        (None) elsewhere."""
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        return self.step_sequences if cuda else None
 
     def resolved_enforce_eager(self, cuda: bool) -> bool:
         """`enforce_eager`, with None resolved for the device: CUDA graphs on CUDA, eager elsewhere."""
@@ -422,12 +436,12 @@ class ChexrlConfig(StrictModel):
 
     @model_validator(mode="after")
     def _engine_sized_to_the_step(self) -> ChexrlConfig:
-        """rollout.max_num_seqs left unset: one worker's share of a step's sequences (the router splits a
-        step's prompts across the workers), not vLLM's 1,024."""
+        """rollout.step_sequences left unset: one worker's share of a step's sequences (the router splits a
+        step's prompts across the workers), what rollout.max_num_seqs resolves to on CUDA."""
         r = self.rollout
-        if r is not None and r.max_num_seqs is None:
+        if r is not None and r.step_sequences is None:
             prompts = -(-self.grpo.prompts_per_step // r.num_workers)
-            sized = r.model_copy(update={"max_num_seqs": prompts * self.sampling.n})
+            sized = r.model_copy(update={"step_sequences": prompts * self.sampling.n})
             object.__setattr__(self, "rollout", sized)  # frozen model: set once, while validating
         return self
 

@@ -54,8 +54,9 @@ def engine_kwargs(cfg: RolloutConfig, *, cuda: bool, sleep: bool) -> dict:
         logprobs_mode=cfg.logprobs_mode,
         enable_prefix_caching=True,
     )
-    if cfg.max_num_seqs is not None:
-        kwargs["max_num_seqs"] = cfg.max_num_seqs
+    max_num_seqs = cfg.resolved_max_num_seqs(cuda)
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
     if weight_sync == "lora":
         kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=1)
     if cfg.mm_processor_kwargs:

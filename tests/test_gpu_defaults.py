@@ -1,5 +1,5 @@
 """What a GPU run starts with, decided on any machine: CUDA graphs on CUDA (eager on the CPU), a rollout
-engine sized to the step's batch instead of vLLM's 1,024 sequences, and SFT's base in bf16 on a bf16 GPU
+engine sized to the step's batch on CUDA instead of vLLM's 1,024 sequences, and SFT's base in bf16 on a bf16 GPU
 with fp32 LoRA weights."""
 
 from __future__ import annotations
@@ -25,14 +25,17 @@ def test_cuda_graphs_on_cuda_and_eager_on_the_cpu_unless_set():
     assert engine_kwargs(forced, cuda=True, sleep=True)["enforce_eager"] is True
 
 
-def test_the_engine_schedules_one_workers_share_of_a_step():
-    assert _config().rollout.max_num_seqs == 5 * 4
+def test_the_engine_schedules_one_workers_share_of_a_step_on_cuda():
+    assert _config().rollout.step_sequences == 5 * 4
     assert engine_kwargs(_config().rollout, cuda=True, sleep=True)["max_num_seqs"] == 20
     # two workers split 5 prompts 3 + 2: each engine holds at most 3 x 4 sequences
-    assert _config(num_workers=2).rollout.max_num_seqs == 3 * 4
-    assert _config(max_num_seqs=7).rollout.max_num_seqs == 7
+    assert _config(num_workers=2).rollout.resolved_max_num_seqs(cuda=True) == 3 * 4
+    # on the CPU vLLM's own default stays (evaluation batches keep their concurrency) unless set
+    assert "max_num_seqs" not in engine_kwargs(_config().rollout, cuda=False, sleep=False)
+    assert engine_kwargs(_config(max_num_seqs=7).rollout, cuda=False, sleep=False)["max_num_seqs"] == 7
+    assert engine_kwargs(_config(max_num_seqs=7).rollout, cuda=True, sleep=True)["max_num_seqs"] == 7
     # a RolloutConfig outside a run's config leaves vLLM's own default
-    assert "max_num_seqs" not in engine_kwargs(RolloutConfig(model="m"), cuda=False, sleep=False)
+    assert "max_num_seqs" not in engine_kwargs(RolloutConfig(model="m"), cuda=True, sleep=True)
 
 
 def test_sft_loads_the_base_in_bf16_only_on_a_bf16_gpu(monkeypatch):

@@ -52,8 +52,8 @@ def plan_inputs(cfg, shape, pixels: dict, *, gpu_gib: float, image_px: int, over
     prompts, n = o.get("prompts", g.prompts_per_step), o.get("n", cfg.sampling.n)
     image = o.get("image_tokens") or image_tokens(shape, image_px, {**pixels, **rollout.mm_processor_kwargs})
     # the engine's: the config's (ChexrlConfig sizes it from grpo/sampling), or the same rule on overrides
-    derived = -(-prompts // rollout.num_workers) * n
-    max_num_seqs = (None if {"prompts", "n"} & o.keys() else rollout.max_num_seqs) or derived
+    # the engine's on CUDA: the config's own, else one worker's share of the (planned) step
+    max_num_seqs = rollout.max_num_seqs or -(-prompts // rollout.num_workers) * n
     step = StepShape(
         prompts=prompts,
         n=n,
