@@ -43,8 +43,24 @@ class RolloutConfig(StrictModel):
     max_model_len: int = Field(4096, ge=128, description="Prompt + completion tokens per sequence.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     seed: int = 0
-    enforce_eager: bool = Field(
-        True, description="Skip CUDA graph capture (faster start, a little slower decode)."
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip CUDA graph capture: faster start, slower decode (decoding a 4B model is bound by "
+        "kernel launches, which graphs remove). None = eager on the CPU (no graphs there), graphs on CUDA.",
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences the engine schedules at once. None = on CUDA, `step_sequences` (vLLM's own "
+        "default there is 1,024, and its start-up profiling pass allocates max_num_seqs x vocabulary "
+        "logits: 6.4 GiB for MedGemma-4B); on the CPU, vLLM's default (256), so evaluation batches keep "
+        "their concurrency.",
+    )
+    step_sequences: int | None = Field(
+        None,
+        ge=1,
+        description="One worker's share of a GRPO step: ceil(grpo.prompts_per_step / num_workers) x "
+        "sampling.n. Filled in by ChexrlConfig from those sections when unset; sizes max_num_seqs on CUDA.",
     )
     gpu_memory_utilization: float = Field(
         0.35, gt=0, le=1, description="GPU share vLLM may take when colocated with the trainer (GPU only)."
@@ -56,9 +72,13 @@ class RolloutConfig(StrictModel):
         None,
         description="Sleep (level 1) during training and wake for rollouts; None = on when a GPU is present.",
     )
-    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
-        "processed_logprobs",
-        description="Returned logprobs before or after temperature/top-p: 'processed' is the sampling policy itself.",
+    logprobs_mode: Literal["raw_logprobs"] = Field(
+        "raw_logprobs",
+        description="The log-probs the engine returns with each sampled token: the model's own distribution "
+        "(temperature 1, before logit bias and top-p), which the learner recomputes exactly to check that "
+        "the engine serves the policy being trained (rollout/logp_abs_diff). vLLM's processed modes "
+        "renormalise after top-p (a bias of about -log top_p per token) and FlashInfer's CUDA sampler "
+        "refuses them.",
     )
     mm_processor_kwargs: dict[str, int] = Field(
         default_factory=dict,
@@ -90,6 +110,17 @@ class RolloutConfig(StrictModel):
     max_task_retries: int = Field(
         3, ge=0, description="Ray retries of a call in flight when its worker dies."
     )
+
+    def resolved_max_num_seqs(self, cuda: bool) -> int | None:
+        """`max_num_seqs`, with None resolved for the device: the step's share on CUDA, vLLM's default
+        (None) elsewhere."""
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        return self.step_sequences if cuda else None
+
+    def resolved_enforce_eager(self, cuda: bool) -> bool:
+        """`enforce_eager`, with None resolved for the device: CUDA graphs on CUDA, eager elsewhere."""
+        return (not cuda) if self.enforce_eager is None else self.enforce_eager
 
     def resolved_weight_sync(self, cuda: bool) -> Literal["lora", "merged"]:
         """`weight_sync`, with None resolved for the device: merged on the CPU, lora on a GPU."""
@@ -226,6 +257,14 @@ class GRPOConfig(StrictModel):
         description="Completion log-probs and entropy from the final hidden states and the LM head, this many "
         "tokens at a time (the batch's (tokens x vocabulary) fp32 logits never exist: 10 GB for 32 x 300 "
         "tokens at Gemma3's 262,144 vocabulary). None: project the whole micro-batch at once.",
+    )
+    engine_logp_diff_warn: float = Field(
+        0.05,
+        gt=0,
+        description="Warn (once per run, naming the step) when rollout/logp_abs_diff, the mean |delta log p| "
+        "per completion token between the rollout engine and the learner, exceeds this: the engine is not "
+        "serving the policy being trained (a misapplied or stale adapter). Set above the gap measured on "
+        "the CPU with the right adapter in both weight-sync modes (docs/gpu.md).",
     )
     save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (atomically).")
     log_completions: bool = Field(
@@ -401,6 +440,17 @@ class ChexrlConfig(StrictModel):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+    @model_validator(mode="after")
+    def _engine_sized_to_the_step(self) -> ChexrlConfig:
+        """rollout.step_sequences left unset: one worker's share of a step's sequences (the router splits a
+        step's prompts across the workers), what rollout.max_num_seqs resolves to on CUDA."""
+        r = self.rollout
+        if r is not None and r.step_sequences is None:
+            prompts = -(-self.grpo.prompts_per_step // r.num_workers)
+            sized = r.model_copy(update={"step_sequences": prompts * self.sampling.n})
+            object.__setattr__(self, "rollout", sized)  # frozen model: set once, while validating
+        return self
 
 
 def load_config(path: str | Path) -> ChexrlConfig:

@@ -86,6 +86,7 @@ class RolloutWorker:
             "engine_start_seconds": self.engine.start_seconds,
             "sleep_enabled": self.engine.sleep_enabled,
             "weight_sync": self.engine.weight_sync,
+            "kv_cache": self.engine.kv_cache_layout(),
         }
 
     @staticmethod

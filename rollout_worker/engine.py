@@ -40,6 +40,32 @@ def decode_image(data: bytes):
     return open_image(data)
 
 
+def engine_kwargs(cfg: RolloutConfig, *, cuda: bool, sleep: bool) -> dict:
+    """vLLM `LLM(...)` arguments for `cfg` on this device (CUDA or not) with sleep mode on or off."""
+    weight_sync = cfg.resolved_weight_sync(cuda)
+    kwargs = dict(
+        model=cfg.model,
+        enable_lora=weight_sync == "lora",
+        max_model_len=cfg.max_model_len,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        enforce_eager=cfg.resolved_enforce_eager(cuda),
+        limit_mm_per_prompt={"image": 1},
+        logprobs_mode=cfg.logprobs_mode,
+        enable_prefix_caching=True,
+    )
+    max_num_seqs = cfg.resolved_max_num_seqs(cuda)
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
+    if weight_sync == "lora":
+        kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=1)
+    if cfg.mm_processor_kwargs:
+        kwargs["mm_processor_kwargs"] = dict(cfg.mm_processor_kwargs)
+    if cuda:
+        kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=sleep)
+    return kwargs
+
+
 class RolloutEngine:
     """One vLLM engine for one base checkpoint, serving one adapter version at a time: as a live LoRA or
     merged into the weights (`RolloutConfig.weight_sync`)."""
@@ -57,26 +83,7 @@ class RolloutEngine:
         set_vllm_env(cfg.kv_cache_gib, in_process=self.weight_sync == "merged")
         started = time.perf_counter()
         self.processor = AutoProcessor.from_pretrained(cfg.model)
-        kwargs = dict(
-            model=cfg.model,
-            enable_lora=self.weight_sync == "lora",
-            max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype,
-            seed=cfg.seed,
-            enforce_eager=cfg.enforce_eager,
-            limit_mm_per_prompt={"image": 1},
-            logprobs_mode=cfg.logprobs_mode,
-            enable_prefix_caching=True,
-        )
-        if self.weight_sync == "lora":
-            kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=1)
-        if cfg.mm_processor_kwargs:
-            kwargs["mm_processor_kwargs"] = dict(cfg.mm_processor_kwargs)
-        if cuda:
-            kwargs.update(
-                gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled
-            )
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(**engine_kwargs(cfg, cuda=cuda, sleep=self.sleep_enabled))
         # A sampled image/video placeholder token would make the completion unusable for training (the
         # model would expect image features for it): such tokens can never be generated.
         self.banned_token_bias = {tok: -100.0 for tok in multimodal_token_ids(self.processor)}
@@ -88,6 +95,24 @@ class RolloutEngine:
         self.asleep = False
         self.start_seconds = time.perf_counter() - started
         log.info("rollout engine for %s ready in %.1fs", cfg.model, self.start_seconds)
+
+    def kv_cache_layout(self) -> dict | None:
+        """The KV cache as vLLM laid it out at start-up: `blocks` in the shared pool, `block_size` tokens
+        each, `groups` (hybrid models such as Gemma3 keep sliding-window and full-attention layers in
+        separate groups that draw from the pool), vLLM's own capacity in `tokens` (requests of
+        max_model_len that fit, times max_model_len) and the `dtype` it serves in. None where the engine core runs in another process."""
+        core = getattr(self.llm.llm_engine.engine_core, "engine_core", None)  # in-process client only
+        if core is None:
+            return None
+        kv = core.scheduler.kv_cache_config
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        return {
+            "blocks": kv.num_blocks,
+            "block_size": cache.block_size,
+            "groups": len(kv.kv_cache_groups),
+            "tokens": getattr(cache, "kv_cache_size_tokens", None),
+            "dtype": str(self.llm.llm_engine.vllm_config.model_config.dtype).removeprefix("torch."),
+        }
 
     # ---- adapters -------------------------------------------------------------------------------
     @property

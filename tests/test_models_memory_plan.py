@@ -126,3 +126,84 @@ def test_plan_learner_estimate_within_25_percent_of_bench_learner(tmp_path_facto
     # README "Learner memory"). The plan models the CUDA path, so here it is a lower bound.
     full_predicted = plan(shape, step, PlanSettings(device="cpu", logprob_chunk_tokens=None))["learner_peak"]
     assert full_predicted < full["peak_rss_bytes"] - full["rss_start_bytes"]
+
+
+def _qwen():
+    from chexrl.models.presets import PRESETS
+    from chexrl.models.tiny import build_tokenizer, make_config
+
+    chosen = PRESETS["qwen2.5-vl-3b"]
+    return model_shape(make_config(chosen, build_tokenizer(chosen)))
+
+
+def test_engine_workspace_is_max_num_seqs_by_vocabulary_plus_one_layers_forward():
+    from chexrl.models.memory_plan import ENGINE_SAMPLER_BYTES_PER_LOGIT, engine_workspace_bytes
+
+    shape = _medgemma()
+    sized = engine_workspace_bytes(shape, PlanSettings(max_num_seqs=16, max_num_batched_tokens=8192))
+    assert ENGINE_SAMPLER_BYTES_PER_LOGIT == 2 + 4 + 4 + 8 + 4 + 4
+    assert sized["sampler"] == 16 * 262208 * 26
+    q, kv = 8 * 256, 4 * 256  # MedGemma-4B: 8 query heads, 4 KV heads of 256
+    assert sized["forward"] == 8192 * 2 * (4 * 2560 + q + 2 * kv + 3 * 10240)
+    default = engine_workspace_bytes(shape, PlanSettings())  # vLLM's 1,024 sequences: 6.5 GiB of logits
+    assert default["sampler"] == 64 * sized["sampler"] and default["sampler"] > 6 * GIB
+    terms = plan(shape, StepShape(), PlanSettings(max_num_seqs=16))["engine"]
+    assert terms["workspace"] == terms["workspace_sampler"] + terms["workspace_forward"]
+    assert terms["kv_cache"] == terms["share"] - terms["weights"] - terms["workspace"] - terms["cuda_context"]
+
+
+def test_image_tokens_from_the_image_size_and_the_visual_token_budget():
+    from chexrl.data.images import visual_token_budget, visual_tokens
+    from chexrl.models.memory_plan import image_tokens
+
+    qwen = _qwen()
+    assert qwen.image_tokens is None
+    # 1,024 px: 1,036 px after rounding to 28, 37 x 37 tokens (the processor's own bounds allow it)
+    assert image_tokens(qwen, 1024) == 37 * 37
+    assert image_tokens(qwen, 512) == 18 * 18
+    budget = visual_token_budget("qwen2_5_vl", 256, 512)
+    assert image_tokens(qwen, 1024, budget) == visual_tokens("qwen", 1024, 1024, 256, 512) == 22 * 22
+    assert image_tokens(_medgemma(), 1024, budget) == 256  # Gemma3: fixed
+
+
+def test_plan_follows_the_configs_own_values(tmp_path):
+    """A config's sampling.max_tokens, batch and mm_processor_kwargs reach the plan: completion tokens,
+    the engine's max_num_seqs (its sampler workspace) and Qwen2.5-VL's image tokens."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "rollout: {model: m, num_workers: 1, mm_processor_kwargs: {min_pixels: 200704, max_pixels: 401408}}\n"
+        "sampling: {n: 4, max_tokens: 384}\ngrpo: {prompts_per_step: 6}\n"
+    )
+    out = tmp_path / "plan.json"
+    args = ["plan", "--preset", "qwen2.5-vl-3b", "--config", str(config), "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code in (0, 1), result.output
+    doc = json.loads(out.read_text())
+    assert doc["step"]["completion_tokens"] == 384 and doc["step"]["image_tokens"] == 22 * 22
+    assert doc["settings"]["max_num_seqs"] == 6 * 4
+    assert doc["engine"]["workspace_sampler"] == 24 * doc["model"]["vocab"] * 26
+    default = CliRunner().invoke(app, ["plan", "--preset", "qwen2.5-vl-3b", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert default.exit_code in (0, 1) and doc["step"]["completion_tokens"] == 512  # sampling.max_tokens
+    assert doc["step"]["image_tokens"] == 37 * 37  # a 1,024-px image, no budget set
+
+
+def test_the_kv_cache_term_matches_the_cpu_engine(rollout_router, rollout_config):
+    """The plan's KV bytes per token (K and V of every layer), applied to the CPU engine's cache
+    (VLLM_CPU_KVCACHE_SPACE = rollout.kv_cache_gib), give the tokens the real engine's block pool holds
+    with every layer keeping every token: blocks x block size / layer groups (tiny Gemma3: a
+    sliding-window and a full-attention group drawing from one pool), to within one block. (1 GiB on the
+    tiny Gemma3 in bf16: 32,768 blocks of 128 tokens in 2 groups = 2,097,152 tokens of 512 bytes.)"""
+    from transformers import AutoConfig
+
+    shape = model_shape(AutoConfig.from_pretrained(rollout_config.model))
+    kv = rollout_router.info()[0]["kv_cache"]
+    assert kv is not None and kv["groups"] >= 1
+    # vLLM's "auto" dtype serves the fp32 tiny checkpoint in bf16, its KV cache too
+    weight_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[kv["dtype"]]
+    engine_tokens = kv["blocks"] * kv["block_size"] // kv["groups"]
+    planned = int(rollout_config.kv_cache_gib * GIB) // kv_cache_bytes_per_token(shape, weight_bytes)
+    assert abs(engine_tokens - planned) <= kv["block_size"], (kv, planned)
+    # vLLM's own capacity reserves a sliding-window group's blocks per request from the scheduling
+    # budget, not the window: close to, not equal to, the every-layer-every-token count here
+    assert 0.9 * planned <= kv["tokens"] <= 1.1 * planned

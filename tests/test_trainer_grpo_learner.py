@@ -181,3 +181,40 @@ def test_micro_batches_chunks_and_checkpointing_change_nothing(tiny_gemma3_dir):
             # differences of near-zero gradients show up to ~1e-4 in a few weights: 1% of one step's size.
             torch.testing.assert_close(adapter[key], value, atol=5e-4, rtol=1e-4)
     assert base_metrics["loss/kl"] > 0 and base_metrics["loss/policy"] != 0
+
+
+def test_nothing_leaves_the_learner_off_the_cpu(learner):
+    """The checkpoint state (adapter, AdamW moments after a step, scheduler, RNG states), the exported
+    adapter and the step's metrics hold no tensor outside CPU memory: the driver may have no GPU."""
+    from trainer.grpo import off_cpu_tensors
+
+    examples = _examples(learner, [format_completion("x", ["Edema"]), format_completion("y", ["Edema"])])
+    metrics = learner.step(examples, rewards=[1.0, 0.0], group_size=2)
+    state = learner.state()
+    assert state["optimizer"]["state"], "AdamW has moments after a step"
+    adapter = learner.export(version=3)
+    assert off_cpu_tensors({"state": state, "adapter": adapter, "metrics": metrics}) == []
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_the_walker_finds_tensors_off_the_cpu_and_to_cpu_copies():
+    """`off_cpu_tensors` names a tensor on another device however deep it sits (meta stands in for an
+    accelerator here); `to_cpu` returns copies that share no storage with the learner's live tensors."""
+    from chexrl.models.adapter_io import AdapterWeights
+    from trainer.grpo import off_cpu_tensors, to_cpu
+
+    moment = torch.empty(3, device="meta")
+    state = {
+        "optimizer": {"state": {0: {"exp_avg": moment, "step": torch.tensor(1.0)}}},
+        "rng": [(1, moment)],
+    }
+    assert off_cpu_tensors(state) == [
+        "/optimizer/state/0/exp_avg (meta)",
+        "/rng/0/1 (meta)",
+    ]
+    assert off_cpu_tensors(AdapterWeights(1, {"a": moment}, {})) == ["/tensors/a (meta)"]
+    live = {"w": [torch.ones(2)], "lr": 0.1, "t": (torch.zeros(1),)}
+    copied = to_cpu(live)
+    assert off_cpu_tensors(copied) == [] and copied["lr"] == 0.1 and isinstance(copied["t"], tuple)
+    copied["w"][0].add_(1)
+    assert torch.equal(live["w"][0], torch.ones(2))

@@ -265,6 +265,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     *,
     entropy: bool = False,
+    model_logprobs: bool = False,
     chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """log pi(token | prompt, image, earlier completion tokens) of every completion token.
@@ -272,7 +273,9 @@ def completion_logprobs(
     Returns (logp (B, Tc) float32, zero where masked; mask (B, Tc) bool), left-aligned as in
     `completion_logits`. Logits are divided by `temperature` first, so the result is the log-prob
     under the sampling distribution the engine used (before top-p). With `entropy`, also the entropy of
-    that distribution at each completion position (detached; zero where masked), a third element.
+    that distribution at each completion position (detached; zero where masked); with `model_logprobs`,
+    also the log-probs of the model's own distribution (temperature 1, no top-p: what vLLM returns with
+    logprobs_mode "raw_logprobs"; detached, zero where masked). Extra elements come in that order.
 
     `chunk_tokens`: None projects the whole batch onto the vocabulary at once, (B, Tc, V) fp32 logits;
     an int computes from the final hidden states and the LM head `chunk_tokens` tokens at a time
@@ -280,25 +283,42 @@ def completion_logprobs(
     MedGemma-4B's 262,144-token vocabulary makes them gigabytes).
     """
     if chunk_tokens is None:
-        logits, targets, mask = completion_logits(model, batch)
-        logits = logits.float() / temperature
-        logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        if not entropy:
-            return logp * mask, mask
-        with torch.no_grad():
-            ent = token_entropy(logits) * mask
-        return logp * mask, mask, ent
+        return _full_logprobs(model, batch, temperature, entropy, model_logprobs)
     hidden, targets, mask, weight = completion_hidden_states(model, batch)
     flat = chunked_token_logprobs(
         hidden, weight, targets[mask], temperature=temperature, chunk_tokens=chunk_tokens
     )
-    logp = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(mask, flat)
-    if not entropy:
-        return logp, mask
-    ent_flat = chunked_token_entropy(
-        hidden.detach(), weight, temperature=temperature, chunk_tokens=chunk_tokens
-    )
-    return logp, mask, torch.zeros_like(logp).masked_scatter(mask, ent_flat)
+
+    def unflatten(values: torch.Tensor) -> torch.Tensor:  # (n,) real tokens -> (B, Tc), zero where masked
+        return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+    out = [unflatten(flat), mask]
+    if entropy:
+        ent = chunked_token_entropy(
+            hidden.detach(), weight, temperature=temperature, chunk_tokens=chunk_tokens
+        )
+        out.append(unflatten(ent))
+    if model_logprobs:
+        with torch.no_grad():
+            raw = chunked_token_logprobs(hidden.detach(), weight, targets[mask], chunk_tokens=chunk_tokens)
+        out.append(unflatten(raw))
+    return tuple(out)
+
+
+def _full_logprobs(model: Any, batch, temperature: float, entropy: bool, model_logprobs: bool):
+    """`completion_logprobs` with the whole batch's (B, Tc, V) logits at once."""
+    logits, targets, mask = completion_logits(model, batch)
+    logits = logits.float() / temperature
+    logp = torch.gather(logits, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    out = [logp * mask, mask]
+    with torch.no_grad():
+        if entropy:
+            out.append(token_entropy(logits) * mask)
+        if model_logprobs:  # temperature undone here, so no second (B, Tc, V) tensor lives through the pass
+            raw = logits * temperature
+            model_logp = torch.gather(raw, -1, targets[..., None]).squeeze(-1) - torch.logsumexp(raw, dim=-1)
+            out.append(model_logp * mask)
+    return tuple(out)
 
 
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -4,8 +4,9 @@ The reference policy is the same model with the adapter disabled: the merged SFT
 starts from (the paper's KL anchor). Old log-probabilities (the importance-ratio denominator) are the
 trainer's own, taken before the update: with `num_iterations == 1` the ratio is exactly 1 and only the
 KL term and advantages shape the gradient, as in TRL; with more passes the ratio and clipping act. The
-engine's sampling log-probs are compared with the trainer's and logged (`rollout/logp_abs_diff`) to
-expose engine/trainer mismatch. `policy/entropy` is the token mean of the policy's entropy at the sampling
+engine's log-probs of the sampled tokens are compared with the trainer's on the same distribution (the
+model's own, temperature 1) and logged (`rollout/logp_abs_diff`, mean and p99 per completion token) to
+expose an engine that serves another policy than the one trained (`trainer.engine_gap`). `policy/entropy` is the token mean of the policy's entropy at the sampling
 temperature, taken in the first pass's forward (no extra forward).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -131,9 +132,14 @@ class GRPOLearner:
             torch.cuda.empty_cache()
         return out
 
-    def _logprobs(self, batch, *, entropy: bool = False):
+    def _logprobs(self, batch, *, entropy: bool = False, model_logprobs: bool = False):
         return completion_logprobs(
-            self.model, batch, self.temperature, entropy=entropy, chunk_tokens=self.cfg.logprob_chunk_tokens
+            self.model,
+            batch,
+            self.temperature,
+            entropy=entropy,
+            model_logprobs=model_logprobs,
+            chunk_tokens=self.cfg.logprob_chunk_tokens,
         )
 
     @torch.no_grad()
@@ -158,7 +164,7 @@ class GRPOLearner:
         sum and the engine/learner log-prob gap (both detached)."""
         cfg = self.cfg
         if first_pass:
-            logp, mask, ent = self._logprobs(batch, entropy=True)
+            logp, mask, ent, model_logp = self._logprobs(batch, entropy=True, model_logprobs=True)
             entropy_tokens = float(mask.sum())  # every sampled token, truncated completions included
         else:
             logp, mask = self._logprobs(batch)
@@ -180,8 +186,7 @@ class GRPOLearner:
         out: dict = {"metrics": (metrics, float(mask.sum()))}
         if first_pass:
             out["entropy_sum"], out["tokens"] = float(ent.sum()), entropy_tokens  # ent: zero where padded
-            diffs = _engine_mismatch(logp.detach(), mask, examples)
-            out["engine_diff_sum"], out["rows"] = sum(diffs), len(diffs)
+            out["engine_diffs"] = engine_logp_gaps(model_logp, mask, examples)
         return out
 
     def _optimizer_step(self) -> float:
@@ -195,7 +200,8 @@ class GRPOLearner:
     def export(self, version: int):
         from trainer.lora import export_adapter
 
-        return export_adapter(self.model, version)
+        adapter = export_adapter(self.model, version)
+        return replace(adapter, tensors=to_cpu(adapter.tensors))
 
     def state(self) -> dict:
         """Tensors and plain data only: checkpoints load with torch.load(weights_only=True), which refuses
@@ -221,14 +227,17 @@ class GRPOLearner:
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "adapter": {
-                k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.model).items()
-            },
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-        }
+        # Everything to CPU memory (AdamW's moments live beside the weights, on the GPU): the driver that
+        # receives this may have no GPU (a KubeRay head), and on one machine it would open a CUDA context
+        # of its own to unpickle them.
+        return to_cpu(
+            {
+                "adapter": get_peft_model_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+            }
+        )
 
     def load_state(self, state: dict) -> None:
         from peft import set_peft_model_state_dict
@@ -252,6 +261,34 @@ class GRPOLearner:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def to_cpu(value):
+    """`value` with every tensor inside it (in dicts, lists, tuples) detached and copied to CPU memory;
+    everything else as it is. A tensor already on the CPU is cloned too: what leaves the learner never
+    shares storage with its live state."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def off_cpu_tensors(value, where: str = "") -> list[str]:
+    """Where in `value` (dicts, lists, tuples, dataclass fields) a tensor is not on the CPU: their paths."""
+    if isinstance(value, torch.Tensor):
+        return [] if value.device.type == "cpu" else [f"{where or '.'} ({value.device})"]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif hasattr(value, "__dataclass_fields__"):
+        items = ((f, getattr(value, f)) for f in value.__dataclass_fields__)
+    else:
+        return []
+    return [p for k, v in items for p in off_cpu_tensors(v, f"{where}/{k}")]
+
+
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
     """transformers' schedule `cfg.lr_scheduler_type` over `cfg.max_steps` GRPO steps, with a linear warmup
     over `cfg.warmup_ratio` of them (TRL's GRPOTrainer builds the same, per optimizer step)."""
@@ -267,11 +304,14 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
 def _first_pass_metrics(parts: list[dict]) -> dict[str, float]:
     """From the first pass's micro-batches (before any update): the token mean over the completions of
     the policy's entropy at the sampling temperature (a collapsing entropy is the usual sign of a policy
-    losing its exploration) and the mean engine/learner log-prob gap per completion."""
-    tokens, rows = sum(p["tokens"] for p in parts), sum(p["rows"] for p in parts)
+    losing its exploration), and the mean and 99th percentile over the completion tokens of |delta log p|
+    between the engine and the learner (`engine_logp_gaps`)."""
+    tokens = sum(p["tokens"] for p in parts)
+    gaps = torch.cat([p["engine_diffs"] for p in parts])
     return {
         "policy/entropy": sum(p["entropy_sum"] for p in parts) / max(tokens, 1.0),
-        "rollout/logp_abs_diff": sum(p["engine_diff_sum"] for p in parts) / rows if rows else 0.0,
+        "rollout/logp_abs_diff": float(gaps.mean()) if gaps.numel() else 0.0,
+        "rollout/logp_abs_diff_p99": float(torch.quantile(gaps, 0.99)) if gaps.numel() else 0.0,
     }
 
 
@@ -283,12 +323,16 @@ def _synchronized_clock() -> float:
     return time.perf_counter()
 
 
-def _engine_mismatch(logp: torch.Tensor, mask: torch.Tensor, examples: list[TrainingExample]) -> list[float]:
-    """Per row with tokens: the mean absolute gap between the engine's and the learner's log-probs."""
-    diffs = []
+def engine_logp_gaps(model_logp: torch.Tensor, mask: torch.Tensor, examples: list[TrainingExample]):
+    """|engine log p - learner log p| of every completion token the engine reported a log-prob for, as one
+    flat CPU float tensor. Both sides are the model's own distribution (temperature 1, before top-p and
+    logit bias: vLLM's logprobs_mode "raw_logprobs"), so on the same weights the gap is numerical noise
+    (kernels, dtype) and LoRA dropout on the learner's side; a policy the engine does not serve shows up
+    as a gap far above that (`trainer.engine_gap`)."""
+    gaps = []
     for row, ex in enumerate(examples):
         n = min(len(ex.engine_logprobs), int(mask[row].sum()))
         if n:
-            engine = torch.tensor(ex.engine_logprobs[:n], dtype=logp.dtype, device=logp.device)
-            diffs.append((logp[row, :n] - engine).abs().mean().item())
-    return diffs
+            engine = torch.tensor(ex.engine_logprobs[:n], dtype=torch.float32)
+            gaps.append((model_logp[row, :n].detach().float().cpu() - engine).abs())
+    return torch.cat(gaps) if gaps else torch.zeros(0)

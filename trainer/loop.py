@@ -29,6 +29,7 @@ from rollout_worker.router import RolloutRouter
 from rollout_worker.types import RolloutPrompt
 from services.evaluator.client import EvaluatorClient
 from trainer.checkpoint import load_latest
+from trainer.engine_gap import EngineGapWatch
 from trainer.filtering import StepBatch, collect_groups
 from trainer.grpo import GRPOLearner
 from trainer.periodic_eval import log_eval, periodic_evaluator
@@ -61,11 +62,13 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
         periodic = periodic_evaluator(cfg, run, resume_step=resume_step)
         if periodic is not None and parts.start == 0:  # the starting (SFT) policy: the trade-off's baseline
             log_eval(periodic.evaluate(parts.router, 0, None), progress)
+        engine_gap = EngineGapWatch(g.engine_logp_diff_warn)
         for step in _progress(range(parts.start, g.max_steps), parts.start, g.max_steps, progress):
             timer = PhaseTimer()
             with timer("step"):
                 metrics, adapter, groups = grpo_step(cfg, run, parts, step, timer)
             done = step + 1
+            engine_gap.observe(done, metrics)
             if periodic is not None and (done % g.eval_steps == 0 or done == g.max_steps):
                 with timer("eval"):
                     weights = parts.learner.weights(adapter)

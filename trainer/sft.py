@@ -168,14 +168,26 @@ class EncodedExamples:
 
 
 # ---- the loop --------------------------------------------------------------------------------------
-def autocast_context(precision: str, device: torch.device) -> Any:
-    """bf16 autocast where asked for and the device has it ('auto': a GPU with bf16), else a no-op."""
+def _uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether SFT computes in bf16: asked for, or 'auto' on a GPU that has it."""
     has_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "bf16" and not has_bf16 and device.type != "cpu":
         raise ValueError(f"precision bf16 requested but {device} has no bfloat16 support")
-    if precision == "bf16" or (precision == "auto" and has_bf16):
+    return precision == "bf16" or (precision == "auto" and has_bf16)
+
+
+def autocast_context(precision: str, device: torch.device) -> Any:
+    """bf16 autocast where asked for and the device has it ('auto': a GPU with bf16), else a no-op."""
+    if _uses_bf16(precision, device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def base_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The frozen base's dtype: bf16 on a GPU that computes in bf16 (MedGemma-4B's weights take 8.6 GB
+    instead of 17), fp32 elsewhere (the CPU's bf16 matmuls are slow, and bf16 autocast there is opt-in).
+    The LoRA weights stay fp32 either way (PEFT's `autocast_adapter_dtype`), as in the GRPO learner."""
+    return torch.bfloat16 if device.type == "cuda" and _uses_bf16(precision, device) else torch.float32
 
 
 def evaluate_loss(model: Any, examples: EncodedExamples, precision: str) -> dict[str, float]:
@@ -301,7 +313,8 @@ def _study_key(record: dict) -> str:
 
 # ---- entry point ---------------------------------------------------------------------------------
 def prepare_model(base_dir: str | Path, cfg: SFTConfig, device: str | None = None) -> tuple[Any, Any]:
-    """(PEFT model on `device`, processor): fp32 master weights, the paper's adapter, vision frozen."""
+    """(PEFT model on `device`, processor): the base in `base_dtype` (bf16 on a bf16 GPU, else fp32), the
+    paper's adapter with fp32 weights, vision frozen."""
     from peft import get_peft_model
 
     from trainer.lora import language_lora_config, single_token_ids
@@ -310,7 +323,7 @@ def prepare_model(base_dir: str | Path, cfg: SFTConfig, device: str | None = Non
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = load_processor(base_dir)
     token_ids = single_token_ids(processor.tokenizer, cfg.trainable_tokens)
-    model = load_model(base_dir, dtype=torch.float32, device=device)
+    model = load_model(base_dir, dtype=base_dtype(cfg.precision, torch.device(device)), device=device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = language_lora_config(

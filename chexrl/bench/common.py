@@ -35,3 +35,42 @@ def write_json(path: str | Path, figures: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
+class PhasePeaks:
+    """Peak memory of one phase at a time: `reset()` at a phase's start, `peak()` at its end. On CUDA the
+    bytes PyTorch allocated on the device (`max_memory_allocated`, weights included); on the CPU the
+    growth of the process's peak resident memory (VmHWM, which writing 5 to /proc/self/clear_refs sets
+    back to the current resident size) over its resident size when this object was made, as chexrl's
+    learner side measures (its growth from before the model loads)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.baseline = 0 if cuda else _status_bytes("VmRSS")
+
+    def reset(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+
+    def peak(self) -> int:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return int(torch.cuda.max_memory_allocated())
+        return _status_bytes("VmHWM") - self.baseline
+
+
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (kB there), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line")

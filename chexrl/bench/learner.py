@@ -96,7 +96,6 @@ def measure_learner(
     import transformers  # noqa: F401
 
     from chexrl.config import GRPOConfig, SamplingConfig
-    from trainer.collate import build_policy_batch
     from trainer.grpo import GRPOLearner
 
     cuda = torch.cuda.is_available()
@@ -113,12 +112,29 @@ def measure_learner(
     examples = step_examples(
         learner.processor, prompts=prompts, n=n, completion_tokens=completion_tokens, seed=seed
     )
-    rng = random.Random(seed)
-    rss_loaded = _rss_bytes()
+    out = {"chunk_tokens": chunk_tokens, "rss_start_bytes": rss_start, "rss_loaded_bytes": _rss_bytes()}
     if cuda:
         torch.cuda.synchronize()
-        loaded_gpu = torch.cuda.memory_allocated()
+        out["gpu_loaded_bytes"] = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    out |= _timed_steps(learner, examples, n, warmup=warmup, steps=steps, seed=seed)
+    out |= {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "trainable_params": sum(p.numel() for p in learner.model.parameters() if p.requires_grad),
+        "device": "cuda" if cuda else "cpu",
+    }
+    if cuda:
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        out["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
+    return out
+
+
+def _timed_steps(learner, examples: list, n: int, *, warmup: int, steps: int, seed: int) -> dict:
+    """`warmup` + `steps` learner steps on `examples` with seeded random rewards; the measured steps'
+    times, and tokens per second of forward + backward."""
+    from trainer.collate import build_policy_batch
+
+    rng = random.Random(seed)
     step_seconds, fwd_bwd, metrics = [], [], {}
     for i in range(warmup + steps):
         rewards = [float(rng.random() < 0.5) for _ in examples]
@@ -127,11 +143,9 @@ def measure_learner(
         if i >= warmup:
             step_seconds.append(time.perf_counter() - t0)
             fwd_bwd.append(metrics["time/forward_backward"])
-    sequence_tokens = int(build_policy_batch(learner.processor, examples[:1])["input_ids"].shape[1]) * len(
-        examples
-    )
-    out = {
-        "chunk_tokens": chunk_tokens,
+    row_tokens = int(build_policy_batch(learner.processor, examples[:1])["input_ids"].shape[1])
+    sequence_tokens = row_tokens * len(examples)
+    return {
         "step_seconds": step_seconds,
         "step_seconds_median": sorted(step_seconds)[len(step_seconds) // 2],
         "forward_backward_seconds": fwd_bwd,
@@ -139,18 +153,8 @@ def measure_learner(
         # forward + backward; tokens / fwd-bwd second counts the batch's tokens once
         "sequence_tokens": sequence_tokens,
         "tokens_per_second_fwd_bwd": sequence_tokens / (sum(fwd_bwd) / len(fwd_bwd)),
-        "rss_start_bytes": rss_start,
-        "rss_loaded_bytes": rss_loaded,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "trainable_params": sum(p.numel() for p in learner.model.parameters() if p.requires_grad),
         "loss_total": metrics.get("loss/total"),
-        "device": "cuda" if cuda else "cpu",
     }
-    if cuda:
-        out["gpu_loaded_bytes"] = loaded_gpu
-        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
-        out["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
-    return out
 
 
 def run_path_in_subprocess(model_dir: Path, settings: dict, timeout: float | None = None) -> dict:

@@ -22,13 +22,13 @@ def trl_dataset(samples: list, prompt_name: str):
     import datasets
 
     from chexrl.core.prompts import build_messages
-    from chexrl.data.images import image_bytes
-    from rollout_worker.engine import decode_image
+    from chexrl.data.images import image_bytes, open_image
 
     return datasets.Dataset.from_dict(
         {
             "prompt": [trl_messages(build_messages(prompt_name))] * len(samples),
-            "image": [decode_image(image_bytes(s.image_path)) for s in samples],
+            # open_image is what the rollout worker decodes a prompt's image bytes with (`decode_image`)
+            "image": [open_image(image_bytes(s.image_path)) for s in samples],
             "labels": [sorted(s.labels) for s in samples],
         }
     )
@@ -88,42 +88,38 @@ def hard_reward_fn(reward_cfg):
     return reward
 
 
-def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, generation: str) -> dict:
-    """TRL's GRPOTrainer on `cfg`'s sizes and settings (`chexrl.bench.step.bench_config`) for the same number of optimizer
-    steps; returns the measured steps' wall times."""
-    import torch
-    from trl import GRPOConfig, GRPOTrainer
-
-    from chexrl.core.config import RewardConfig
-    from chexrl.core.prompts import DEFAULT_PROMPT
-    from chexrl.models.loading import load_model, load_processor
-    from trainer.lora import language_lora_config
-
-    g, s = cfg.grpo, cfg.sampling
-    prompts, n, max_tokens, micro_batch = g.prompts_per_step, s.n, s.max_tokens, g.micro_batch_size
-    steps = g.max_steps - warmup
-    if (prompts * n) % micro_batch:
-        raise ValueError(f"prompts x n ({prompts * n}) must be a multiple of micro_batch ({micro_batch})")
-    cuda = torch.cuda.is_available()
+def trl_generation_args(cfg, generation: str) -> dict:
+    """TRL GRPOConfig's generation settings: every completion exactly `max_tokens` long, as chexrl's
+    engine with ignore_eos."""
     if generation == "vllm-colocate":
-        # vLLM SamplingParams: never stop at EOS, as chexrl's engine with ignore_eos
-        gen = {
+        return {
             "use_vllm": True,
             "vllm_mode": "colocate",
             "vllm_gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
             "vllm_max_model_length": cfg.rollout.max_model_len,
-            "generation_kwargs": {"ignore_eos": True},
+            "generation_kwargs": {"ignore_eos": True},  # vLLM SamplingParams: never stop at EOS
             "vllm_importance_sampling_correction": False,  # chexrl does no engine/trainer IS correction
         }
-    else:
-        # transformers generate: EOS (every end token TRL stops at) masked until max_tokens are out
-        gen = {"use_vllm": False, "generation_kwargs": {"min_new_tokens": max_tokens}}
-    args = GRPOConfig(
+    # transformers generate: EOS (every end token TRL stops at) masked until max_tokens are out
+    return {"use_vllm": False, "generation_kwargs": {"min_new_tokens": cfg.sampling.max_tokens}}
+
+
+def trl_grpo_args(cfg, work: Path, generation: str):
+    """TRL's GRPOConfig for chexrl's `cfg` (`chexrl.bench.step_setup.bench_config`): the same sizes,
+    sampling, Dr. GRPO loss and optimizer settings, and the same gradient checkpointing."""
+    import torch
+    from trl import GRPOConfig
+
+    g, s = cfg.grpo, cfg.sampling
+    prompts, n, micro_batch = g.prompts_per_step, s.n, g.micro_batch_size
+    if (prompts * n) % micro_batch:
+        raise ValueError(f"prompts x n ({prompts * n}) must be a multiple of micro_batch ({micro_batch})")
+    return GRPOConfig(
         output_dir=str(work / f"trl-run-{uuid.uuid4().hex[:8]}"),
         per_device_train_batch_size=micro_batch,  # as chexrl's micro_batch_size
         gradient_accumulation_steps=prompts * n // micro_batch,  # one generation batch per optimizer step
         num_generations=n,
-        max_completion_length=max_tokens,
+        max_completion_length=s.max_tokens,
         temperature=s.temperature,
         top_p=s.top_p,
         loss_type="dr_grpo",
@@ -138,8 +134,8 @@ def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, gene
         lr_scheduler_type="constant",
         max_steps=g.max_steps,
         bf16=False,  # chexrl's learner trains in the checkpoint's dtype
-        use_cpu=not cuda,
-        gradient_checkpointing=False,  # chexrl's side runs without it too (`bench_config`)
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=g.gradient_checkpointing,  # chexrl's learner's setting
         logging_strategy="no",
         save_strategy="no",
         report_to="none",
@@ -147,11 +143,28 @@ def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, gene
         log_completions=False,
         shuffle_dataset=False,
         seed=g.seed,
-        **gen,
+        **trl_generation_args(cfg, generation),
     )
+
+
+def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, generation: str) -> dict:
+    """TRL's GRPOTrainer on `cfg`'s sizes and settings for the same number of optimizer steps; returns
+    the measured steps' wall times and the peak memory of generation and of training, apart."""
+    import torch
+    from trl import GRPOTrainer
+
+    from chexrl.bench.common import PhasePeaks
+    from chexrl.core.config import RewardConfig
+    from chexrl.core.prompts import DEFAULT_PROMPT
+    from chexrl.models.loading import load_model, load_processor
+    from trainer.lora import language_lora_config
+
+    g = cfg.grpo
+    steps = g.max_steps - warmup
+    args = trl_grpo_args(cfg, work, generation)
     processor = load_processor(model_dir)
     same_rendered_prompt(processor, DEFAULT_PROMPT)
-    clock = step_clock(warmup)
+    clock = step_clock(warmup, PhasePeaks(torch.cuda.is_available()))
     started = time.perf_counter()
     trainer = GRPOTrainer(
         model=load_model(model_dir),
@@ -168,6 +181,7 @@ def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, gene
         raise RuntimeError(f"TRL ran {len(clock.step_seconds)} measured steps, expected {steps}")
     return {
         "generation": generation,
+        "gradient_checkpointing": g.gradient_checkpointing,
         "step_seconds": clock.step_seconds,
         "generation_seconds": clock.generation_seconds,
         "median": float(statistics.median(clock.step_seconds)),
@@ -176,7 +190,8 @@ def run_trl(cfg, model_dir: str, samples: list, work: Path, *, warmup: int, gene
         "completion_tokens_mean": float(statistics.fmean(clock.completion_lengths)),
         "wall_s": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        **clock.phase_peaks(),
     }
 
 
@@ -229,9 +244,11 @@ def _trl_child(results, cfg: dict, model_dir: str, samples: list, work: str, war
         results.put(("error", traceback.format_exc()))
 
 
-def step_clock(warmup: int):
+def step_clock(warmup: int, peaks):
     """A TrainerCallback timing each optimizer step after `warmup` (on_step_begin -> on_step_end), with
-    the generation time and completion lengths inside it (`_time_generation` feeds those)."""
+    the generation time and completion lengths inside it (`_time_generation` feeds those), and the peak
+    memory (`peaks`, a `chexrl.bench.common.PhasePeaks`) of the measured steps' generation (TRL's
+    `generate`, its KV cache included) and of the rest of the step (the training), kept apart."""
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
@@ -241,29 +258,52 @@ def step_clock(warmup: int):
             self.completion_lengths: list[int] = []
             self.generation = 0.0
             self.lengths: list[int] = []
+            self.measuring = False
+            self.peaks = peaks
+            self.generation_peak = 0
+            self.training_peak = 0
             self._begin = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.generation, self.lengths = 0.0, []
+            self.measuring = state.global_step >= warmup  # the step about to run is a measured one
+            if self.measuring:
+                self.peaks.reset()
             self._begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             elapsed = time.perf_counter() - self._begin
+            if self.measuring:
+                self.training_peak = max(self.training_peak, self.peaks.peak())
             if state.global_step > warmup:
                 self.step_seconds.append(elapsed)
                 self.generation_seconds.append(self.generation)
                 self.completion_lengths.extend(self.lengths)
 
+        def around_generation(self, generate):
+            """`generate()` with its peak charged to generation, not to the training around it."""
+            if not self.measuring:
+                return generate()
+            self.training_peak = max(self.training_peak, self.peaks.peak())
+            self.peaks.reset()
+            out = generate()
+            self.generation_peak = max(self.generation_peak, self.peaks.peak())
+            self.peaks.reset()
+            return out
+
+        def phase_peaks(self) -> dict:
+            return {"generation_peak_bytes": self.generation_peak, "training_peak_bytes": self.training_peak}
+
     return StepClock()
 
 
 def _time_generation(trainer, clock) -> None:
-    """Charge the time inside TRL's sampling call to `clock` (informational: TRL's generation share)."""
+    """Charge the time and peak memory inside TRL's sampling call to `clock` (TRL's generation share)."""
     inner = trainer._generate_single_turn
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
-        completion_ids, logprobs = inner(*args, **kwargs)
+        completion_ids, logprobs = clock.around_generation(lambda: inner(*args, **kwargs))
         clock.generation += time.perf_counter() - start
         clock.lengths.extend(len(c) for c in completion_ids)
         return completion_ids, logprobs

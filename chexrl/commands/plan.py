@@ -13,7 +13,8 @@ from chexrl.cli import app, bench_app
 
 
 def _config_of(preset: str | None, model: Path | None):
-    """The transformers config of a preset (published dimensions) or of a checkpoint directory."""
+    """(the transformers config, the processor's min/max_pixels) of a preset (published dimensions) or
+    of a checkpoint directory."""
     if (preset is None) == (model is None):
         raise typer.BadParameter("give --preset or --model (a checkpoint directory), one of them")
     if model is not None:
@@ -25,14 +26,52 @@ def _config_of(preset: str | None, model: Path | None):
             detect_family(model)
         except (FileNotFoundError, ValueError) as err:
             raise typer.BadParameter(str(err)) from None
-        return AutoConfig.from_pretrained(str(model))
+        processor_file = model / "preprocessor_config.json"
+        processor = json.loads(processor_file.read_text()) if processor_file.is_file() else {}
+        pixels = {k: processor[k] for k in ("min_pixels", "max_pixels") if k in processor}
+        return AutoConfig.from_pretrained(str(model)), pixels
     from chexrl.models.tiny import build_tokenizer, make_config, resolve_preset
 
     try:
         chosen = resolve_preset(None, preset)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    return make_config(chosen, build_tokenizer(chosen))
+    pixels = {k: chosen.processor[k] for k in ("min_pixels", "max_pixels") if k in chosen.processor}
+    return make_config(chosen, build_tokenizer(chosen)), pixels
+
+
+def plan_inputs(cfg, shape, pixels: dict, *, gpu_gib: float, image_px: int, overrides: dict):
+    """(StepShape, PlanSettings) of the run `cfg` describes: its batch, completion budget
+    (sampling.max_tokens: micro-batches pad to the longest completion), image tokens (from `image_px` and
+    rollout.mm_processor_kwargs), engine sizes and learner settings; `overrides` (None: from the config)."""
+    from chexrl.config import RolloutConfig
+    from chexrl.models.memory_plan import PlanSettings, StepShape, image_tokens
+
+    g, rollout = cfg.grpo, cfg.rollout or RolloutConfig(model="-")
+    o = {k: v for k, v in overrides.items() if v is not None}
+    prompts, n = o.get("prompts", g.prompts_per_step), o.get("n", cfg.sampling.n)
+    image = o.get("image_tokens") or image_tokens(shape, image_px, {**pixels, **rollout.mm_processor_kwargs})
+    # the engine's: the config's (ChexrlConfig sizes it from grpo/sampling), or the same rule on overrides
+    # the engine's on CUDA: the config's own, else one worker's share of the (planned) step
+    max_num_seqs = rollout.max_num_seqs or -(-prompts // rollout.num_workers) * n
+    step = StepShape(
+        prompts=prompts,
+        n=n,
+        prompt_tokens=o["prompt_tokens"],
+        image_tokens=image,
+        completion_tokens=o.get("completion_tokens", cfg.sampling.max_tokens),
+        micro_batch=o.get("micro_batch", g.micro_batch_size),
+    )
+    settings = PlanSettings(
+        gpu_gib=gpu_gib,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        sleep=rollout.sleep_between_phases is not False,  # None: on with a GPU, which this plans for
+        gradient_checkpointing=g.gradient_checkpointing,
+        logprob_chunk_tokens=g.logprob_chunk_tokens,
+        lora_rank=g.lora.rank,
+        max_num_seqs=max_num_seqs,
+    )
+    return step, settings
 
 
 @app.command("plan")
@@ -47,40 +86,35 @@ def plan_cmd(
         None, min=1, help="Prompts per step (default: grpo.prompts_per_step)."
     ),
     n: int | None = typer.Option(None, min=1, help="Completions per prompt (default: sampling.n)."),
-    completion_tokens: int = typer.Option(300, min=1, help="Completion length (the paper's traces: ~300)."),
+    completion_tokens: int | None = typer.Option(
+        None,
+        min=1,
+        help="Completion length (default: sampling.max_tokens; micro-batches pad to the longest).",
+    ),
     prompt_tokens: int = typer.Option(400, min=1, help="Rendered prompt text tokens, without the image."),
+    image_px: int = typer.Option(1024, min=1, help="Side of a (square) input image in pixels (Qwen2.5-VL)."),
     image_tokens: int | None = typer.Option(
-        None, min=1, help="Image tokens (default: Gemma3's 256, else 256)."
+        None,
+        min=1,
+        help="Image tokens (default: Gemma3's 256; Qwen2.5-VL's from --image-px within the processor's "
+        "min/max_pixels and rollout.mm_processor_kwargs).",
     ),
     micro_batch: int | None = typer.Option(None, min=1, help="Completions per forward/backward."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON here."),
 ) -> None:
     """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner."""
-    from chexrl.config import ChexrlConfig, RolloutConfig, load_config
-    from chexrl.models.memory_plan import PlanSettings, StepShape, model_shape, plan, render_table
+    from chexrl.config import ChexrlConfig, load_config
+    from chexrl.models.memory_plan import model_shape, plan, render_table
 
     try:
         cfg = load_config(config) if config is not None else ChexrlConfig()
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    g, rollout = cfg.grpo, cfg.rollout or RolloutConfig(model="-")
-    shape = model_shape(_config_of(preset, model))
-    step = StepShape(
-        prompts=prompts or g.prompts_per_step,
-        n=n or cfg.sampling.n,
-        prompt_tokens=prompt_tokens,
-        image_tokens=image_tokens or shape.image_tokens or 256,
-        completion_tokens=completion_tokens,
-        micro_batch=micro_batch or g.micro_batch_size,
-    )
-    settings = PlanSettings(
-        gpu_gib=gpu_gib,
-        gpu_memory_utilization=rollout.gpu_memory_utilization,
-        sleep=rollout.sleep_between_phases is not False,  # None: on with a GPU, which this plans for
-        gradient_checkpointing=g.gradient_checkpointing,
-        logprob_chunk_tokens=g.logprob_chunk_tokens,
-        lora_rank=g.lora.rank,
-    )
+    hf_config, pixels = _config_of(preset, model)
+    shape = model_shape(hf_config)
+    overrides = dict(prompts=prompts, n=n, completion_tokens=completion_tokens, prompt_tokens=prompt_tokens)
+    overrides |= dict(image_tokens=image_tokens, micro_batch=micro_batch)
+    step, settings = plan_inputs(cfg, shape, pixels, gpu_gib=gpu_gib, image_px=image_px, overrides=overrides)
     result = plan(shape, step, settings)
     typer.echo(render_table(result))
     if json_path is not None:
@@ -90,6 +124,21 @@ def plan_cmd(
         typer.echo(f"-> {json_path}")
     if not result["fits"]:
         raise typer.Exit(1)
+
+
+def _learner_sizes(n, micro_batch, chunk_tokens, gradient_checkpointing) -> dict:
+    """`chexrl bench learner`'s options, those left unset (None) taken from the config's defaults."""
+    from chexrl.config import GRPOConfig, SamplingConfig
+
+    g = GRPOConfig()
+    return {
+        "n": SamplingConfig().n if n is None else n,
+        "micro_batch": g.micro_batch_size if micro_batch is None else micro_batch,
+        "chunk_tokens": g.logprob_chunk_tokens if chunk_tokens is None else chunk_tokens,
+        "gradient_checkpointing": (
+            g.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        ),
+    }
 
 
 @bench_app.command("learner")
@@ -127,32 +176,23 @@ def bench_learner_cmd(
     log-probs against the full-logits path, and peak_mem_chunked_over_full."""
     from chexrl.bench.common import write_json
     from chexrl.bench.learner import bench_learner, summary_table
-    from chexrl.config import GRPOConfig, SamplingConfig
 
-    g = GRPOConfig()  # options left unset take the config's defaults
-    n = SamplingConfig().n if n is None else n
-    micro_batch = g.micro_batch_size if micro_batch is None else micro_batch
-    chunk_tokens = g.logprob_chunk_tokens if chunk_tokens is None else chunk_tokens
-    gradient_checkpointing = (
-        g.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
-    )
+    sizes = _learner_sizes(n, micro_batch, chunk_tokens, gradient_checkpointing)
     chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
     if not chosen or set(chosen) - {"chunked", "full"}:
         raise typer.BadParameter(f"--paths takes chunked, full or both, not {paths!r}")
+    layers = None if full_depth else layers
     try:
         figures = bench_learner(
             preset=preset,
-            layers=None if full_depth else layers,
+            layers=layers,
             prompts=prompts,
-            n=n,
             completion_tokens=completion_tokens,
-            micro_batch=micro_batch,
-            chunk_tokens=chunk_tokens,
-            gradient_checkpointing=gradient_checkpointing,
             steps=steps,
             warmup=warmup,
             work_dir=work_dir,
             paths=chosen,
+            **sizes,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None

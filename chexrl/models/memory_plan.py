@@ -11,8 +11,10 @@ One GPU holds the rollout engine (vLLM) and the learner (HF + PEFT). The step's 
 Everything here is arithmetic on the architecture's shapes (parameters counted exactly on the meta
 device) and the batch shape; the terms are written out below, with what each counts. The learner's terms
 are checked against `chexrl bench learner`'s measured peak memory on the CPU (tests/test_models_memory_plan.py);
-the engine's are vLLM's own accounting (weights + KV cache inside the utilisation share) with two stated
-estimates (the engine's activation workspace and a CUDA context per process), never measured here.
+the engine's are vLLM's own accounting (weights + KV cache inside the utilisation share; the KV cache's
+bytes per token checked against the CPU engine's own count), the profiling workspace counted from the
+config (max_num_seqs x vocabulary logits, max_num_batched_tokens of one layer's activations) and one
+stated estimate (a CUDA context per process), never measured on a GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # estimate: CUDA context + cuBLAS workspace of one process
-ENGINE_WORKSPACE_BYTES = 2 * GIB  # estimate: vLLM's profiled activations and sampler buffers
+# vLLM's start-up profiling pass (what it keeps out of the KV cache): a forward of
+# `max_num_batched_tokens` tokens and a dummy sampler run over `max_num_seqs` x vocabulary logits.
+# Bytes per logit of that sampler run, counted from its ops: the model's bf16 logits (2), their fp32
+# copy (4), top-k/top-p's sorted values and int64 indices (4 + 8), the softmax probabilities (4) and the
+# exponential noise of the random sample (4).
+ENGINE_SAMPLER_BYTES_PER_LOGIT = 26
+VLLM_MAX_NUM_SEQS = 1024  # vLLM 0.32's default for the LLM class on a GPU of 70 GiB or more
+VLLM_MAX_NUM_BATCHED_TOKENS = 16384  # the same, tokens per forward
+QWEN_DEFAULT_PIXELS = (3136, 12845056)  # Qwen2.5-VL-3B's published processor: min_pixels, max_pixels
 # Bytes per (token x vocabulary) element of one pass of the log-prob computation, counted from its ops:
 # bf16 logits (2), fp32 logits / T kept for the backward (4), exp inside logsumexp (4), the softmax of
 # the backward (4), the fp32 gradient of the logits (4), its bf16 cast into the LM head's backward (2).
@@ -58,8 +68,9 @@ class StepShape:
     prompts: int = 8
     n: int = SamplingConfig.model_fields["n"].default
     prompt_tokens: int = 120  # text of the rendered prompt, without the image's tokens
-    image_tokens: int = 256  # the paper: 256-512 visual tokens an image
-    completion_tokens: int = 300
+    image_tokens: int = 256  # Gemma3's fixed count; Qwen2.5-VL's from the image (`image_tokens`)
+    # micro-batches pad to their longest completion, and a GRPO step samples up to max_tokens
+    completion_tokens: int = SamplingConfig.model_fields["max_tokens"].default
     micro_batch: int = GRPOConfig.model_fields["micro_batch_size"].default
 
     @property
@@ -77,6 +88,8 @@ class PlanSettings:
     lora_rank: int = GRPOConfig().lora.rank
     weight_bytes: int = 2  # bf16 weights in the engine and the learner
     device: str = "cuda"  # "cpu": no CUDA contexts (how `chexrl bench learner` measures on the CPU)
+    max_num_seqs: int = VLLM_MAX_NUM_SEQS  # the engine's (RolloutConfig.max_num_seqs)
+    max_num_batched_tokens: int = VLLM_MAX_NUM_BATCHED_TOKENS
 
 
 def model_shape(config: Any) -> ModelShape:
@@ -171,16 +184,46 @@ def learner_terms(shape: ModelShape, step: StepShape, s: PlanSettings) -> dict[s
     }
 
 
-def engine_terms(shape: ModelShape, step: StepShape, s: PlanSettings, max_model_len: int = 4096) -> dict:
+def image_tokens(shape: ModelShape, image_px: int, pixels: dict | None = None) -> int:
+    """Image tokens of one square `image_px` image: Gemma3's fixed mm_tokens_per_image; Qwen2.5-VL's from
+    its resize rule (28 px per token side) within `pixels`' min_pixels/max_pixels (the checkpoint's
+    processor settings overridden by `rollout.mm_processor_kwargs`, such as
+    `chexrl.data.images.visual_token_budget`; the published processor's bounds where absent)."""
+    from chexrl.data.images import QWEN_FACTOR, smart_resize
+
+    if shape.image_tokens is not None:
+        return shape.image_tokens
+    pixels = pixels or {}
+    low = pixels.get("min_pixels", QWEN_DEFAULT_PIXELS[0])
+    high = pixels.get("max_pixels", QWEN_DEFAULT_PIXELS[1])
+    h, w = smart_resize(image_px, image_px, QWEN_FACTOR, low, high)
+    return (h // QWEN_FACTOR) * (w // QWEN_FACTOR)
+
+
+def engine_workspace_bytes(shape: ModelShape, s: PlanSettings) -> dict[str, int]:
+    """What vLLM's profiling pass takes besides weights and KV cache: the sampler's max_num_seqs x vocabulary
+    logits (`ENGINE_SAMPLER_BYTES_PER_LOGIT`) and one decoder layer's activations over max_num_batched_tokens
+    (bf16 hidden-size tensors: input, norm, attention output, residual (4); q, k, v; the MLP's gate, up and
+    product (3 x intermediate))."""
+    sampler = s.max_num_seqs * shape.vocab * ENGINE_SAMPLER_BYTES_PER_LOGIT
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    per_token = 2 * (4 * shape.hidden + q + 2 * kv + 3 * shape.intermediate)
+    return {"sampler": sampler, "forward": s.max_num_batched_tokens * per_token}
+
+
+def engine_terms(shape: ModelShape, step: StepShape, s: PlanSettings) -> dict:
     share = int(s.gpu_memory_utilization * s.gpu_gib * GIB)
     weights = shape.params_total * s.weight_bytes
-    kv_cache = share - weights - ENGINE_WORKSPACE_BYTES - CUDA_CONTEXT_BYTES
+    workspace = engine_workspace_bytes(shape, s)
+    kv_cache = share - weights - sum(workspace.values()) - CUDA_CONTEXT_BYTES
     per_token = kv_cache_bytes_per_token(shape, s.weight_bytes)
     needed = step.prompts * step.n * step.sequence_tokens * per_token
     return {
         "share": share,
         "weights": weights,
-        "workspace": ENGINE_WORKSPACE_BYTES,
+        "workspace": sum(workspace.values()),
+        "workspace_sampler": workspace["sampler"],
+        "workspace_forward": workspace["forward"],
         "cuda_context": CUDA_CONTEXT_BYTES,
         "kv_cache": kv_cache,
         "kv_bytes_per_token": per_token,
@@ -251,7 +294,8 @@ def render_table(result: dict) -> str:
     lines += [
         "engine (awake):",
         f"  {'weights':14s} {g(e['weights'])}",
-        f"  {'workspace':14s} {g(e['workspace'])}  (estimate)",
+        f"  {'workspace':14s} {g(e['workspace'])}  (profiling: sampler {g(e['workspace_sampler']).strip()}"
+        f" GiB for max_num_seqs {s['max_num_seqs']:,} x vocabulary, forward {g(e['workspace_forward']).strip()} GiB)",
         f"  {'kv_cache':14s} {g(e['kv_cache'])}  = {e['kv_tokens']:,} tokens; the step needs {g(e['kv_needed']).strip()} GiB",
         "",
         "fits" if result["fits"] else "DOES NOT FIT: " + "; ".join(result["problems"]),
