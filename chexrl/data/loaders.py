@@ -35,16 +35,24 @@ from chexrl.core.label_mapping import (
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import CHEXPERT14, NO_FINDING, SCHEMAS, get_schema
 from chexrl.data import formats as F
+from chexrl.data.frames import DataFormatError, FrameLabels, find_file, pd_frame
+from chexrl.data.frames import filter_splits as _filter_splits
+from chexrl.data.frames import label_tuples as _tuples
+from chexrl.data.frames import nih_image_dir as _nih_image_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
-DATASETS = ("mimic", "chexpert", "nih")
-DEFAULT_SCHEMA = {"mimic": "chexpert14", "chexpert": "chexpert14", "nih": "nih9"}
+DATASETS = ("mimic", "chexpert", "nih", "nih-expert", "vindr", "padchest")  # the last three: loaders_external
+DEFAULT_SCHEMA = {"mimic": "chexpert14", "chexpert": "chexpert14", "nih": "nih9", "nih-expert": "nih-expert4",
+                  "vindr": "vindr9", "padchest": "chexpert14"}  # fmt: skip
 SPLIT_ALIASES = {
     "mimic": {"val": "validate", "valid": "validate", "validation": "validate"},
     "chexpert": {"val": "valid", "validate": "valid", "validation": "valid"},
     "nih": {"train": "train_val", "trainval": "train_val", "val": "train_val"},
+    "nih-expert": {"valid": "val", "validate": "val", "validation": "val"},
+    "vindr": {},
+    "padchest": {},
 }
 PATHOLOGIES = tuple(lab for lab in CHEXPERT14 if lab != NO_FINDING)
 SUPPORT_DEVICES = "Support Devices"
@@ -64,16 +72,18 @@ _OPTION_VALUES: dict[str, tuple[str, ...] | None] = {
     "labeler": ("chexpert", "negbio"),
     "frontal": tuple(_BOOL),
     "table": ("auto", "v2020", "2017"),
+    "min_readers": ("1", "2", "3"),
+    "images": ("auto", "png", "jpg", "dicom"),
+    "method": ("physician", "all"),
 }
 OPTIONS: dict[str, tuple[str, ...]] = {
     "mimic": ("uncertain", "uncertain_only", "out_of_schema", "labeler", "frontal"),
     "chexpert": ("uncertain", "uncertain_only", "out_of_schema", "frontal"),
     "nih": ("out_of_schema", "table"),  # no uncertain labels, and every NIH image is frontal
+    "nih-expert": (),  # a YES/NO verdict on each of its four labels: nothing to choose
+    "vindr": ("min_readers", "images", "out_of_schema"),
+    "padchest": ("method", "frontal", "out_of_schema"),
 }
-
-
-class DataFormatError(ValueError):
-    """A data set's files are missing or do not have the expected format."""
 
 
 # ---------------------------------------------------------------- spec
@@ -181,18 +191,14 @@ def read_frame(s: DatasetSpec) -> pd.DataFrame:
         return read_mimic_frame(s.root, s.splits, opt.get("labeler", "chexpert"), frontal)
     if s.dataset == "chexpert":
         return read_chexpert_frame(s.root, s.splits, frontal)
+    if s.dataset != "nih":
+        from chexrl.data.loaders_external import read_external_frame  # it imports this module
+
+        return read_external_frame(s.dataset, s.root, s.splits, opt)
     return read_nih_frame(s.root, s.splits, opt.get("table", "auto"))
 
 
 # ---------------------------------------------------------------- files
-
-
-def find_file(root: Path, name: str) -> Path:
-    """`name` or `name.gz` under root (the real MIMIC files ship gzipped)."""
-    for cand in (root / name, root / f"{name}.gz"):
-        if cand.is_file():
-            return cand
-    raise DataFormatError(f"{name}(.gz) not found in {root}")
 
 
 def _read_csv(path: Path, usecols=None, dtype=None, label_columns: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -241,16 +247,6 @@ def _find_bad_label_cell(path: Path, columns: tuple[str, ...]) -> None:
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise _bad_label_error(path, row, column, raw[column].iloc[row], int(bad.sum()))
-
-
-def _filter_splits(df: pd.DataFrame, splits: tuple[str, ...] | None, path: Path) -> pd.DataFrame:
-    if splits is None:
-        return df
-    unknown = set(splits) - set(df["split"].unique())
-    if unknown and df["split"].size:
-        known = sorted(df["split"].unique())
-        raise DataFormatError(f"{path}: no split {sorted(unknown)}; the files have {known}")
-    return df[df["split"].isin(splits)]
 
 
 # ---------------------------------------------------------------- MIMIC-CXR-JPG
@@ -398,13 +394,6 @@ def read_chexpert_frame(root, splits=None, frontal_only: bool = True) -> pd.Data
 # ---------------------------------------------------------------- NIH ChestX-ray14
 
 
-def _nih_image_dir(root: Path, names: pd.Series) -> pd.Series:
-    if (root / "images").is_dir() or not any(root.glob("images_*")):
-        return str(root / "images") + "/" + names
-    found = {p.name: str(p) for p in root.glob("images_*/images/*.png")}  # the Kaggle layout
-    return names.map(found).fillna(str(root / "images") + "/" + names)
-
-
 def read_nih_frame(root, splits=None, table: str = "auto") -> pd.DataFrame:
     """Data_Entry_2017_v2020.csv (or the 2017 file) with the official train_val / test lists as splits."""
     root = Path(root).expanduser().resolve()
@@ -441,36 +430,7 @@ def read_nih_frame(root, splits=None, table: str = "auto") -> pd.DataFrame:
     )
 
 
-def pd_frame(**cols) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame({k: v.to_numpy() if hasattr(v, "to_numpy") else v for k, v in cols.items()})
-
-
 # ---------------------------------------------------------------- labels -> samples
-
-
-@dataclass
-class FrameLabels:
-    """The labels of every row of a frame, which rows are kept, and why the others are not."""
-
-    labels: np.ndarray  # object array of label tuples, one per row (meaningful where `keep`)
-    keep: np.ndarray  # bool per row
-    dropped: dict[str, int]  # reason -> rows dropped for it
-    counts: dict[str, int]  # what the policies saw, for `data stats` (see `labeler_labels`)
-
-
-def _tuples(bits: np.ndarray, names: list[str], schema: str) -> np.ndarray:
-    """Per-row label tuples in schema order, built once per distinct combination (a few thousand at most)."""
-    order = get_schema(schema).labels
-    weights = 1 << np.arange(len(names), dtype=np.int64)
-    codes = bits.astype(np.int64) @ weights if names else np.zeros(len(bits), dtype=np.int64)
-    uniq, inverse = np.unique(codes, return_inverse=True)
-    table = np.empty(len(uniq), dtype=object)
-    for u, code in enumerate(uniq):
-        found = {n for b, n in enumerate(names) if code >> b & 1}
-        table[u] = tuple(lab for lab in order if lab in found)
-    return table[inverse] if len(bits) else np.empty(0, dtype=object)
 
 
 def labeler_labels(
@@ -581,6 +541,10 @@ def frame_labels(
     """Labels, keep mask and drop reasons for a frame from any reader."""
     if dataset == "nih":
         return nih_labels(frame, schema, out_of_schema)
+    if dataset not in ("mimic", "chexpert"):
+        from chexrl.data.loaders_external import external_labels  # it imports this module
+
+        return external_labels(frame, dataset, schema, out_of_schema)
     return labeler_labels(frame, schema, uncertain, uncertain_only, out_of_schema)
 
 

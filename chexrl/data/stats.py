@@ -23,6 +23,7 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
     fl = frame_labels(frame, s.dataset, s.schema, **policies)
     labels, keep = fl.labels, fl.keep
     kept = frame[keep]
+    labeler = s.dataset in ("mimic", "chexpert")  # the files with CheXpert-labeler (uncertain) values
     counts = dict.fromkeys(get_schema(s.schema).labels, 0)
     for combo, c in Counter(labels[keep].tolist()).items():  # per distinct label tuple: a few thousand
         for lab in combo:
@@ -31,9 +32,9 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
         "dataset": s.dataset,
         "root": s.root,
         "schema": s.schema,
-        "uncertain": policies["uncertain"] if s.dataset != "nih" else None,
-        "uncertain_only": policies["uncertain_only"] if s.dataset != "nih" else None,
-        "out_of_schema": policies["out_of_schema"],
+        "uncertain": policies["uncertain"] if labeler else None,
+        "uncertain_only": policies["uncertain_only"] if labeler else None,
+        "out_of_schema": policies["out_of_schema"] if s.dataset != "nih-expert" else None,
         "images": len(kept),
         "patients": int(kept["patient_id"].nunique()),
         "studies": int(kept["study_id"].nunique()),
@@ -46,6 +47,10 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
     if s.dataset == "nih":
         raw = frame["findings"].str.split("|").explode().value_counts()
         out["nih_findings"] = {str(k): int(v) for k, v in raw.sort_index().items()}
+    elif not labeler:
+        from chexrl.data.loaders_external import external_stats
+
+        out.update(external_stats(frame, s.dataset))
     else:
         cols = [c for c in counts if c in frame.columns]
         values = frame[cols].to_numpy(dtype=np.float32, na_value=np.nan)
@@ -78,7 +83,9 @@ def format_stats(st: dict) -> str:
             f"overruled by a positive pathology {rows['no_finding_conflicts']}"
         )
     else:
-        lines.append(f"rows: out of schema {rows['out_of_schema']}")
+        lines.append("rows: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rows.items()))
+    if "site_labels" in st:
+        lines.append("site labels: " + ", ".join(f"{k} {v}" for k, v in st["site_labels"].items()))
     lines += [
         f"{'label':<28}{'positives':>10}{'share':>8}" + ("  uncertain" if "uncertain_counts" in st else ""),
     ]
