@@ -7,11 +7,13 @@ uses the frames only. `load_dataset("nih:/data/nih:test:nih10")` is the entry po
 CLI; the spec grammar is in `DatasetSpec` and docs/data.md.
 
 No Finding follows the dataset's own labeler. MIMIC and CheXpert files carry a No Finding column, and it is
-read as written (so a normal study with support devices is No Finding + Support Devices); only where that
-cell is blank is it derived, by the CheXpert labeler's rule (no pathology positive or uncertain; Support
+read as written (so a normal study with support devices is No Finding + Support Devices); a blank cell
+means "not No Finding": the labeler had the report and did not call it normal. Only a file without the
+column gets No Finding derived, by the CheXpert labeler's rule (no pathology positive or uncertain; Support
 Devices may co-occur). NIH writes "No Finding" as a label string. Rows that end with no label of the schema
-are never silently made normal: uncertain-only rows follow `uncertain_only`, rows whose findings all lie
-outside the schema follow `out_of_schema` (docs/data.md, "Label policies").
+are never silently made normal: uncertain-only rows follow `uncertain_only`; rows whose findings all lie
+outside the schema, and rows with nothing written (blank No Finding, nothing positive), follow
+`out_of_schema`, each counted under its own reason (docs/data.md, "Label policies").
 
 Every option of a spec is checked (an unknown key or value is an error naming it), and every label cell of
 a file must be 1.0, 0.0, -1.0 or empty: anything else is a `DataFormatError` naming the file, line and column.
@@ -443,12 +445,14 @@ def labeler_labels(
     """Labels of a MIMIC/CheXpert frame (CheXpert-labeler values) on `schema`.
 
     A row's labels are its schema labels positive under `uncertain`, plus No Finding where the file's No
-    Finding cell is 1.0. A blank No Finding cell is derived by the labeler's rule (no pathology positive
-    or uncertain; Support Devices may co-occur). A file's No Finding next to a positive pathology
-    contradicts itself: the pathology wins (counted as `no_finding_conflicts`). A row left with no label
-    is uncertain-only when the only non-negative values of its pathologies are -1.0 (`uncertain_only`
-    policy), else abnormal outside the schema (e.g. only Lung Opacity in nih9, or an explicit No Finding
-    0.0 with nothing else: `out_of_schema` policy). Nothing is ever made "No Finding" by omission.
+    Finding cell is 1.0; a blank cell is not No Finding. Only a frame without a No Finding column gets it
+    derived by the labeler's rule (no pathology positive or uncertain; Support Devices may co-occur). A
+    file's No Finding next to a positive pathology contradicts itself: the pathology wins (counted as
+    `no_finding_conflicts`). A row left with no label is uncertain-only when the only non-negative values
+    of its pathologies are -1.0 (`uncertain_only` policy); else it follows the `out_of_schema` policy,
+    counted as `no_label` when nothing is written for it (No Finding blank, nothing positive) and as
+    `out_of_schema` otherwise (e.g. only Lung Opacity in nih9, or an explicit No Finding 0.0 with nothing
+    else). Nothing is ever made "No Finding" by omission.
     """
     policy = normalize_uncertain_policy(uncertain)
     check_out_of_schema_policy(out_of_schema)
@@ -482,16 +486,23 @@ def labeler_labels(
     patho_values = values[:, pathology]
     patho_pos = (patho_values == 1).any(axis=1) | ((patho_values == -1).any(axis=1) & (policy == "ones"))
     patho_unc = (patho_values == -1).any(axis=1)
-    derived = np.isnan(nf_cell) & ~(patho_values == 1).any(axis=1) & ~patho_unc
+    # a file with the column answers for every row (blank: not No Finding); derive only without one
+    derived = (
+        np.zeros(n, dtype=bool)
+        if NO_FINDING in frame.columns
+        else ~(patho_values == 1).any(axis=1) & ~patho_unc
+    )
     conflict = (nf_cell == 1) & patho_pos
     no_finding = ((nf_cell == 1) | derived) & ~conflict & (NO_FINDING in spec)
 
     empty = ~pos.any(axis=1) & ~no_finding
     unc_only = empty & ~(values == 1).any(axis=1) & (values == -1).any(axis=1)
-    outside = empty & ~unc_only
+    no_label = empty & ~unc_only & np.isnan(nf_cell) & ~(values == 1).any(axis=1)
+    outside = empty & ~unc_only & ~no_label
     for mask, rule, reason in (
         (unc_only, uncertain_only, "uncertain_only"),
         (outside, out_of_schema, "out_of_schema"),
+        (no_label, out_of_schema, "no_label"),
     ):
         if rule == "drop":
             dropped[reason] = int((mask & keep).sum())
@@ -507,6 +518,7 @@ def labeler_labels(
         "no_finding_conflicts": int((conflict & keep).sum()),
         "uncertain_only": int(unc_only.sum()),
         "out_of_schema": int(outside.sum()),
+        "no_label": int(no_label.sum()),
     }
     return FrameLabels(labels, keep, {k: v for k, v in dropped.items() if v}, counts)
 

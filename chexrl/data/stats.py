@@ -1,7 +1,8 @@
 """`chexrl data stats`: images, patients, studies, splits and per-label positive counts of a data set,
 computed on the loader's frame (vectorised), so the full real tables take seconds. Labels are counted as the
 loader gives them to training (after the spec's policies); No Finding is what the file says (see
-`labeler_labels`), and the rows each policy dropped or changed are counted by reason."""
+`labeler_labels`: derived only from a MIMIC/CheXpert file without a No Finding column, and the stats say
+which), and the rows each policy dropped or changed are counted by reason."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from chexrl.core.schemas import get_schema
+from chexrl.core.schemas import NO_FINDING, get_schema
 from chexrl.data.loaders import DatasetSpec, frame_labels, label_policies, read_frame, resolve_spec
 
 
@@ -54,6 +55,11 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
     else:
         cols = [c for c in counts if c in frame.columns]
         values = frame[cols].to_numpy(dtype=np.float32, na_value=np.nan)
+        out["no_finding_source"] = (
+            "the file's No Finding column (a blank cell is not No Finding)"
+            if NO_FINDING in frame.columns
+            else "derived: the file has no No Finding column (no pathology positive or uncertain)"
+        )
         out["uncertain_counts"] = dict(
             zip(cols, (values == -1).sum(axis=0).astype(int).tolist(), strict=True)
         )
@@ -78,10 +84,12 @@ def format_stats(st: dict) -> str:
     rows = st["rows"]
     if "no_finding_in_file" in rows:
         lines.append(
-            f"rows: uncertain-only {rows['uncertain_only']}, out of schema {rows['out_of_schema']}; No Finding "
-            f"from the file {rows['no_finding_in_file']}, derived (blank cell) {rows['no_finding_derived']}, "
-            f"overruled by a positive pathology {rows['no_finding_conflicts']}"
+            f"rows: uncertain-only {rows['uncertain_only']}, out of schema {rows['out_of_schema']}, nothing "
+            f"written (blank No Finding, nothing positive) {rows['no_label']}; No Finding from the file "
+            f"{rows['no_finding_in_file']}, derived {rows['no_finding_derived']}, overruled by a positive "
+            f"pathology {rows['no_finding_conflicts']}"
         )
+        lines.append(f"No Finding: {st['no_finding_source']}")
     else:
         lines.append("rows: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rows.items()))
     if "site_labels" in st:

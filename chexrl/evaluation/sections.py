@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from chexrl.evaluation.intervals import (
+    bootstrap_sentence,
+    gap_change_table,
+    paired_table,
+    per_label_change_table,
+)
 from chexrl.evaluation.render import Block, Bullets, Code, Heading, Image, Para
 from chexrl.evaluation.selection import POLICIES
 from chexrl.evaluation.tables import (
@@ -40,8 +46,28 @@ def _describe_decoding(doc: Mapping) -> str:
     return f"Prompts: {', '.join(doc['prompts'])}; {how}{tokens}."
 
 
-def _warning_blocks(warnings: Sequence[str], none_text: str) -> list[Block]:
-    return [Bullets(tuple(warnings), warning=True)] if warnings else [Para(none_text)]
+def _warning_blocks(warnings: Sequence[str], none_text: str, notes: Sequence[str] = ()) -> list[Block]:
+    """Warnings (their evidence excludes noise) in red, then notes (a trade-off within noise)."""
+    blocks: list[Block] = [Bullets(tuple(warnings), warning=True)] if warnings else [Para(none_text)]
+    if notes:
+        blocks += [Para("Within resampling noise (notes, not warnings):"), Bullets(tuple(notes))]
+    return blocks
+
+
+def interval_blocks(doc: Mapping, figure: Image | None, level: int) -> list[Block]:
+    """The paired intervals of a results document: how they are made, the differences against the parent,
+    the gap changes, their figure and the per-label changes; nothing without intervals."""
+    table = paired_table(doc)
+    if table is None:
+        return []
+    blocks: list[Block] = [Heading("Differences with intervals", level), Para(bootstrap_sentence(doc)), table]
+    gaps = gap_change_table(doc)
+    if gaps is not None:
+        blocks.append(gaps)
+    if figure:
+        blocks.append(figure)
+    blocks += [t for t in (per_label_change_table(doc, d["name"]) for d in doc["datasets"]) if t is not None]
+    return blocks
 
 
 def _describe_pass_at_k(doc: Mapping) -> str:
@@ -64,10 +90,12 @@ def results_blocks(
     level: int = 2,
     warnings: bool = True,
     pass_chart: Image | None = None,
+    paired_chart: Image | None = None,
 ) -> list[Block]:
     """A results document (chexrl.evaluation.comparison.build_results) as page blocks; `warnings=False`
     leaves its trade-off warnings to a page that lists them already. With Pass@K in the document, a section
-    "Acc@1 against Pass@K" with its table and `pass_chart`."""
+    "Acc@1 against Pass@K" with its table and `pass_chart`; with paired intervals, a section of them and
+    `paired_chart`."""
     sets = [d["name"] for d in doc["datasets"]]
     margin = doc.get("tradeoff_margin")
     mode = "relative" if doc.get("tradeoff_relative") else "absolute"
@@ -88,10 +116,12 @@ def results_blocks(
                 doc.get("warnings", []),
                 f"No model gained in distribution over its parent while losing more than {margin} ({mode}) "
                 "macro-F1 out of distribution.",
+                doc.get("notes", []),
             )
         parents = parent_table(doc)
         if parents is not None:
             blocks += [Heading("Change against the parent model", level), parents]
+        blocks += interval_blocks(doc, paired_chart, level)
     passes = pass_at_k_table(doc)
     if passes is not None:
         blocks += [Heading("Acc@1 against Pass@K", level), Para(_describe_pass_at_k(doc)), passes]
@@ -127,11 +157,15 @@ def run_blocks(
 
     warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
     warnings += list((results or {}).get("warnings", []))
+    notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
+    notes += list((results or {}).get("notes", []))
     blocks.append(Heading("Generalization warnings"))
     if evals or results:
         blocks += _warning_blocks(
             warnings,
-            "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin.",
+            "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin "
+            "and beyond resampling noise.",
+            notes,
         )
     else:
         blocks.append(Para("No evaluation in or out of distribution was found, so nothing could be checked."))
@@ -170,7 +204,12 @@ def run_blocks(
         what = "prompt ablation" if results.get("kind") == "prompt_ablation" else "models side by side"
         blocks.append(Heading(f"Final evaluation: {what}"))
         blocks += results_blocks(
-            results, figures.get("comparison"), level=3, warnings=False, pass_chart=figures.get("pass_at_k")
+            results,
+            figures.get("comparison"),
+            level=3,
+            warnings=False,
+            pass_chart=figures.get("pass_at_k"),
+            paired_chart=figures.get("paired"),
         )
 
     blocks.append(Heading("Definitions"))

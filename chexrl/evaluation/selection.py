@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from chexrl.core.metrics import DatasetMetrics
+from chexrl.core.paired import Interval
 
 # The selection policies, in the order reports list them, with what each one means.
 POLICIES: dict[str, str] = {
@@ -111,6 +113,69 @@ def tradeoff_warning(prev: Mapping, cur: Mapping, margin: float, *, relative: bo
         f"{ood_prev:.3f} -> {ood_cur:.3f} ({_pct(ood_cur, ood_prev)}, {ood_name}), more than the margin "
         f"{threshold}: the paper's benchmark-versus-transfer trade-off"
     )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A trade-off seen between two evaluations: a warning when its evidence excludes noise, else a note."""
+
+    warning: bool
+    text: str
+
+
+def _side_text(name: str, before: float, after: float, iv: Mapping | None, n: int | None) -> str:
+    if iv is None:
+        return f"{name} {after - before:+.3f} ({before:.3f} -> {after:.3f})"
+    images = f", n={n}" if n else ""
+    return f"{name} {Interval(**iv).text()} ({before:.3f} -> {after:.3f}{images})"
+
+
+def tradeoff_finding(
+    prev: Mapping,
+    cur: Mapping,
+    margin: float,
+    *,
+    relative: bool = False,
+    intervals: Mapping[str, Mapping | None] | None = None,
+) -> Finding | None:
+    """The trade-off of `tradeoff_warning` (ID macro-F1 up, OOD macro-F1 down by more than `margin`), with
+    its evidence: `intervals` {"id", "ood"} are the paired bootstrap intervals of cur - prev macro-F1
+    ({"delta", "low", "high"}, chexrl.core.paired). A warning only when the OOD interval lies below 0;
+    otherwise (or with no interval) a note that the drop is within resampling noise at n images.
+    Records may carry "n_id" / "n_ood" (images per set) for the text.
+
+    >>> ivs = {"id": {"delta": 0.022, "low": -0.010, "high": 0.051},
+    ...        "ood": {"delta": -0.056, "low": -0.081, "high": 0.012}}
+    >>> tradeoff_finding({"step": 0, "id": 0.282, "ood": 0.299}, {"step": 24, "id": 0.304, "ood": 0.243},
+    ...                  0.05, intervals=ivs).warning
+    False
+    """
+    if tradeoff_warning(prev, cur, margin, relative=relative) is None:
+        return None
+    (id_prev, ood_prev), (id_cur, ood_cur) = _scores(prev), _scores(cur)
+    ivs = intervals or {}
+    ood_iv = ivs.get("ood")
+    id_name = cur.get("id_name") or prev.get("id_name") or "in-distribution set"
+    ood_name = cur.get("ood_name") or prev.get("ood_name") or "out-of-distribution set"
+    evidence = (
+        f"{_label(prev)} -> {_label(cur)}: "
+        + _side_text(f"ID macro-F1 ({id_name})", id_prev, id_cur, ivs.get("id"), cur.get("n_id"))
+        + ", "
+        + _side_text(f"OOD macro-F1 ({ood_name})", ood_prev, ood_cur, ood_iv, cur.get("n_ood"))
+    )
+    threshold = f"{margin:.0%} (relative)" if relative else f"{margin:.3f} (absolute)"
+    if ood_iv is not None and ood_iv["high"] < 0:
+        return Finding(
+            True,
+            f"{evidence}. OOD fell by more than the margin {threshold} and its 95% paired "
+            "interval excludes 0: the paper's benchmark-versus-transfer trade-off.",
+        )
+    why = (
+        f"its 95% paired interval includes 0: the drop is within resampling noise at n={cur.get('n_ood') or '?'} images"
+        if ood_iv is not None
+        else "no per-image answers to tell it from resampling noise"
+    )
+    return Finding(False, f"{evidence}. OOD fell by more than the margin {threshold}, but {why}.")
 
 
 def _pct(new: float, old: float) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chexrl.core.metrics import DatasetMetrics
+from chexrl.core.paired import SET_MEASURES
 from chexrl.core.pass_at_k import MEASURES
 from chexrl.core.prompts import PROMPTS
 from chexrl.evaluation.comparison import metrics_of, transfer_gap
@@ -272,6 +273,8 @@ def results_csv_table(doc: Mapping) -> Table:
                     if c
                     else (None, None, None)
                 )
+                + interval_csv_columns(c)
+                + _gap_change_cells(doc, s["label"], d["name"])
             )
             if with_pass:
                 p = pass_at_k_of(doc, s["label"], d["name"]) or {}
@@ -282,8 +285,10 @@ def results_csv_table(doc: Mapping) -> Table:
     header = ("system", "model", "prompt", "parent", "dataset", "role", "schema", "n", "fail_rate")
     header += ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
     header += ("transfer_gap", "macro_f1_change_vs_parent", "micro_f1_change_vs_parent")
-    header += ("fail_rate_delta_vs_parent",)
+    header += ("fail_rate_delta_vs_parent", *INTERVAL_CSV_HEADER)
+    header += ("gap_change_vs_parent", "gap_change_vs_parent_low", "gap_change_vs_parent_high")
     formats = ("text",) * 7 + ("int",) + ("f3",) * 7 + ("pct", "pct", "pct", "delta")
+    formats += ("delta",) * (len(INTERVAL_CSV_HEADER) + 3)
     if with_pass:
         header += (
             "pass_k",
@@ -294,12 +299,36 @@ def results_csv_table(doc: Mapping) -> Table:
     return Table("results", header, formats, tuple(rows))
 
 
+def _gap_change_cells(doc: Mapping, system: str, dataset: str) -> tuple:
+    """The change of the transfer gap to `dataset` (an OOD set) against the parent: delta, low, high."""
+    for g in doc.get("gap_changes", ()):
+        if g["system"] == system and g["ood_dataset"] == dataset and g["interval"]:
+            return (g["interval"]["delta"], g["interval"]["low"], g["interval"]["high"])
+    return (None, None, None)
+
+
+def interval_csv_columns(change: Mapping | None) -> tuple:
+    """results.csv's interval cells of one (system, test set): delta, low, high per SET_MEASURES."""
+    out: tuple = ()
+    for key in SET_MEASURES:
+        iv = (change or {}).get(key, {}).get("interval")
+        out += (iv["delta"], iv["low"], iv["high"]) if iv else (None, None, None)
+    return out
+
+
+INTERVAL_CSV_HEADER = tuple(f"{k}_diff_vs_parent{sfx}" for k in SET_MEASURES for sfx in ("", "_low", "_high"))
+
+
 def per_label_csv_table(doc: Mapping) -> Table:
-    """per_label.csv: one row per (system, test set, label)."""
+    """per_label.csv: one row per (system, test set, label); with paired intervals, the F1 change against
+    the parent and its interval (f1_diff_vs_parent, _low, _high)."""
+    changes = {(c["system"], c["dataset"]): c.get("per_label") or {} for c in doc["changes_vs_parent"]}
     rows = []
     for s in doc["systems"]:
         for d in doc["datasets"]:
+            diffs = changes.get((s["label"], d["name"]), {})
             for label, v in metrics_of(doc, s["label"], d["name"]).per_label.items():
+                iv = diffs.get(label)
                 rows.append(
                     (
                         s["label"],
@@ -314,12 +343,20 @@ def per_label_csv_table(doc: Mapping) -> Table:
                         v.support,
                         v.predicted,
                     )
+                    + ((iv["delta"], iv["low"], iv["high"]) if iv else (None, None, None))
                 )
     header = ("system", "model", "prompt", "dataset", "role", "label", "precision", "recall", "f1")
     return Table(
         "per label",
-        (*header, "support", "predicted"),
-        ("text",) * 6 + ("f3",) * 3 + ("int", "int"),
+        (
+            *header,
+            "support",
+            "predicted",
+            "f1_diff_vs_parent",
+            "f1_diff_vs_parent_low",
+            "f1_diff_vs_parent_high",
+        ),
+        ("text",) * 6 + ("f3",) * 3 + ("int", "int") + ("delta",) * 3,
         tuple(rows),
     )
 
