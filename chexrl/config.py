@@ -232,8 +232,11 @@ class GRPOConfig(StrictModel):
         description="Held-out in-distribution set (a dataset spec, e.g. 'chexpert:DIR:valid'); evaluation "
         "during training needs both this and eval_ood_data.",
     )
-    eval_ood_data: str | None = Field(
-        None, description="Out-of-distribution set (a dataset spec, e.g. 'nih:DIR:test')."
+    eval_ood_data: str | list[str] | None = Field(
+        None,
+        description="Out-of-distribution set(s): a dataset spec (e.g. 'nih:DIR:test') or a list of them, one "
+        "per external site (e.g. ['nih:DIR:test', 'vindr:DIR2']); each is scored on its own schema's labels, "
+        "and the first is the one the selection's 'ood' columns name.",
     )
     eval_limit: int | None = Field(
         200, ge=1, description="Evaluate on the first N samples of each set (None: all of them)."
@@ -289,6 +292,25 @@ class GRPOConfig(StrictModel):
     @classmethod
     def _run_id_pattern(cls, value: str | None) -> str | None:
         return value if value is None else check_run_id(value)
+
+    @field_validator("eval_ood_data")
+    @classmethod
+    def _ood_sets_named_once(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError(
+                    "grpo.eval_ood_data is an empty list: name at least one set, or leave it out"
+                )
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(f"grpo.eval_ood_data names {repeated} more than once")
+        return value
+
+    @property
+    def eval_ood_specs(self) -> list[str]:
+        """grpo.eval_ood_data as a list (one spec given alone is a list of one)."""
+        value = self.eval_ood_data
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
 
     @model_validator(mode="after")
     def _eval_sets_together(self) -> GRPOConfig:

@@ -1,5 +1,6 @@
-"""Evaluation during GRPO: every `eval_steps`, the live policy on a held-out in-distribution set and an
-out-of-distribution set, and the checkpoints the selection policies keep.
+"""Evaluation during GRPO: every `eval_steps`, the live policy on a held-out in-distribution set and one or
+more out-of-distribution sets (sites, each scored on its own schema's labels), and the checkpoints the
+selection policies keep.
 
 Each evaluation appends one line to `RUN_DIR/evals.jsonl` ({"step", "id", "ood", "id_name", "ood_name",
 "warnings"}, the metrics in /evaluate's shape), keeps that step's adapter under `RUN_DIR/adapters/`, and
@@ -10,6 +11,11 @@ picks it says GRPO did not beat its start on that criterion, which is the paper'
 
 The warning is the paper's trade-off, flagged while it happens: in-distribution macro-F1 up and
 out-of-distribution macro-F1 down by more than `margin` against the start (chexrl.evaluation.selection).
+
+With several OOD sites, "ood"/"ood_name" (and Pass@K's "ood") stay the first site's, so one-site readers
+work unchanged; "ood_sites" {name: metrics} holds every site, "pass_at_k_sites" their Pass@K, the trade-off
+is checked per site, and "tradeoff_sites" names the sites it held on (chexrl.evaluation.sites). Selection
+then scores OOD as the sites' mean, and the worst case as the minimum over ID and every site.
 
 With `samples` K (grpo.eval_samples), each evaluation also samples K completions per image at the run's
 sampling settings and adds "pass_at_k": {"id": ..., "ood": ...} to the record (chexrl.core.pass_at_k:
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from chexrl.config import SamplingConfig
@@ -31,6 +38,7 @@ from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
 from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
 from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
+from chexrl.evaluation.sites import site_scalars, site_warnings
 from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
 from chexrl.run_files import atomic_write_text, read_jsonl
 
@@ -45,7 +53,7 @@ class PeriodicEvaluator:
         self,
         run_dir: str | Path,
         id_set: tuple[str, list[XraySample]],
-        ood_set: tuple[str, list[XraySample]],
+        ood_set: tuple[str, list[XraySample]] | Sequence[tuple[str, list[XraySample]]],
         *,
         prompt_name: str,
         max_tokens: int,
@@ -57,7 +65,11 @@ class PeriodicEvaluator:
         """`samples` K (None: off) adds Pass@K from K completions per image sampled at `sampling`'s
         temperature, top-p and seed (default SamplingConfig(): the paper's GRPO settings)."""
         self.run_dir = Path(run_dir)
-        (self.id_name, self.id_samples), (self.ood_name, self.ood_samples) = id_set, ood_set
+        self.id_name, self.id_samples = id_set
+        self.ood_sites = [ood_set] if isinstance(ood_set[0], str) else list(ood_set)
+        if not self.ood_sites or len({name for name, _ in self.ood_sites}) != len(self.ood_sites):
+            raise ValueError(f"OOD sets need distinct names, got {[name for name, _ in self.ood_sites]}")
+        self.ood_name, self.ood_samples = self.ood_sites[0]
         self.prompt_name, self.max_tokens, self.margin = prompt_name, max_tokens, margin
         if samples is not None and samples < 1:
             raise ValueError(f"grpo.eval_samples must be at least 1, got {samples}")
@@ -75,17 +87,21 @@ class PeriodicEvaluator:
         """Evaluate the router's live policy (which must be `adapter`), log, keep and select."""
         kwargs = {"prompt_name": self.prompt_name, "max_tokens": self.max_tokens}
         id_out = evaluate_samples(router, self.id_samples, **kwargs)
-        ood_out = evaluate_samples(router, self.ood_samples, **kwargs)
-        id_m, ood_m = _without_completions(id_out), _without_completions(ood_out)
+        ood_outs = [evaluate_samples(router, samples, **kwargs) for _, samples in self.ood_sites]
+        id_m, ood_m = _without_completions(id_out), _without_completions(ood_outs[0])
         record = {"step": step, "id": id_m, "ood": ood_m, "id_name": self.id_name, "ood_name": self.ood_name}
-        if self.samples:
-            record["pass_at_k"] = {
-                "id": self._pass_at_k(router, self.id_samples, id_out),
-                "ood": self._pass_at_k(router, self.ood_samples, ood_out),
+        if len(self.ood_sites) > 1:
+            record["ood_sites"] = {
+                n: _without_completions(o) for (n, _), o in zip(self.ood_sites, ood_outs, strict=True)
             }
-        warning = tradeoff_warning(self.evals[0], record, self.margin) if self.evals else None
-        record["warnings"] = [warning] if warning else []
-        if warning:
+        if self.samples:
+            self._add_pass_at_k(record, router, id_out, ood_outs)
+        record["warnings"], held = (
+            site_warnings(self.evals[0], record, self.margin, tradeoff_warning) if self.evals else ([], [])
+        )
+        if len(self.ood_sites) > 1:
+            record["tradeoff_sites"] = held
+        for warning in record["warnings"]:
             log.warning("step %d: %s", step, warning)
         if adapter is not None:
             save_adapter_dir(adapter, self.run_dir / ADAPTERS / _name(step))
@@ -94,6 +110,16 @@ class PeriodicEvaluator:
             f.write(json.dumps(record) + "\n")
         self._select()
         return record
+
+    def _add_pass_at_k(self, record: dict, router, id_out: dict, ood_outs: list[dict]) -> None:
+        """Pass@K in and out of distribution ("ood": the first site; "pass_at_k_sites": every site)."""
+        passes = [
+            self._pass_at_k(router, samples, out)
+            for (_, samples), out in zip(self.ood_sites, ood_outs, strict=True)
+        ]
+        record["pass_at_k"] = {"id": self._pass_at_k(router, self.id_samples, id_out), "ood": passes[0]}
+        if len(self.ood_sites) > 1:
+            record["pass_at_k_sites"] = {name: p for (name, _), p in zip(self.ood_sites, passes, strict=True)}
 
     def _pass_at_k(self, router, samples: list[XraySample], greedy: dict) -> dict:
         """Acc@1 of the greedy completions already made against Pass@K of K new samples per image."""
@@ -138,7 +164,7 @@ def eval_scalars(record: dict) -> dict[str, float]:
         out[f"eval/{side}_pass_at_k_acc_at_1"] = p["acc_at_1"]["mean"]
         out[f"eval/{side}_pass_at_k_acc_at_1_jaccard"] = p["acc_at_1_jaccard"]["mean"]
         out[f"eval/{side}_pass_at_k_gap"] = p["gap"]["mean"]
-    return out
+    return out | site_scalars(record)
 
 
 def read_evals(run_dir: str | Path) -> list[dict]:

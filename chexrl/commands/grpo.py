@@ -83,13 +83,13 @@ def grpo_cmd(
     if not samples:
         raise typer.BadParameter(f"grpo.data {g.data!r} has no samples", param_hint="--config")
 
-    eval_sets = {}  # both or neither (GRPOConfig checks)
-    for key in ("eval_id_data", "eval_ood_data") if g.eval_id_data else ():
-        spec = getattr(g, key)
+    eval_sets = {}  # both or neither (GRPOConfig checks); one entry per OOD site
+    named = [("eval_id_data", g.eval_id_data)] + [("eval_ood_data", spec) for spec in g.eval_ood_specs]
+    for key, spec in named if g.eval_id_data else ():
         eval_samples = load_dataset(spec)[: g.eval_limit]
         if not eval_samples:
             raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
-        eval_sets[key] = (spec, eval_samples)
+        eval_sets.setdefault(key, []).append((spec, eval_samples))
 
     connect_ray()
     run = GRPORun(
@@ -99,7 +99,7 @@ def grpo_cmd(
         run_id=g.run_id or Path(g.run_dir).name,
         prompt_name=g.prompt,
         evaluator_token=os.environ.get("CHEXRL_EVALUATOR_TOKEN"),
-        id_eval=eval_sets.get("eval_id_data"),
+        id_eval=eval_sets["eval_id_data"][0] if eval_sets else None,
         ood_eval=eval_sets.get("eval_ood_data"),
     )
     history = run_grpo(cfg, run, resume=resume)
@@ -159,8 +159,13 @@ def local_paths(cfg) -> list[tuple[str, str]]:
     """(config key, local path) of each file or folder the run reads."""
     g = cfg.grpo
     found = [("grpo.model", g.model), ("rollout.model", cfg.rollout.model if cfg.rollout else None)]
-    for key in ("data", "eval_id_data", "eval_ood_data"):
+    for key in ("data", "eval_id_data"):
         found.append((f"grpo.{key}", _spec_path(getattr(g, key))))
+    ood = g.eval_ood_specs
+    found += [
+        (f"grpo.eval_ood_data{f'[{i}]' if len(ood) > 1 else ''}", _spec_path(spec))
+        for i, spec in enumerate(ood)
+    ]
     if g.sft_data is not None:
         found += [(f"grpo.sft_data[{i}]", p) for i, p in enumerate(g.sft_data)]
     else:

@@ -14,7 +14,9 @@ The first test set is the in-distribution one, every other set is out of distrib
   change of the transfer gap, per (in-distribution set, OOD set) pair;
 - for each child whose ID macro-F1 rose over its parent's while an OOD macro-F1 fell by more than the
   margin (selection.tradeoff_finding), the paper's GRPO-versus-SFT finding: a warning when the OOD drop's
-  interval excludes 0, otherwise a note that the drop is within resampling noise.
+  interval excludes 0, otherwise a note that the drop is within resampling noise;
+- every OOD set is a site scored on its own schema's labels; with several, "site_tradeoffs" says per child
+  on which sites the trade-off holds, and a first warning names them (chexrl.evaluation.sites).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from chexrl.core.paired import BOOTSTRAP, SET_MEASURES, ImageOutcomes, gap_chang
 from chexrl.core.parsing import parse_completion
 from chexrl.core.schemas import LabelSchema, get_schema
 from chexrl.evaluation.selection import tradeoff_finding
+from chexrl.evaluation.sites import reach_warnings, site_tradeoffs
 
 
 def transfer_gap(id_f1: float, ood_f1: float) -> float | None:
@@ -268,6 +271,8 @@ def build_results(
     outcomes = entry_outcomes(entries, label, {d["name"]: d["schema"] for d in datasets})
     changes = parent_changes(systems, metrics, outcomes, datasets, BOOTSTRAP)
     warnings, notes = tradeoff_findings(systems, changes, metrics, id_set, ood_sets, margin, relative)
+    reach = site_tradeoffs(systems, changes, metrics, id_set, ood_sets, margin, relative)
+    warnings = reach_warnings(reach, len(ood_sets)) + warnings  # with several sites: which ones, first
     return {
         "kind": evaluation_kind(len(models), len(prompts)),
         "datasets": [{**d, "role": "id" if i == 0 else "ood"} for i, d in enumerate(datasets)],
@@ -281,6 +286,7 @@ def build_results(
         "bootstrap": {**BOOTSTRAP, "paired_by": "image"} if outcomes else None,
         "warnings": warnings,
         "notes": notes,
+        "site_tradeoffs": reach,
         "tradeoff_margin": margin,
         "tradeoff_relative": relative,
         **extra,

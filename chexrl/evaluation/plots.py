@@ -96,6 +96,9 @@ def eval_curves_png(
     ax.plot(
         steps, ood_f1, "s-", color="C3", label=f"OOD: {ordered[0].get('ood_name', 'out of distribution')}"
     )
+    for i, site in enumerate(list(ordered[0].get("ood_sites") or {})[1:]):  # further sites, when several
+        f1 = [macro_f1(e["ood_sites"][site]) if site in e.get("ood_sites", {}) else None for e in ordered]
+        ax.plot(steps, f1, "^--", color=f"C{4 + i}", label=f"OOD: {site}")
     warned = [e for e in ordered if e.get("warnings")]
     if warned:
         ax.scatter(

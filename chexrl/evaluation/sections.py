@@ -13,6 +13,7 @@ from chexrl.evaluation.intervals import (
 )
 from chexrl.evaluation.render import Block, Bullets, Code, Heading, Image, Para
 from chexrl.evaluation.selection import POLICIES
+from chexrl.evaluation.site_tables import evals_sites_table, site_gap_table
 from chexrl.evaluation.tables import (
     Table,
     ablation_table,
@@ -110,6 +111,9 @@ def results_blocks(
         blocks.append(overview_table(doc))
         if chart:
             blocks.append(chart)
+        sites = site_gap_table(doc)
+        if sites is not None:
+            blocks += [Heading("Transfer gap per site", level), sites]
         if warnings:
             blocks.append(Heading("Trade-off warnings", level))
             blocks += _warning_blocks(
@@ -180,6 +184,9 @@ def run_blocks(
     if evals:
         blocks.append(Heading("Evaluation during training"))
         blocks.append(evals_table(evals))
+        per_site = evals_sites_table(evals)
+        if per_site is not None:
+            blocks.append(per_site)
         if "eval_curves" in figures:
             blocks.append(figures["eval_curves"])
 
