@@ -25,12 +25,14 @@ import ray
 from typer.testing import CliRunner
 
 from chexrl.cli import app
+from chexrl.core.schemas import get_schema
 from chexrl.evaluation import runner
 from tests.fixtures.rollout import make_adapter
 from tests.test_evaluation_report import md_table
 
 pytestmark = pytest.mark.slow
 SCHEMAS = {"cx": "chexpert14", "nih": "nih9"}
+SCHEMAS_3 = {**SCHEMAS, "vindr": "vindr9"}
 
 
 class SharedEngine:
@@ -324,3 +326,67 @@ def test_report_on_a_real_grpo_run(
         assert cell == f"{e['metrics']['macro']['f1']:.3f}"
     warnings = [line for line in md.splitlines() if line.startswith("- **WARNING**")]
     assert len(warnings) == sum(len(e["warnings"]) for e in evals) + len(doc["warnings"])
+
+
+def test_evaluate_two_ood_sites_each_on_its_schema(
+    engine, tiny_gemma3_dir, synth_chexpert_dir, synth_nih_shift_dir, synth_vindr_dir, tmp_path
+):
+    """Two OOD sites with different schemas (nih9, vindr9): each scored on its own labels, each with its
+    transfer gap and the gap change's paired interval in results.json and results.md."""
+    from chexrl.models.adapter_io import save_adapter_dir
+
+    model = str(tiny_gemma3_dir)
+    adapter_dir = save_adapter_dir(make_adapter(model, 1, seed=7), tmp_path / "adapter")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", f"base={model}", "--model", f"tuned={model}@{adapter_dir}", "--parent"]
+    args += [
+        "tuned=base",
+        "--data",
+        f"cx=chexpert:{synth_chexpert_dir}",
+        "--data",
+        f"nih=nih:{synth_nih_shift_dir}",
+    ]
+    args += [
+        "--data",
+        f"vindr=vindr:{synth_vindr_dir}",
+        "--limit",
+        "3",
+        "--max-tokens",
+        "16",
+        "--out",
+        str(out),
+    ]
+    invoke(args)
+    doc = json.loads((out / "results.json").read_text())
+    assert [(d["name"], d["role"], d["schema"]) for d in doc["datasets"]] == [
+        ("cx", "id", "chexpert14"),
+        ("nih", "ood", "nih9"),
+        ("vindr", "ood", "vindr9"),
+    ]
+    for e in doc["entries"]:
+        assert list(e["metrics"]["per_label"]) == list(get_schema(SCHEMAS_3[e["dataset"]]).labels)
+    assert {(g["system"], g["ood_dataset"]) for g in doc["transfer_gaps"]} == {
+        (s, d) for s in ("base", "tuned") for d in ("nih", "vindr")
+    }
+    assert [(g["system"], g["ood_dataset"]) for g in doc["gap_changes"]] == [
+        ("tuned", "nih"),
+        ("tuned", "vindr"),
+    ]
+    assert [t["system"] for t in doc["site_tradeoffs"]] == ["tuned"]
+    site_rows = md_table(
+        (out / "results.md").read_text(),
+        "Transfer gap per site (each site scored on its own schema's labels)",
+    )
+    assert [(r["model"], r["site"], r["schema"]) for r in site_rows] == [
+        ("base", "nih", "nih9 (9 labels)"),
+        ("base", "vindr", "vindr9 (9 labels)"),
+        ("tuned", "nih", "nih9 (9 labels)"),
+        ("tuned", "vindr", "vindr9 (9 labels)"),
+    ]
+    iv = doc["gap_changes"][1]["interval"]  # None when an ID macro-F1 is 0 (no gap to change)
+    cell = f"{iv['delta']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]" if iv else ""
+    assert site_rows[3]["gap change vs parent [95%]"] == cell
+    gap = next(
+        g["gap"] for g in doc["transfer_gaps"] if (g["system"], g["ood_dataset"]) == ("tuned", "vindr")
+    )
+    assert site_rows[3]["transfer gap"] == ("n/a" if gap is None else f"{gap:+.1%}")
