@@ -338,24 +338,10 @@ def test_evaluate_two_ood_sites_each_on_its_schema(
     model = str(tiny_gemma3_dir)
     adapter_dir = save_adapter_dir(make_adapter(model, 1, seed=7), tmp_path / "adapter")
     out = tmp_path / "eval"
-    args = ["evaluate", "--model", f"base={model}", "--model", f"tuned={model}@{adapter_dir}", "--parent"]
-    args += [
-        "tuned=base",
-        "--data",
-        f"cx=chexpert:{synth_chexpert_dir}",
-        "--data",
-        f"nih=nih:{synth_nih_shift_dir}",
-    ]
-    args += [
-        "--data",
-        f"vindr=vindr:{synth_vindr_dir}",
-        "--limit",
-        "3",
-        "--max-tokens",
-        "16",
-        "--out",
-        str(out),
-    ]
+    sets = f"cx=chexpert:{synth_chexpert_dir} nih=nih:{synth_nih_shift_dir} vindr=vindr:{synth_vindr_dir}"
+    args = f"evaluate --model base={model} --model tuned={model}@{adapter_dir} --parent tuned=base".split()
+    args += [a for d in sets.split() for a in ("--data", d)]  # the temporary paths have no spaces
+    args += ["--limit", "2", "--max-tokens", "8", "--out", str(out)]
     invoke(args)
     doc = json.loads((out / "results.json").read_text())
     assert [(d["name"], d["role"], d["schema"]) for d in doc["datasets"]] == [

@@ -39,10 +39,36 @@ def grpo_cmd(
     ),
 ) -> None:
     """GRPO on a LoRA adapter: rollouts through vLLM actors, rewards from the evaluator's /score."""
-    from chexrl.config import load_config
-    from chexrl.data.loaders import load_dataset
-    from chexrl.data.sampling import rl_samples
     from trainer.loop import GRPORun, run_grpo
+
+    cfg = _checked_config(config, base_dir, evaluator_url)
+    g = cfg.grpo
+    samples = _rl_set(cfg)
+    id_eval, ood_eval = _eval_sets(g)
+    connect_ray()
+    run = GRPORun(
+        model_dir=g.model,
+        samples=samples,
+        run_dir=g.run_dir,
+        run_id=g.run_id or Path(g.run_dir).name,
+        prompt_name=g.prompt,
+        evaluator_token=os.environ.get("CHEXRL_EVALUATOR_TOKEN"),
+        id_eval=id_eval,
+        ood_eval=ood_eval,
+    )
+    history = run_grpo(cfg, run, resume=resume)
+    if not history:  # resumed a run whose last checkpoint is already its final step
+        typer.echo(f"GRPO: {g.run_dir} already finished all {g.max_steps} steps; nothing to do")
+        return
+    first, last = history[0]["reward/total"], history[-1]["reward/total"]
+    typer.echo(
+        f"GRPO done: {len(history)} steps, mean reward first {first:.3f} -> last {last:.3f}; {g.run_dir}"
+    )
+
+
+def _checked_config(config: Path, base_dir: Path | None, evaluator_url: str | None):
+    """The run's config, loaded and checked (its paths exist, made absolute), as a usage error if not."""
+    from chexrl.config import load_config
 
     uploaded = base_dir is None and in_uploaded_working_dir()  # cwd: Ray's copy, without ignored files
     if base_dir is not None:
@@ -62,19 +88,24 @@ def grpo_cmd(
         raise typer.BadParameter(str(exc), param_hint="--config") from exc
     if evaluator_url:
         cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url})})
-    g = cfg.grpo
-    missing = [name for name in ("model", "data") if getattr(g, name) is None]
+    missing = [name for name in ("model", "data") if getattr(cfg.grpo, name) is None]
     if missing:
         raise typer.BadParameter(f"{config} must set grpo.{', grpo.'.join(missing)}", param_hint="--config")
     problem = check_local_paths(cfg, uploaded)
     if problem:
         raise typer.BadParameter(f"{config}: {problem}", param_hint="--config")
-    cfg = absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
+    return absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
+
+
+def _rl_set(cfg) -> list:
+    """grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file."""
+    from chexrl.data.sampling import rl_samples
+
     g = cfg.grpo
     sft_sets = (
         g.sft_data if g.sft_data is not None else [p for p in (cfg.sft.traces, cfg.sft.val_traces) if p]
     )
-    try:  # grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file
+    try:
         samples = rl_samples(g.data, g.limit, g.seed, sft_sets, log=typer.echo)
     except (ValueError, OSError) as exc:
         raise typer.BadParameter(
@@ -82,34 +113,27 @@ def grpo_cmd(
         ) from exc
     if not samples:
         raise typer.BadParameter(f"grpo.data {g.data!r} has no samples", param_hint="--config")
+    return samples
 
-    eval_sets = {}  # both or neither (GRPOConfig checks); one entry per OOD site
+
+def _eval_sets(g) -> tuple[tuple | None, list[tuple] | None]:
+    """(ID set, [OOD set per site]) for evaluation during training, each (spec, its first eval_limit
+    samples); (None, None) when off (GRPOConfig checks both or neither)."""
+    from chexrl.data.loaders import load_dataset
+
+    if not g.eval_id_data:
+        return None, None
     named = [("eval_id_data", g.eval_id_data)] + [("eval_ood_data", spec) for spec in g.eval_ood_specs]
-    for key, spec in named if g.eval_id_data else ():
-        eval_samples = load_dataset(spec)[: g.eval_limit]
+    sets = []
+    for key, spec in named:
+        try:
+            eval_samples = load_dataset(spec)[: g.eval_limit]
+        except (ValueError, OSError) as exc:
+            raise typer.BadParameter(f"grpo.{key} {spec!r}: {exc}", param_hint="--config") from exc
         if not eval_samples:
             raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
-        eval_sets.setdefault(key, []).append((spec, eval_samples))
-
-    connect_ray()
-    run = GRPORun(
-        model_dir=g.model,
-        samples=samples,
-        run_dir=g.run_dir,
-        run_id=g.run_id or Path(g.run_dir).name,
-        prompt_name=g.prompt,
-        evaluator_token=os.environ.get("CHEXRL_EVALUATOR_TOKEN"),
-        id_eval=eval_sets["eval_id_data"][0] if eval_sets else None,
-        ood_eval=eval_sets.get("eval_ood_data"),
-    )
-    history = run_grpo(cfg, run, resume=resume)
-    if not history:  # resumed a run whose last checkpoint is already its final step
-        typer.echo(f"GRPO: {g.run_dir} already finished all {g.max_steps} steps; nothing to do")
-        return
-    first, last = history[0]["reward/total"], history[-1]["reward/total"]
-    typer.echo(
-        f"GRPO done: {len(history)} steps, mean reward first {first:.3f} -> last {last:.3f}; {g.run_dir}"
-    )
+        sets.append((spec, eval_samples))
+    return sets[0], sets[1:]
 
 
 def connect_ray() -> None:

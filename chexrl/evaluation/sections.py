@@ -159,21 +159,7 @@ def run_blocks(
         blocks.append(Heading("Missing from the run directory"))
         blocks.append(Bullets(tuple(missing)))
 
-    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
-    warnings += list((results or {}).get("warnings", []))
-    notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
-    notes += list((results or {}).get("notes", []))
-    blocks.append(Heading("Generalization warnings"))
-    if evals or results:
-        blocks += _warning_blocks(
-            warnings,
-            "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin "
-            "and beyond resampling noise.",
-            notes,
-        )
-    else:
-        blocks.append(Para("No evaluation in or out of distribution was found, so nothing could be checked."))
-
+    blocks += _run_warning_blocks(evals, results)
     if selection:
         blocks.append(Heading("Checkpoint selection"))
         source = "computed from evals.jsonl" if selection_computed else "from selection.json"
@@ -182,13 +168,7 @@ def run_blocks(
         )
         blocks.append(selection_table(selection))
     if evals:
-        blocks.append(Heading("Evaluation during training"))
-        blocks.append(evals_table(evals))
-        per_site = evals_sites_table(evals)
-        if per_site is not None:
-            blocks.append(per_site)
-        if "eval_curves" in figures:
-            blocks.append(figures["eval_curves"])
+        blocks += _evals_blocks(evals, figures)
 
     if prefilter:
         blocks += prefilter_blocks(prefilter)
@@ -233,6 +213,37 @@ def run_blocks(
     )
     blocks.append(Heading("Configuration"))
     blocks.append(Code(config_text) if config_text else Para("No config.yaml in the run directory."))
+    return blocks
+
+
+def _run_warning_blocks(evals: Sequence[Mapping], results: Mapping | None) -> list[Block]:
+    """The run's trade-off warnings and notes, from training (per step) and from the final evaluation."""
+    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
+    warnings += list((results or {}).get("warnings", []))
+    notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
+    notes += list((results or {}).get("notes", []))
+    blocks: list[Block] = [Heading("Generalization warnings")]
+    if not (evals or results):
+        return [
+            *blocks,
+            Para("No evaluation in or out of distribution was found, so nothing could be checked."),
+        ]
+    return blocks + _warning_blocks(
+        warnings,
+        "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin "
+        "and beyond resampling noise.",
+        notes,
+    )
+
+
+def _evals_blocks(evals: Sequence[Mapping], figures: Mapping[str, Image]) -> list[Block]:
+    """Evaluation during training: the per-step table, per OOD site when there are several, the curves."""
+    blocks: list[Block] = [Heading("Evaluation during training"), evals_table(evals)]
+    per_site = evals_sites_table(evals)
+    if per_site is not None:
+        blocks.append(per_site)
+    if "eval_curves" in figures:
+        blocks.append(figures["eval_curves"])
     return blocks
 
 
