@@ -180,6 +180,7 @@ def test_padchest_bad_labels_cell(tmp_path):
 
 def test_padchest_term_table():
     assert parse_padchest_terms("['Normal', ' pleural  effusion']") == ("normal", "pleural effusion")
+    assert parse_padchest_terms("[\"nodule\", 'it\\'s']") == ("nodule", "it's")  # not the fast path
     assert padchest_labels(["pacemaker"]) == (("Support Devices",), "finding")  # not called normal
     assert padchest_labels([]) == ((), "no_terms")
     assert padchest_labels(["normal", "cardiomegaly"], "nih9") == (("Cardiomegaly",), "conflict")

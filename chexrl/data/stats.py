@@ -93,7 +93,11 @@ def format_stats(st: dict) -> str:
     else:
         lines.append("rows: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rows.items()))
     if "site_labels" in st:
-        lines.append("site labels: " + ", ".join(f"{k} {v}" for k, v in st["site_labels"].items()))
+        lines.append("site labels: " + _top(st["site_labels"]))
+    if st.get("unmapped_terms"):
+        lines.append("unmapped terms: " + _top(st["unmapped_terms"]))
+    if st.get("filtered"):
+        lines.append("filtered: " + ", ".join(f"{k} {v}" for k, v in st["filtered"].items()))
     lines += [
         f"{'label':<28}{'positives':>10}{'share':>8}" + ("  uncertain" if "uncertain_counts" in st else ""),
     ]
@@ -103,3 +107,12 @@ def format_stats(st: dict) -> str:
         lines.append(f"{lab:<28}{n:>10}{share:>8.3f}{unc}")
     lines.append(f"({st['seconds']:.2f} s)")
     return "\n".join(lines)
+
+
+def _top(counts: dict[str, int], shown: int = 20) -> str:
+    """`name count, ...`; past `shown` names (PadChest has ~170 terms), the most frequent and how many more."""
+    items = list(counts.items())
+    if len(items) > shown:
+        items = sorted(items, key=lambda kv: -kv[1])[:shown]
+    more = f" ... and {len(counts) - shown} more (--json lists all)" if len(counts) > shown else ""
+    return ", ".join(f"{k} {v}" for k, v in items) + more
