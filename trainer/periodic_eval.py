@@ -8,8 +8,13 @@ rewrites `RUN_DIR/selection.json`: which step each policy picks (best in-distrib
 policy picks are deleted. Step 0 is the starting (SFT) checkpoint itself, with no adapter: a policy that
 picks it says GRPO did not beat its start on that criterion, which is the paper's NIH finding.
 
-The warning is the paper's trade-off, flagged while it happens: in-distribution macro-F1 up and
-out-of-distribution macro-F1 down by more than `margin` against the start (chexrl.evaluation.selection).
+Each record keeps every image's answer ("per_image"), so each evaluation is compared with the start on the
+same images: "vs_start" holds the paired bootstrap intervals of its ID and OOD macro-F1 minus the start's.
+The trade-off is flagged while it happens: in-distribution macro-F1 up and out-of-distribution macro-F1
+down by more than `margin` against the start is a warning when the OOD drop's interval excludes 0, else a
+note ("notes") that the drop is within resampling noise (chexrl.evaluation.selection.tradeoff_finding).
+With `stop_rule` (grpo.stop_when_ood_drops), an evaluation that completes the run of OOD drops carries
+"stop" (why), and `keep_best_ood` writes the best-OOD checkpoint as the final adapter.
 
 With `samples` K (grpo.eval_samples), each evaluation also samples K completions per image at the run's
 sampling settings and adds "pass_at_k": {"id": ..., "ood": ...} to the record (chexrl.core.pass_at_k:
@@ -22,16 +27,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from chexrl.config import SamplingConfig
+from chexrl.config import SamplingConfig, StopWhenOODDrops
 from chexrl.core.metrics import DatasetMetrics
+from chexrl.core.paired import per_image_answers
 from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
 from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
-from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
-from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
+from chexrl.evaluation.selection import intervals_vs_start, select_checkpoints, stop_reason, tradeoff_finding
+from chexrl.models.adapter_io import AdapterWeights, load_adapter_dir, save_adapter_dir
 from chexrl.run_files import atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -53,9 +60,12 @@ class PeriodicEvaluator:
         resume_step: int | None = None,
         samples: int | None = None,
         sampling: SamplingConfig | None = None,
+        stop_rule: StopWhenOODDrops | None = None,
     ) -> None:
         """`samples` K (None: off) adds Pass@K from K completions per image sampled at `sampling`'s
-        temperature, top-p and seed (default SamplingConfig(): the paper's GRPO settings)."""
+        temperature, top-p and seed (default SamplingConfig(): the paper's GRPO settings). `stop_rule`
+        (grpo.stop_when_ood_drops) marks the evaluation after which the run should stop ("stop")."""
+        self.stop_rule = stop_rule
         self.run_dir = Path(run_dir)
         (self.id_name, self.id_samples), (self.ood_name, self.ood_samples) = id_set, ood_set
         self.prompt_name, self.max_tokens, self.margin = prompt_name, max_tokens, margin
@@ -78,15 +88,16 @@ class PeriodicEvaluator:
         ood_out = evaluate_samples(router, self.ood_samples, **kwargs)
         id_m, ood_m = _without_completions(id_out), _without_completions(ood_out)
         record = {"step": step, "id": id_m, "ood": ood_m, "id_name": self.id_name, "ood_name": self.ood_name}
+        record["per_image"] = {  # each image's answer: the paired intervals against the start
+            "id": _answers(id_out, self.id_samples),
+            "ood": _answers(ood_out, self.ood_samples),
+        }
         if self.samples:
             record["pass_at_k"] = {
                 "id": self._pass_at_k(router, self.id_samples, id_out),
                 "ood": self._pass_at_k(router, self.ood_samples, ood_out),
             }
-        warning = tradeoff_warning(self.evals[0], record, self.margin) if self.evals else None
-        record["warnings"] = [warning] if warning else []
-        if warning:
-            log.warning("step %d: %s", step, warning)
+        self._judge(record)
         if adapter is not None:
             save_adapter_dir(adapter, self.run_dir / ADAPTERS / _name(step))
         self.evals.append(record)
@@ -94,6 +105,42 @@ class PeriodicEvaluator:
             f.write(json.dumps(record) + "\n")
         self._select()
         return record
+
+    def _judge(self, record: dict) -> None:
+        """Against the start: the paired intervals ("vs_start"), the trade-off as a warning (beyond noise)
+        or a note, and with grpo.stop_when_ood_drops, the reason to stop ("stop")."""
+        finding = None
+        if self.evals:
+            record["vs_start"] = intervals_vs_start(self.evals[0], record)
+            sized = record | {"n_id": len(self.id_samples), "n_ood": len(self.ood_samples)}
+            finding = tradeoff_finding(self.evals[0], sized, self.margin, intervals=record["vs_start"])
+        record["warnings"] = [finding.text] if finding and finding.warning else []
+        record["notes"] = [finding.text] if finding and not finding.warning else []
+        for text in record["warnings"]:
+            log.warning("step %d: %s", record["step"], text)
+        if self.stop_rule is not None:
+            reason = stop_reason([*self.evals, record], self.stop_rule.margin, self.stop_rule.evaluations)
+            if reason:
+                record["stop"] = reason
+                log.warning("step %d: %s", record["step"], reason)
+
+    @property
+    def stopped(self) -> bool:
+        """The latest evaluation says to stop (grpo.stop_when_ood_drops)."""
+        return bool(self.evals and self.evals[-1].get("stop"))
+
+    def keep_best_ood(self, final_dir: str | Path, template: AdapterWeights) -> int:
+        """Write the best-OOD checkpoint as the final adapter (atomically); returns its step. The start
+        (step 0) has no adapter: it is written as `template` with its LoRA B matrices zeroed, which serves
+        exactly the starting checkpoint."""
+        pick = select_checkpoints(self.evals)["best_ood"]
+        if pick["step"] == 0:
+            zero = {k: (v.clone().zero_() if "lora_B" in k else v) for k, v in template.tensors.items()}
+            save_adapter_dir(replace(template, tensors=zero), final_dir)
+        else:
+            source = self.run_dir / ADAPTERS / _name(pick["step"])
+            save_adapter_dir(load_adapter_dir(source, version=template.version), final_dir)
+        return pick["step"]
 
     def _pass_at_k(self, router, samples: list[XraySample], greedy: dict) -> dict:
         """Acc@1 of the greedy completions already made against Pass@K of K new samples per image."""
@@ -148,6 +195,11 @@ def read_evals(run_dir: str | Path) -> list[dict]:
 
 def _name(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def _answers(out: dict, samples: list[XraySample]) -> dict:
+    """Each image's answer of an evaluate_samples output (chexrl.core.paired.per_image_answers)."""
+    return per_image_answers(out["completions"], [s.labels for s in samples], get_schema(out["schema"]))
 
 
 def _without_completions(metrics: dict) -> dict:

@@ -155,20 +155,7 @@ def run_blocks(
         blocks.append(Heading("Missing from the run directory"))
         blocks.append(Bullets(tuple(missing)))
 
-    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
-    warnings += list((results or {}).get("warnings", []))
-    notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
-    notes += list((results or {}).get("notes", []))
-    blocks.append(Heading("Generalization warnings"))
-    if evals or results:
-        blocks += _warning_blocks(
-            warnings,
-            "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin "
-            "and beyond resampling noise.",
-            notes,
-        )
-    else:
-        blocks.append(Para("No evaluation in or out of distribution was found, so nothing could be checked."))
+    blocks += generalization_blocks(evals, results)
 
     if selection:
         blocks.append(Heading("Checkpoint selection"))
@@ -186,19 +173,7 @@ def run_blocks(
     if prefilter:
         blocks += prefilter_blocks(prefilter)
 
-    blocks.append(Heading("Training dynamics"))
-    if records:
-        blocks.append(
-            Para(
-                f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines "
-                f"an exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
-            )
-        )
-        blocks.append(training_table(records, smoothing))
-        if "training_curves" in figures:
-            blocks.append(figures["training_curves"])
-    else:
-        blocks.append(Para("No per-step metrics (metrics.jsonl) were found."))
+    blocks += training_blocks(records, figures, smoothing)
 
     if results:
         what = "prompt ablation" if results.get("kind") == "prompt_ablation" else "models side by side"
@@ -212,21 +187,62 @@ def run_blocks(
             paired_chart=figures.get("paired"),
         )
 
-    blocks.append(Heading("Definitions"))
-    blocks.append(
-        Bullets(
-            (
-                "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
-                "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
-                "fail rate = share of completions without exactly one <think> block followed by one "
-                "<solution> block; a failed completion predicts no label",
-                *(f"{name}: {text}" for name, text in POLICIES.items()),
-            )
-        )
-    )
+    blocks += [Heading("Definitions"), Bullets(DEFINITIONS)]
     blocks.append(Heading("Configuration"))
     blocks.append(Code(config_text) if config_text else Para("No config.yaml in the run directory."))
     return blocks
+
+
+DEFINITIONS = (
+    "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
+    "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
+    "interval = 95% paired bootstrap over images: both models rescored on the same 1000 resamples of the "
+    "images; one that holds 0 is a difference within resampling noise",
+    "fail rate = share of completions without exactly one <think> block followed by one <solution> block; a "
+    "failed completion predicts no label",
+    *(f"{name}: {text}" for name, text in POLICIES.items()),
+)
+
+
+def training_blocks(
+    records: Sequence[Mapping], figures: Mapping[str, Image], smoothing: float
+) -> list[Block]:
+    """The training dynamics: the per-step metrics' table and curves."""
+    if not records:
+        return [Heading("Training dynamics"), Para("No per-step metrics (metrics.jsonl) were found.")]
+    text = (
+        f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines an "
+        f"exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
+    )
+    blocks: list[Block] = [Heading("Training dynamics"), Para(text), training_table(records, smoothing)]
+    if "training_curves" in figures:
+        blocks.append(figures["training_curves"])
+    return blocks
+
+
+def generalization_blocks(evals: Sequence[Mapping], results: Mapping | None) -> list[Block]:
+    """Why the run stopped early (grpo.stop_when_ood_drops), then the trade-off warnings and notes of the
+    in-training evaluations and of the final comparison."""
+    blocks: list[Block] = []
+    stops = [f"step {e['step']}: {e['stop']}" for e in evals if e.get("stop")]
+    if stops:
+        blocks += [Heading("Stopped early"), Bullets(tuple(stops), warning=True)]
+    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
+    warnings += list((results or {}).get("warnings", []))
+    notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
+    notes += list((results or {}).get("notes", []))
+    blocks.append(Heading("Generalization warnings"))
+    if not (evals or results):
+        return [
+            *blocks,
+            Para("No evaluation in or out of distribution was found, so nothing could be checked."),
+        ]
+    return blocks + _warning_blocks(
+        warnings,
+        "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin "
+        "and beyond resampling noise.",
+        notes,
+    )
 
 
 def prefilter_blocks(rows: Sequence[Mapping]) -> list[Block]:
