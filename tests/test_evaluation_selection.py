@@ -157,8 +157,11 @@ def test_picks_within_noise_are_reported_as_ties_with_the_rule():
     # a clear winner has no ties
     clear = select_checkpoints([_per_image_record(0, 0, 0), _per_image_record(8, 20, 20)])
     assert clear["best_ood"]["tied_with"] == [] and "tie_break" not in clear["best_ood"]
-    # without per-image answers nothing is claimed about ties
+    # without per-image answers, or on other images at some step, nothing is claimed about ties
     assert "tied_with" not in select_checkpoints([_record(0, 0.3, 0.3)])["best_ood"]
+    other = _per_image_record(24, 12, 14)
+    other["per_image"]["ood"]["gold"] = other["per_image"]["ood"]["gold"][::-1]
+    assert "tied_with" not in select_checkpoints([*evals, other])["best_ood"]
 
 
 def test_selection_table_states_the_ties():
@@ -181,6 +184,11 @@ def test_intervals_vs_start_are_the_paired_differences():
     )
     assert ivs["ood"] == expected["macro_f1"].as_dict() and ivs["ood"]["high"] < 0
     assert intervals_vs_start(_record(0, 0.3, 0.3), cur) is None
+    fewer = _per_image_record(8, 12, 4)
+    fewer["per_image"]["ood"] = {
+        k: v[:10] if isinstance(v, list) else v for k, v in fewer["per_image"]["ood"].items()
+    }
+    assert intervals_vs_start(start, fewer) is None  # other images: no pairing
 
 
 def _with_drop(step: int, high: float) -> dict:

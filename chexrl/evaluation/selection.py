@@ -7,6 +7,7 @@ The functions here read only the macro-F1 of each side, and also accept a plain 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ def resampled_scores(evals: Sequence[Mapping], **bootstrap) -> dict[int, tuple] 
     record has no per-image answers."""
     if not evals or not all(e.get("per_image") for e in evals):
         return None
+    golds = {json.dumps([e["per_image"][side]["gold"] for side in ("id", "ood")]) for e in evals}
+    if len(golds) != 1:  # not the same images at every step: nothing to pair
+        return None
     b = {"n_resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED} | bootstrap
     first = evals[0]["per_image"]
     weights = {
@@ -145,7 +149,10 @@ def intervals_vs_start(start: Mapping, record: Mapping, **bootstrap) -> dict[str
     out = {}
     for side in ("id", "ood"):
         a, b = outcomes_of(start["per_image"][side]), outcomes_of(record["per_image"][side])
-        out[side] = paired_differences(a, b, **bootstrap)["macro_f1"].as_dict()
+        try:
+            out[side] = paired_differences(a, b, **bootstrap)["macro_f1"].as_dict()
+        except ValueError:  # other images than the start's (a resumed run with another eval set): no pairing
+            return None
     return out
 
 
