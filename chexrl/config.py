@@ -146,6 +146,23 @@ class PrefilterConfig(StrictModel):
         return t
 
 
+class StopWhenOODDrops(StrictModel):
+    """Stop GRPO when out-of-distribution macro-F1 has fallen below the start's, beyond resampling noise, for
+    several evaluations in a row: the paper's finding (GRPO gains in distribution, loses transfer) used as a
+    control. The run keeps its best-OOD checkpoint as the final adapter and says why in the log and the
+    report (docs/evaluation.md, "Stopping when OOD drops")."""
+
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="An evaluation counts as a drop when the 95% paired bootstrap interval of its OOD macro-F1 "
+        "minus the start's lies wholly below -margin (absolute macro-F1).",
+    )
+    evaluations: int = Field(
+        2, ge=1, description="Stop after this many evaluations in a row count as a drop."
+    )
+
+
 class GRPOConfig(StrictModel):
     """GRPO on the LoRA adapter (names follow TRL's GRPOConfig where the knob is the same)."""
 
@@ -274,6 +291,12 @@ class GRPOConfig(StrictModel):
         ge=0,
         description="Warn when in-distribution macro-F1 rises while out-of-distribution macro-F1 falls "
         "by more than this (absolute macro-F1) against the start of the run.",
+    )
+    stop_when_ood_drops: StopWhenOODDrops | None = Field(
+        None,
+        description="Stop when out-of-distribution macro-F1 stays below the start's, beyond resampling noise "
+        "(margin, evaluations in a row), keeping the best-OOD checkpoint as the final adapter; needs "
+        "evaluation during training. None: off (the paper's recipe trains to max_steps).",
     )
     seed: int = Field(0, description="Seeds the run: the grpo.limit draw and the prompt order, among others.")
     lora: LoraSettings = Field(

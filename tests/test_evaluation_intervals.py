@@ -3,6 +3,7 @@ warning only when the OOD drop's interval excludes 0 (no engine: per-image answe
 
 import csv
 import io
+import json
 
 import pytest
 
@@ -11,10 +12,12 @@ from chexrl.core.paired import ImageOutcomes, gap_change, paired_differences
 from chexrl.core.schemas import get_schema
 from chexrl.evaluation.comparison import build_results
 from chexrl.evaluation.intervals import (
-    comparison_lines,
+    comparison_summary,
+    finding_lines,
     gap_change_table,
     paired_table,
     per_label_change_table,
+    summary_lines,
 )
 from chexrl.evaluation.render import csv_text, markdown_table
 from chexrl.evaluation.tables import per_label_csv_table, results_csv_table
@@ -125,9 +128,11 @@ def test_tables_csv_and_demo_lines_show_the_intervals():
     assert float(atel["f1_diff_vs_parent"]) == pytest.approx(
         change["nih"]["per_label"]["Atelectasis"]["delta"]
     )
-    lines = comparison_lines(doc)
-    assert f"| grpo - sft | nih | {text} |" in "\n".join(lines)
-    assert any(line.startswith("transfer gap chexpert -> nih, grpo - sft: ") for line in lines)
+    summary = json.loads(json.dumps(comparison_summary(doc)))  # as summary.json stores it
+    lines = summary_lines(summary)
+    assert f"| grpo - sft | nih | 40 | {text} |" in "\n".join(lines)
+    assert any(line.startswith("transfer gap change grpo - sft (chexpert -> nih): ") for line in lines)
+    assert finding_lines(summary) == [(f"WARNING: {doc['warnings'][0]}", True)]
 
 
 def test_documents_without_per_image_answers_have_no_interval_tables():

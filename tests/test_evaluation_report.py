@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from chexrl.core.metrics import completion_metrics
-from chexrl.core.paired import ImageOutcomes, paired_differences
+from chexrl.core.paired import ImageOutcomes, paired_differences, per_image_answers
 from chexrl.core.schemas import get_schema
-from chexrl.evaluation.comparison import build_results, per_image_answers
+from chexrl.evaluation.comparison import build_results
 from chexrl.evaluation.report import write_report
 from chexrl.evaluation.runner import write_results
 from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning

@@ -156,15 +156,21 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
                 with timer("eval"):
                     weights = parts.learner.weights(adapter)
                     metrics.update(_log_eval(periodic.evaluate(parts.router, done, weights), progress))
-            if done % g.save_steps == 0 or done == g.max_steps:
+            stop = periodic is not None and periodic.stopped  # grpo.stop_when_ood_drops
+            if done % g.save_steps == 0 or done == g.max_steps or stop:
                 with timer("checkpoint"):
                     _save(cfg, run, parts, done)
             metrics.update(timer.metrics())
             runlog.log(done, metrics)
             runlog.log_completions(done, _completion_rows(rollouts, cfg.sampling.n, scored))
             history.append({"step": done, **metrics})
+            if stop:
+                break
         final = parts.learner.weights(parts.learner.export(g.max_steps))
-        save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
+        if periodic is not None and periodic.stopped:
+            periodic.keep_best_ood(Path(run.run_dir) / "adapter-final", final)
+        else:
+            save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
     finally:
         if runlog is not None:
             runlog.close()
@@ -342,9 +348,13 @@ def _progress(steps, start: int, total: int, show: bool):
 
 
 def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None):
-    if run.id_eval is None:
-        return None
     g = cfg.grpo
+    if run.id_eval is None:
+        if g.stop_when_ood_drops is not None:
+            raise ValueError(
+                "grpo.stop_when_ood_drops needs evaluation during training (an ID and an OOD set)"
+            )
+        return None
     return PeriodicEvaluator(
         run.run_dir,
         run.id_eval,
@@ -355,12 +365,13 @@ def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None
         resume_step=resume_step,
         samples=g.eval_samples,
         sampling=cfg.sampling,
+        stop_rule=g.stop_when_ood_drops,
     )
 
 
 def _log_eval(record: dict, progress: bool) -> dict[str, float]:
     """Scalars for the run log; the trade-off warning printed where the user is looking."""
-    for warning in record["warnings"]:
+    for warning in record["warnings"] + ([record["stop"]] if record.get("stop") else []):
         text = f"\033[1;31mWARNING step {record['step']}: {warning}\033[0m"
         if progress:
             from tqdm import tqdm

@@ -9,13 +9,19 @@ rewrites `RUN_DIR/selection.json`: which step each policy picks (best in-distrib
 policy picks are deleted. Step 0 is the starting (SFT) checkpoint itself, with no adapter: a policy that
 picks it says GRPO did not beat its start on that criterion, which is the paper's NIH finding.
 
-The warning is the paper's trade-off, flagged while it happens: in-distribution macro-F1 up and
-out-of-distribution macro-F1 down by more than `margin` against the start (chexrl.evaluation.selection).
+Each record keeps every image's answer ("per_image"), so each evaluation is compared with the start on the
+same images: "vs_start" holds the paired bootstrap intervals of its ID and OOD macro-F1 minus the start's.
+The trade-off is flagged while it happens: in-distribution macro-F1 up and out-of-distribution macro-F1
+down by more than `margin` against the start is a warning when the OOD drop's interval excludes 0, else a
+note ("notes") that the drop is within resampling noise (chexrl.evaluation.selection.tradeoff_finding).
+With `stop_rule` (grpo.stop_when_ood_drops), an evaluation that completes the run of OOD drops carries
+"stop" (why), and `keep_best_ood` writes the best-OOD checkpoint as the final adapter.
 
-With several OOD sites, "ood"/"ood_name" (and Pass@K's "ood") stay the first site's, so one-site readers
-work unchanged; "ood_sites" {name: metrics} holds every site, "pass_at_k_sites" their Pass@K, the trade-off
-is checked per site, and "tradeoff_sites" names the sites it held on (chexrl.evaluation.sites). Selection
-then scores OOD as the sites' mean, and the worst case as the minimum over ID and every site.
+With several OOD sites, "ood"/"ood_name", per_image's "ood", "vs_start" and Pass@K's "ood" stay the first
+site's, so one-site readers (selection ties, the stop rule) work unchanged; "ood_sites" {name: metrics}
+holds every site, "per_image_sites" and "vs_start_sites" their answers and intervals, "pass_at_k_sites"
+their Pass@K. The trade-off is judged per site, "tradeoff_sites" names the sites it held on and a first
+warning says so (chexrl.evaluation.sites). Selection scores OOD as the sites' mean macro-F1.
 
 With `samples` K (grpo.eval_samples), each evaluation also samples K completions per image at the run's
 sampling settings and adds "pass_at_k": {"id": ..., "ood": ...} to the record (chexrl.core.pass_at_k:
@@ -29,17 +35,19 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from chexrl.config import SamplingConfig
+from chexrl.config import SamplingConfig, StopWhenOODDrops
 from chexrl.core.metrics import DatasetMetrics
+from chexrl.core.paired import per_image_answers
 from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import get_schema
 from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
-from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
-from chexrl.evaluation.sites import site_scalars, site_warnings
-from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
+from chexrl.evaluation.selection import intervals_vs_start, select_checkpoints, stop_reason, tradeoff_finding
+from chexrl.evaluation.sites import site_findings, site_scalars
+from chexrl.models.adapter_io import AdapterWeights, load_adapter_dir, save_adapter_dir
 from chexrl.run_files import atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -61,9 +69,12 @@ class PeriodicEvaluator:
         resume_step: int | None = None,
         samples: int | None = None,
         sampling: SamplingConfig | None = None,
+        stop_rule: StopWhenOODDrops | None = None,
     ) -> None:
         """`samples` K (None: off) adds Pass@K from K completions per image sampled at `sampling`'s
-        temperature, top-p and seed (default SamplingConfig(): the paper's GRPO settings)."""
+        temperature, top-p and seed (default SamplingConfig(): the paper's GRPO settings). `stop_rule`
+        (grpo.stop_when_ood_drops) marks the evaluation after which the run should stop ("stop")."""
+        self.stop_rule = stop_rule
         self.run_dir = Path(run_dir)
         self.id_name, self.id_samples = id_set
         self.ood_sites = [ood_set] if isinstance(ood_set[0], str) else list(ood_set)
@@ -90,19 +101,16 @@ class PeriodicEvaluator:
         ood_outs = [evaluate_samples(router, samples, **kwargs) for _, samples in self.ood_sites]
         id_m, ood_m = _without_completions(id_out), _without_completions(ood_outs[0])
         record = {"step": step, "id": id_m, "ood": ood_m, "id_name": self.id_name, "ood_name": self.ood_name}
+        answers = [_answers(o, samples) for (_, samples), o in zip(self.ood_sites, ood_outs, strict=True)]
+        # each image's answer: the paired intervals against the start
+        record["per_image"] = {"id": _answers(id_out, self.id_samples), "ood": answers[0]}
         if len(self.ood_sites) > 1:
-            record["ood_sites"] = {
-                n: _without_completions(o) for (n, _), o in zip(self.ood_sites, ood_outs, strict=True)
-            }
+            names = [name for name, _ in self.ood_sites]
+            record["ood_sites"] = {n: _without_completions(o) for n, o in zip(names, ood_outs, strict=True)}
+            record["per_image_sites"] = dict(zip(names, answers, strict=True))
         if self.samples:
             self._add_pass_at_k(record, router, id_out, ood_outs)
-        record["warnings"], held = (
-            site_warnings(self.evals[0], record, self.margin, tradeoff_warning) if self.evals else ([], [])
-        )
-        if len(self.ood_sites) > 1:
-            record["tradeoff_sites"] = held
-        for warning in record["warnings"]:
-            log.warning("step %d: %s", step, warning)
+        self._judge(record)
         if adapter is not None:
             save_adapter_dir(adapter, self.run_dir / ADAPTERS / _name(step))
         self.evals.append(record)
@@ -110,6 +118,32 @@ class PeriodicEvaluator:
             f.write(json.dumps(record) + "\n")
         self._select()
         return record
+
+    def _judge(self, record: dict) -> None:
+        """Against the start: the paired intervals ("vs_start"), the trade-off as a warning (beyond noise)
+        or a note, and with grpo.stop_when_ood_drops, the reason to stop ("stop")."""
+        found = None
+        if self.evals:
+            sizes = {name: len(samples) for name, samples in self.ood_sites}
+            found = site_findings(self.evals[0], record, lambda prev, cur: self._finding(prev, cur, sizes))
+            record["vs_start"] = found.intervals.get(self.ood_name)
+            if len(self.ood_sites) > 1:
+                record["vs_start_sites"], record["tradeoff_sites"] = found.intervals, found.held
+        record["warnings"] = found.warnings if found else []
+        record["notes"] = found.notes if found else []
+        for text in record["warnings"]:
+            log.warning("step %d: %s", record["step"], text)
+        if self.stop_rule is not None:
+            reason = stop_reason([*self.evals, record], self.stop_rule.margin, self.stop_rule.evaluations)
+            if reason:
+                record["stop"] = reason
+                log.warning("step %d: %s", record["step"], reason)
+
+    def _finding(self, start: dict, cur: dict, sizes: dict[str, int]):
+        """(intervals against the start, the trade-off finding or None) of one site's view of a record."""
+        intervals = intervals_vs_start(start, cur)
+        sized = cur | {"n_id": len(self.id_samples), "n_ood": sizes[cur["ood_name"]]}
+        return intervals, tradeoff_finding(start, sized, self.margin, intervals=intervals)
 
     def _add_pass_at_k(self, record: dict, router, id_out: dict, ood_outs: list[dict]) -> None:
         """Pass@K in and out of distribution ("ood": the first site; "pass_at_k_sites": every site)."""
@@ -120,6 +154,24 @@ class PeriodicEvaluator:
         record["pass_at_k"] = {"id": self._pass_at_k(router, self.id_samples, id_out), "ood": passes[0]}
         if len(self.ood_sites) > 1:
             record["pass_at_k_sites"] = {name: p for (name, _), p in zip(self.ood_sites, passes, strict=True)}
+
+    @property
+    def stopped(self) -> bool:
+        """The latest evaluation says to stop (grpo.stop_when_ood_drops)."""
+        return bool(self.evals and self.evals[-1].get("stop"))
+
+    def keep_best_ood(self, final_dir: str | Path, template: AdapterWeights) -> int:
+        """Write the best-OOD checkpoint as the final adapter (atomically); returns its step. The start
+        (step 0) has no adapter: it is written as `template` with its LoRA B matrices zeroed, which serves
+        exactly the starting checkpoint."""
+        pick = select_checkpoints(self.evals)["best_ood"]
+        if pick["step"] == 0:
+            zero = {k: (v.clone().zero_() if "lora_B" in k else v) for k, v in template.tensors.items()}
+            save_adapter_dir(replace(template, tensors=zero), final_dir)
+        else:
+            source = self.run_dir / ADAPTERS / _name(pick["step"])
+            save_adapter_dir(load_adapter_dir(source, version=template.version), final_dir)
+        return pick["step"]
 
     def _pass_at_k(self, router, samples: list[XraySample], greedy: dict) -> dict:
         """Acc@1 of the greedy completions already made against Pass@K of K new samples per image."""
@@ -174,6 +226,11 @@ def read_evals(run_dir: str | Path) -> list[dict]:
 
 def _name(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def _answers(out: dict, samples: list[XraySample]) -> dict:
+    """Each image's answer of an evaluate_samples output (chexrl.core.paired.per_image_answers)."""
+    return per_image_answers(out["completions"], [s.labels for s in samples], get_schema(out["schema"]))
 
 
 def _without_completions(metrics: dict) -> dict:

@@ -184,7 +184,7 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate models (or prompt variants) in and out of distribution; write JSON, Markdown, CSV and a PNG."""
     from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
-    from chexrl.evaluation.runner import evaluate_models, load_test_sets, write_results
+    from chexrl.evaluation.runner import load_test_sets, write_results
 
     specs = _checked_models(model or [], adapter, run, parent or [])
     names = _prompts(prompt, prompts)
@@ -195,6 +195,7 @@ def evaluate_cmd(
         {"model": specs[0].model} | ({} if max_model_len is None else {"max_model_len": max_model_len})
     )
     sampling = _sampling(temperature, defaults.top_p if top_p is None else top_p, seed, samples, samples_n)
+    margin = GRPOConfig().tradeoff_margin if margin is None else margin
     pass_sampling = _pass_sampling(config, run) if samples else None
     try:
         test_sets = load_test_sets(data, limit)
@@ -202,29 +203,25 @@ def evaluate_cmd(
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
     out = out or (run / "evaluation" if run is not None else Path("runs/evaluation"))
 
+    settings = {"prompts": names, "sampling": sampling, "max_tokens": max_tokens, "batch_size": batch_size}
+    settings |= {"rollout": rollout, "margin": margin, "relative": relative_margin}
+    settings |= {"samples": samples, "samples_n": samples_n, "pass_sampling": pass_sampling}
+    doc, completions = _evaluate_on_ray(specs, test_sets, settings)
+    _print_results(doc, write_results(doc, out, completions), run)
+
+
+def _evaluate_on_ray(specs, test_sets, settings: dict):
+    """evaluate_models on the Ray cluster (joined, or started here and shut down after)."""
+    from chexrl.evaluation.runner import evaluate_models
+
     started = _connect_ray()
     try:
-        doc, completions = evaluate_models(
-            specs,
-            test_sets,
-            prompts=names,
-            sampling=sampling,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-            rollout=rollout,
-            margin=GRPOConfig().tradeoff_margin if margin is None else margin,
-            relative=relative_margin,
-            samples=samples,
-            samples_n=samples_n,
-            pass_sampling=pass_sampling,
-            log=typer.echo,
-        )
+        return evaluate_models(specs, test_sets, log=typer.echo, **settings)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    _print_results(doc, write_results(doc, out, completions), run)
 
 
 def _checked_models(models: list[str], adapter: Path | None, run: Path | None, parents: list[str]):

@@ -20,14 +20,14 @@ are independent of each other while each stays paired across the two models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from chexrl.core.parsing import parse_completion
 from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from chexrl.core.schemas import LabelSchema
+from chexrl.core.schemas import LabelSchema, get_schema
 
 LEVEL = 0.95
 # The whole-set measures a comparison reports, besides the per-label F1 changes.
@@ -106,6 +106,28 @@ class ImageOutcomes:
         completion predicts nothing)."""
         parsed = [parse_completion(text, schema) for text in completions]
         return cls.from_label_sets([p.labels for p in parsed], golds, schema, [not p.valid for p in parsed])
+
+
+def per_image_answers(
+    completions: Sequence[str], golds: Sequence[Iterable[str]], schema: LabelSchema
+) -> dict:
+    """What a paired comparison needs of one evaluation, JSON-ready: per image the gold labels, the labels
+    parsed from the completion (in `schema`) and whether it was invalid, and the schema's name."""
+    parsed = [parse_completion(text, schema) for text in completions]
+    return {
+        "schema": schema.name,
+        "gold": [sorted(label for label in g if label in schema) for g in golds],
+        "predicted": [sorted(p.labels) for p in parsed],
+        "invalid": [not p.valid for p in parsed],
+    }
+
+
+def outcomes_of(per_image: Mapping, schema: LabelSchema | None = None) -> ImageOutcomes:
+    """The ImageOutcomes of a stored `per_image_answers` record (its own schema unless `schema` is given)."""
+    schema = schema or get_schema(per_image["schema"])
+    return ImageOutcomes.from_label_sets(
+        per_image["predicted"], per_image["gold"], schema, per_image["invalid"]
+    )
 
 
 def resample_counts(

@@ -444,15 +444,10 @@ def labeler_labels(
 ) -> FrameLabels:
     """Labels of a MIMIC/CheXpert frame (CheXpert-labeler values) on `schema`.
 
-    A row's labels are its schema labels positive under `uncertain`, plus No Finding where the file's No
-    Finding cell is 1.0; a blank cell is not No Finding. Only a frame without a No Finding column gets it
-    derived by the labeler's rule (no pathology positive or uncertain; Support Devices may co-occur). A
-    file's No Finding next to a positive pathology contradicts itself: the pathology wins (counted as
-    `no_finding_conflicts`). A row left with no label is uncertain-only when the only non-negative values
-    of its pathologies are -1.0 (`uncertain_only` policy); else it follows the `out_of_schema` policy,
-    counted as `no_label` when nothing is written for it (No Finding blank, nothing positive) and as
-    `out_of_schema` otherwise (e.g. only Lung Opacity in nih9, or an explicit No Finding 0.0 with nothing
-    else). Nothing is ever made "No Finding" by omission.
+    A row's labels are its schema labels positive under `uncertain`, plus No Finding as the file writes it
+    (`_no_finding_cells`: a blank cell is not No Finding; derived only without the column; overruled by a
+    positive pathology, `no_finding_conflicts`). A row left with no label follows `uncertain_only` or
+    `out_of_schema` by its reason (`_unlabelled_rows`). Nothing is ever made "No Finding" by omission.
     """
     policy = normalize_uncertain_policy(uncertain)
     check_out_of_schema_policy(out_of_schema)
@@ -478,36 +473,17 @@ def labeler_labels(
         keep &= ~ignored
         dropped["uncertain (ignore)"] = int(ignored.sum())
 
-    nf_cell = (
-        frame[NO_FINDING].to_numpy(dtype=np.float32, na_value=np.nan)
-        if NO_FINDING in frame.columns
-        else np.full(n, np.nan, dtype=np.float32)
-    )
-    patho_values = values[:, pathology]
-    patho_pos = (patho_values == 1).any(axis=1) | ((patho_values == -1).any(axis=1) & (policy == "ones"))
-    patho_unc = (patho_values == -1).any(axis=1)
-    # a file with the column answers for every row (blank: not No Finding); derive only without one
-    derived = (
-        np.zeros(n, dtype=bool)
-        if NO_FINDING in frame.columns
-        else ~(patho_values == 1).any(axis=1) & ~patho_unc
-    )
-    conflict = (nf_cell == 1) & patho_pos
+    nf_cell, derived, conflict = _no_finding_cells(frame, values[:, pathology], policy)
     no_finding = ((nf_cell == 1) | derived) & ~conflict & (NO_FINDING in spec)
 
     empty = ~pos.any(axis=1) & ~no_finding
-    unc_only = empty & ~(values == 1).any(axis=1) & (values == -1).any(axis=1)
-    no_label = empty & ~unc_only & np.isnan(nf_cell) & ~(values == 1).any(axis=1)
-    outside = empty & ~unc_only & ~no_label
-    for mask, rule, reason in (
-        (unc_only, uncertain_only, "uncertain_only"),
-        (outside, out_of_schema, "out_of_schema"),
-        (no_label, out_of_schema, "no_label"),
-    ):
-        if rule == "drop":
+    unlabelled = _unlabelled_rows(empty, values, nf_cell)
+    rules = {"uncertain_only": uncertain_only, "out_of_schema": out_of_schema, "no_label": out_of_schema}
+    for reason, mask in unlabelled.items():
+        if rules[reason] == "drop":
             dropped[reason] = int((mask & keep).sum())
             keep &= ~mask
-        elif rule == "no_finding":
+        elif rules[reason] == "no_finding":
             no_finding |= mask
         # keep_empty: the row stays, with no label
     bits = np.column_stack([pos, no_finding]) if NO_FINDING in spec else pos
@@ -516,11 +492,35 @@ def labeler_labels(
         "no_finding_in_file": int(((nf_cell == 1) & ~conflict & keep).sum()),
         "no_finding_derived": int((derived & ~conflict & keep).sum()),
         "no_finding_conflicts": int((conflict & keep).sum()),
-        "uncertain_only": int(unc_only.sum()),
-        "out_of_schema": int(outside.sum()),
-        "no_label": int(no_label.sum()),
+        **{reason: int(mask.sum()) for reason, mask in unlabelled.items()},
     }
     return FrameLabels(labels, keep, {k: v for k, v in dropped.items() if v}, counts)
+
+
+def _unlabelled_rows(empty: np.ndarray, values: np.ndarray, nf_cell: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows left with no label, by reason: uncertain-only (only -1.0 among the non-negatives), nothing
+    written (No Finding blank, nothing positive: `no_label`), else findings outside the schema or an
+    explicit No Finding 0.0 (`out_of_schema`)."""
+    unc_only = empty & ~(values == 1).any(axis=1) & (values == -1).any(axis=1)
+    no_label = empty & ~unc_only & np.isnan(nf_cell) & ~(values == 1).any(axis=1)
+    return {"uncertain_only": unc_only, "out_of_schema": empty & ~unc_only & ~no_label, "no_label": no_label}
+
+
+def _no_finding_cells(frame: pd.DataFrame, patho_values: np.ndarray, policy: str):
+    """(the No Finding cell per row, NaN when blank or absent; rows where No Finding is derived; rows whose
+    No Finding = 1.0 a positive pathology overrules). A file with the column answers for every row (blank:
+    not No Finding); only a frame without one gets it derived by the labeler's rule."""
+    n = len(frame)
+    has_column = NO_FINDING in frame.columns
+    nf_cell = (
+        frame[NO_FINDING].to_numpy(dtype=np.float32, na_value=np.nan)
+        if has_column
+        else np.full(n, np.nan, dtype=np.float32)
+    )
+    patho_unc = (patho_values == -1).any(axis=1)
+    patho_pos = (patho_values == 1).any(axis=1) | (patho_unc & (policy == "ones"))
+    derived = np.zeros(n, dtype=bool) if has_column else ~(patho_values == 1).any(axis=1) & ~patho_unc
+    return nf_cell, derived, (nf_cell == 1) & patho_pos
 
 
 def nih_labels(frame: pd.DataFrame, schema: str, out_of_schema: str = DEFAULT_OUT_OF_SCHEMA) -> FrameLabels:

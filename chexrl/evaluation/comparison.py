@@ -21,13 +21,18 @@ The first test set is the in-distribution one, every other set is out of distrib
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from chexrl.config import GRPOConfig
 from chexrl.core.metrics import DatasetMetrics, EvaluationRecord
-from chexrl.core.paired import BOOTSTRAP, SET_MEASURES, ImageOutcomes, gap_change, paired_differences
-from chexrl.core.parsing import parse_completion
-from chexrl.core.schemas import LabelSchema, get_schema
+from chexrl.core.paired import (
+    BOOTSTRAP,
+    SET_MEASURES,
+    gap_change,
+    outcomes_of,
+    paired_differences,
+)
+from chexrl.core.schemas import get_schema
 from chexrl.evaluation.selection import tradeoff_finding
 from chexrl.evaluation.sites import reach_warnings, site_tradeoffs
 
@@ -256,7 +261,7 @@ def build_results(
 
     datasets: [{"name", "spec", "schema", "n"}], the in-distribution set first; models: [{"name", "model",
     "adapter", "parent"}]; entries: [{"model", "prompt", "dataset", "metrics"}] with /evaluate's metrics,
-    one per (model, prompt, dataset), and optionally "per_image" (per_image_answers) from which the
+    one per (model, prompt, dataset), and optionally "per_image" (chexrl.core.paired.per_image_answers) from which the
     comparisons get their paired bootstrap intervals. `extra` (sampling settings, timings) is copied in as is.
     """
     if not datasets:
@@ -291,27 +296,6 @@ def build_results(
         "tradeoff_relative": relative,
         **extra,
     }
-
-
-def per_image_answers(
-    completions: Sequence[str], golds: Sequence[Iterable[str]], schema: LabelSchema
-) -> dict:
-    """What a paired comparison needs of one evaluation, per image: the gold labels, the labels parsed
-    from the completion (in `schema`) and whether it was invalid. Stored in a results entry as
-    "per_image"."""
-    parsed = [parse_completion(text, schema) for text in completions]
-    return {
-        "gold": [sorted(label for label in g if label in schema) for g in golds],
-        "predicted": [sorted(p.labels) for p in parsed],
-        "invalid": [not p.valid for p in parsed],
-    }
-
-
-def outcomes_of(per_image: Mapping, schema: LabelSchema) -> ImageOutcomes:
-    """The ImageOutcomes of a stored "per_image" record (per_image_answers)."""
-    return ImageOutcomes.from_label_sets(
-        per_image["predicted"], per_image["gold"], schema, per_image["invalid"]
-    )
 
 
 def record_of(doc: Mapping, system: str, dataset: str) -> EvaluationRecord:

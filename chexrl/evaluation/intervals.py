@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from chexrl.core.paired import SET_MEASURES, Interval
-from chexrl.evaluation.comparison import metrics_of
 from chexrl.evaluation.tables import Table
 
 MEASURE_TITLES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "fail_rate": "fail rate"}
@@ -118,26 +117,49 @@ def per_label_change_table(doc: Mapping, dataset: str) -> Table | None:
     )
 
 
-def comparison_lines(doc: Mapping) -> list[str]:
-    """The demo's summary: each model's scores per set, then each child - parent difference with its
-    interval (in F1 points), and the gap changes."""
-    sets = [d["name"] for d in doc["datasets"]]
-    header = "| model | " + " | ".join(f"{s} macro-F1 | {s} fail" for s in sets) + " |"
-    lines = [header, "|---|" + "---|---|" * len(sets)]
-    for s in doc["systems"]:
-        cells = [
-            f"{m.macro.f1:.3f} | {m.fail_rate:.2f}" for m in (metrics_of(doc, s["label"], n) for n in sets)
-        ]
-        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
-    if not has_intervals(doc):
-        return lines
-    lines += ["", "| difference | test set | macro-F1 | micro-F1 | fail rate |", "|---|---|---|---|---|"]
-    for c in doc["changes_vs_parent"]:
-        cells = " | ".join(interval_text(c[k].get("interval")) for k in SET_MEASURES)
-        lines.append(f"| {c['system']} - {c['parent']} | {c['dataset']} | {cells} |")
-    for g in doc.get("gap_changes", ()):
+def comparison_summary(doc: Mapping) -> dict:
+    """What a summary (the demo's summary.json) keeps of a results document's comparisons, JSON-ready:
+    the bootstrap settings, each child - parent difference per set with its intervals, the gap changes,
+    the warnings and the notes."""
+    sizes = {d["name"]: d["n"] for d in doc["datasets"]}
+    return {
+        "bootstrap": doc.get("bootstrap"),
+        "differences": [
+            {"system": c["system"], "parent": c["parent"], "dataset": c["dataset"], "n": sizes[c["dataset"]]}
+            | {key: c[key].get("interval") for key in SET_MEASURES}
+            for c in doc["changes_vs_parent"]
+        ],
+        "gap_changes": list(doc.get("gap_changes", ())),
+        "warnings": list(doc.get("warnings", ())),
+        "notes": list(doc.get("notes", ())),
+    }
+
+
+def summary_lines(comparison: Mapping) -> list[str]:
+    """The differences of a comparison_summary as a Markdown table, each with its 95% paired interval,
+    then the gap changes, one line each."""
+    lines = [
+        "| difference | test set | images | macro-F1 [95% CI] | micro-F1 [95% CI] | fail rate [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in comparison["differences"]:
+        cells = " | ".join(interval_text(d[key]) for key in SET_MEASURES)
+        lines.append(f"| {d['system']} - {d['parent']} | {d['dataset']} | {d['n']} | {cells} |")
+    for g in comparison["gap_changes"]:
         lines.append(
-            f"transfer gap {g['id_dataset']} -> {g['ood_dataset']}, {g['system']} - {g['parent']}: "
+            f"transfer gap change {g['system']} - {g['parent']} ({g['id_dataset']} -> {g['ood_dataset']}): "
             f"{interval_text(g['interval'])}"
         )
+    b = comparison.get("bootstrap") or {}
+    lines.append(
+        f"(paired bootstrap over the same images: {b.get('n_resamples', '?')} resamples, seed {b.get('seed', '?')}; "
+        "an interval holding 0 is within resampling noise)"
+    )
     return lines
+
+
+def finding_lines(comparison: Mapping) -> list[tuple[str, bool]]:
+    """(text, is a warning) for each trade-off finding: warnings (beyond noise) first, then notes."""
+    return [(f"WARNING: {w}", True) for w in comparison["warnings"]] + [
+        (f"NOTE: {n}", False) for n in comparison["notes"]
+    ]

@@ -288,8 +288,8 @@ def paired_png(doc: Mapping, path: str | Path) -> Path | None:
                 capsize=3,
             )
         ax.set_yticks(range(len(changes)), names)
-        ax.invert_yaxis()
         ax.set_xlabel(f"{title} difference (model - parent)")
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # the axes share y: inverting once puts the first difference on top
     fig.suptitle("Differences against the parent, 95% paired bootstrap intervals (red: excludes 0)")
     return _save(fig, path)

@@ -22,12 +22,13 @@ import yaml
 
 from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
 from chexrl.core.metrics import DatasetMetrics, completion_metrics
+from chexrl.core.paired import per_image_answers
 from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, pass_at_k_summary
 from chexrl.core.prompts import DEFAULT_PROMPT, get_prompt
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import SCHEMAS, get_schema
 from chexrl.data.loaders import DatasetSpec, load_dataset
-from chexrl.evaluation.comparison import build_results, check_parents, per_image_answers
+from chexrl.evaluation.comparison import build_results, check_parents
 from chexrl.evaluation.render import Image, csv_text, markdown_page
 from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
 from chexrl.evaluation.sections import results_blocks
@@ -224,8 +225,9 @@ def evaluate_models(
 
     `sampling` None (default) is greedy decoding; otherwise its temperature / top-p / seed with one
     completion per image; `max_tokens` caps every completion (callers pass `sampling.max_tokens`'s value
-    of their config) and `margin` is the trade-off warning's (`grpo.tradeoff_margin`). `router_factory(model_dir, rollout)` yields a router serving that checkpoint
-    with no adapter (default: `open_router`, a new engine each; tests pass a shared one).
+    of their config) and `margin` is the trade-off warning's (`grpo.tradeoff_margin`).
+    `router_factory(model_dir, rollout)` yields a router serving that checkpoint with no adapter (default:
+    `open_router`, a new engine each; tests pass a shared one).
 
     `samples` K (None: off) adds Acc@1 against Pass@K to each entry ("pass_at_k", chexrl.core.pass_at_k's
     summary): the greedy completions are the Acc@1 answers, and `samples_n` (default K, at least K) more per
@@ -238,26 +240,9 @@ def evaluate_models(
         check_model(m)
     n_samples = check_samples(samples, samples_n, sampling)
     pass_sampling = pass_sampling or SamplingConfig()
-    factory = router_factory or open_router
-    entries, completions, seconds = [], [], {}
     settings = EntrySettings(max_tokens, batch_size, samples, n_samples, pass_sampling)
-    for group in _engine_groups(models):
-        with factory(group[0].model, rollout) as router:
-            for m in group:
-                t0 = time.perf_counter()
-                if m.adapter is not None:
-                    router.push_adapter(load_adapter_dir(m.adapter, version=router.version + 1))
-                view = router if sampling is None else SampledRouter(router, sampling)
-                for prompt in prompts:
-                    for ts in test_sets:
-                        entry, rows = evaluate_entry(router, view, m.name, prompt, ts, settings, log)
-                        entries.append(entry)
-                        completions += rows
-                seconds[m.name] = time.perf_counter() - t0
-    decoding = (
-        {"greedy": True}
-        if sampling is None
-        else sampling.model_dump(include={"temperature", "top_p", "seed"}) | {"greedy": False}
+    entries, completions, seconds = _run_all(
+        models, test_sets, prompts, sampling, settings, rollout, router_factory or open_router, log
     )
     extra = {}
     if samples:
@@ -271,11 +256,40 @@ def evaluate_models(
         entries=entries,
         margin=margin,
         relative=relative,
-        sampling=decoding | {"max_tokens": max_tokens},
+        sampling=_decoding(sampling) | {"max_tokens": max_tokens},
         seconds=seconds,
         **extra,
     )
     return doc, completions
+
+
+def _decoding(sampling: SamplingConfig | None) -> dict:
+    """How the main evaluation decoded, for the results document."""
+    if sampling is None:
+        return {"greedy": True}
+    return sampling.model_dump(include={"temperature", "top_p", "seed"}) | {"greedy": False}
+
+
+def _run_all(
+    models, test_sets, prompts, sampling, settings, rollout, factory, log
+) -> tuple[list, list, dict]:
+    """Every model x prompt x test set, one engine per base checkpoint: (entries, completion records,
+    seconds per model)."""
+    entries, completions, seconds = [], [], {}
+    for group in _engine_groups(models):
+        with factory(group[0].model, rollout) as router:
+            for m in group:
+                t0 = time.perf_counter()
+                if m.adapter is not None:
+                    router.push_adapter(load_adapter_dir(m.adapter, version=router.version + 1))
+                view = router if sampling is None else SampledRouter(router, sampling)
+                for prompt in prompts:
+                    for ts in test_sets:
+                        entry, rows = evaluate_entry(router, view, m.name, prompt, ts, settings, log)
+                        entries.append(entry)
+                        completions += rows
+                seconds[m.name] = time.perf_counter() - t0
+    return entries, completions, seconds
 
 
 @dataclass(frozen=True)
@@ -455,6 +469,11 @@ def results_from_metrics(
         relative=relative,
         **extra,
     )
+
+
+def read_results(out_dir: str | Path) -> dict:
+    """The results document `write_results` wrote to `out_dir`."""
+    return json.loads((Path(out_dir) / RESULTS_JSON).read_text())
 
 
 def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = ()) -> dict[str, Path]:

@@ -159,7 +159,8 @@ def run_blocks(
         blocks.append(Heading("Missing from the run directory"))
         blocks.append(Bullets(tuple(missing)))
 
-    blocks += _run_warning_blocks(evals, results)
+    blocks += generalization_blocks(evals, results)
+
     if selection:
         blocks.append(Heading("Checkpoint selection"))
         source = "computed from evals.jsonl" if selection_computed else "from selection.json"
@@ -168,24 +169,18 @@ def run_blocks(
         )
         blocks.append(selection_table(selection))
     if evals:
-        blocks += _evals_blocks(evals, figures)
+        blocks.append(Heading("Evaluation during training"))
+        blocks.append(evals_table(evals))
+        per_site = evals_sites_table(evals)  # several OOD sites: one column per site
+        if per_site is not None:
+            blocks.append(per_site)
+        if "eval_curves" in figures:
+            blocks.append(figures["eval_curves"])
 
     if prefilter:
         blocks += prefilter_blocks(prefilter)
 
-    blocks.append(Heading("Training dynamics"))
-    if records:
-        blocks.append(
-            Para(
-                f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines "
-                f"an exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
-            )
-        )
-        blocks.append(training_table(records, smoothing))
-        if "training_curves" in figures:
-            blocks.append(figures["training_curves"])
-    else:
-        blocks.append(Para("No per-step metrics (metrics.jsonl) were found."))
+    blocks += training_blocks(records, figures, smoothing)
 
     if results:
         what = "prompt ablation" if results.get("kind") == "prompt_ablation" else "models side by side"
@@ -199,30 +194,51 @@ def run_blocks(
             paired_chart=figures.get("paired"),
         )
 
-    blocks.append(Heading("Definitions"))
-    blocks.append(
-        Bullets(
-            (
-                "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
-                "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
-                "fail rate = share of completions without exactly one <think> block followed by one "
-                "<solution> block; a failed completion predicts no label",
-                *(f"{name}: {text}" for name, text in POLICIES.items()),
-            )
-        )
-    )
+    blocks += [Heading("Definitions"), Bullets(DEFINITIONS)]
     blocks.append(Heading("Configuration"))
     blocks.append(Code(config_text) if config_text else Para("No config.yaml in the run directory."))
     return blocks
 
 
-def _run_warning_blocks(evals: Sequence[Mapping], results: Mapping | None) -> list[Block]:
-    """The run's trade-off warnings and notes, from training (per step) and from the final evaluation."""
+DEFINITIONS = (
+    "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
+    "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
+    "interval = 95% paired bootstrap over images: both models rescored on the same 1000 resamples of the "
+    "images; one that holds 0 is a difference within resampling noise",
+    "fail rate = share of completions without exactly one <think> block followed by one <solution> block; a "
+    "failed completion predicts no label",
+    *(f"{name}: {text}" for name, text in POLICIES.items()),
+)
+
+
+def training_blocks(
+    records: Sequence[Mapping], figures: Mapping[str, Image], smoothing: float
+) -> list[Block]:
+    """The training dynamics: the per-step metrics' table and curves."""
+    if not records:
+        return [Heading("Training dynamics"), Para("No per-step metrics (metrics.jsonl) were found.")]
+    text = (
+        f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines an "
+        f"exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
+    )
+    blocks: list[Block] = [Heading("Training dynamics"), Para(text), training_table(records, smoothing)]
+    if "training_curves" in figures:
+        blocks.append(figures["training_curves"])
+    return blocks
+
+
+def generalization_blocks(evals: Sequence[Mapping], results: Mapping | None) -> list[Block]:
+    """Why the run stopped early (grpo.stop_when_ood_drops), then the trade-off warnings and notes of the
+    in-training evaluations and of the final comparison."""
+    blocks: list[Block] = []
+    stops = [f"step {e['step']}: {e['stop']}" for e in evals if e.get("stop")]
+    if stops:
+        blocks += [Heading("Stopped early"), Bullets(tuple(stops), warning=True)]
     warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
     warnings += list((results or {}).get("warnings", []))
     notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
     notes += list((results or {}).get("notes", []))
-    blocks: list[Block] = [Heading("Generalization warnings")]
+    blocks.append(Heading("Generalization warnings"))
     if not (evals or results):
         return [
             *blocks,
@@ -234,17 +250,6 @@ def _run_warning_blocks(evals: Sequence[Mapping], results: Mapping | None) -> li
         "and beyond resampling noise.",
         notes,
     )
-
-
-def _evals_blocks(evals: Sequence[Mapping], figures: Mapping[str, Image]) -> list[Block]:
-    """Evaluation during training: the per-step table, per OOD site when there are several, the curves."""
-    blocks: list[Block] = [Heading("Evaluation during training"), evals_table(evals)]
-    per_site = evals_sites_table(evals)
-    if per_site is not None:
-        blocks.append(per_site)
-    if "eval_curves" in figures:
-        blocks.append(figures["eval_curves"])
-    return blocks
 
 
 def prefilter_blocks(rows: Sequence[Mapping]) -> list[Block]:

@@ -11,6 +11,7 @@ benchmark-versus-transfer trade-off holds.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from chexrl.evaluation.selection import macro_f1, tradeoff_finding
 
@@ -29,31 +30,45 @@ def ood_sites_of(record: Mapping) -> dict[str, object]:
 
 def site_view(record: Mapping, site: str) -> dict:
     """The record as if `site` were its only OOD set (what one-site functions such as
-    selection.tradeoff_warning read).
+    selection.tradeoff_finding and intervals_vs_start read): its metrics as "ood", its answers as
+    per_image's "ood".
 
     >>> site_view({"step": 3, "id": 0.4, "ood": 0.3, "ood_sites": {"a": 0.3, "b": 0.1}}, "b")["ood"]
     0.1
     """
-    view = {k: v for k, v in record.items() if k != "ood_sites"}
+    view = {k: v for k, v in record.items() if k not in ("ood_sites", "per_image_sites")}
     view["ood"], view["ood_name"] = ood_sites_of(record)[site], site
+    answers = (record.get("per_image_sites") or {}).get(site)
+    if answers is not None and record.get("per_image"):
+        view["per_image"] = {**record["per_image"], "ood": answers}
     return view
 
 
-def site_warnings(
-    first: Mapping, record: Mapping, margin: float, warn: Callable
-) -> tuple[list[str], list[str]]:
-    """(warnings, the sites they hold on): `warn(prev, cur, margin)` (selection.tradeoff_warning) per OOD
-    site of `record` against the run's first record; with several sites and any warning, a summary that
-    names the sites it holds on comes first."""
-    sites = [
-        site for site in ood_sites_of(record) if site in ood_sites_of(first)
-    ]  # a site added on resume: no start
-    found = {site: warn(site_view(first, site), site_view(record, site), margin) for site in sites}
-    held = [site for site in sites if found[site]]
-    texts = [found[site] for site in held]
-    if len(sites) > 1 and held:
-        texts.insert(0, reach_text(f"step {first.get('step', 0)} -> step {record.get('step')}", held, sites))
-    return texts, held
+@dataclass
+class SiteFindings:
+    """The trade-off of one record against the start, judged per OOD site."""
+
+    warnings: list[str]  # with several sites and any warning, the summary naming them comes first
+    notes: list[str]
+    held: list[str]  # sites with a warning
+    noise: list[str]  # sites with a note (a drop within resampling noise)
+    intervals: dict[str, dict | None]  # site -> its paired intervals against the start
+
+
+def site_findings(first: Mapping, record: Mapping, judge: Callable) -> SiteFindings:
+    """`judge(start view, record view)` -> (intervals, selection.Finding or None), per OOD site of `record`
+    that the start has too (a site added on resume has no start to compare with)."""
+    sites = [site for site in ood_sites_of(record) if site in ood_sites_of(first)]
+    out = SiteFindings([], [], [], [], {})
+    for site in sites:
+        out.intervals[site], finding = judge(site_view(first, site), site_view(record, site))
+        if finding is not None:
+            (out.warnings if finding.warning else out.notes).append(finding.text)
+            (out.held if finding.warning else out.noise).append(site)
+    if len(sites) > 1 and out.held:
+        who = f"step {first.get('step', 0)} -> step {record.get('step')}"
+        out.warnings.insert(0, reach_text(who, out.held, sites, out.noise))
+    return out
 
 
 def reach_text(who: str, held: Sequence[str], sites: Sequence[str], noise: Sequence[str] = ()) -> str:

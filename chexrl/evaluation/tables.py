@@ -15,7 +15,7 @@ from chexrl.core.paired import SET_MEASURES
 from chexrl.core.pass_at_k import MEASURES
 from chexrl.core.prompts import PROMPTS
 from chexrl.evaluation.comparison import metrics_of, transfer_gap
-from chexrl.evaluation.selection import POLICIES, ema
+from chexrl.evaluation.selection import POLICIES, TIE_BREAK, ema
 
 # Display formats: text as is, f3 three decimals, pct a signed percentage, delta a signed difference.
 FORMATS = ("text", "f3", "pct", "delta", "int")
@@ -383,7 +383,7 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
                 ood_m.micro.f1,
                 id_m.fail_rate,
                 ood_m.fail_rate,
-                "yes" if e.get("warnings") else "",
+                "yes" if e.get("warnings") else ("within noise" if e.get("notes") else ""),
             )
         )
         if k is not None:
@@ -415,8 +415,19 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
     )
 
 
+def _ties(pick: Mapping) -> str:
+    """The steps a pick is tied with (within resampling noise) and the rule that chose among them."""
+    if "tied_with" not in pick:  # "final", or evaluations without per-image answers
+        return ""
+    if not pick["tied_with"]:
+        return "none"
+    steps = ", ".join(str(s) for s in pick["tied_with"])
+    return f"tie with step {steps}; broken by {pick.get('tie_break', TIE_BREAK)}"
+
+
 def selection_table(selection: Mapping[str, Mapping]) -> Table:
-    """Which checkpoint each selection policy picked."""
+    """Which checkpoint each selection policy picked, and the steps it is tied with: those whose paired
+    interval against the pick holds 0 (chexrl.evaluation.selection.tied_steps)."""
     order = [p for p in POLICIES if p in selection] + [p for p in selection if p not in POLICIES]
     rows = []
     for name in order:
@@ -424,13 +435,24 @@ def selection_table(selection: Mapping[str, Mapping]) -> Table:
         id_f1, ood_f1 = pick["id_macro_f1"], pick["ood_macro_f1"]
         checkpoint = pick.get("checkpoint") or ("the starting checkpoint" if pick["step"] == 0 else "")
         rows.append(
-            (name, POLICIES.get(name, ""), pick["step"], checkpoint, id_f1, ood_f1, min(id_f1, ood_f1))
+            (
+                name,
+                POLICIES.get(name, ""),
+                pick["step"],
+                checkpoint,
+                id_f1,
+                ood_f1,
+                min(id_f1, ood_f1),
+                _ties(pick),
+            )
         )
     return Table(
         "Checkpoint selection",
-        ("policy", "picks", "step", "checkpoint", "ID macro-F1", "OOD macro-F1", "worst case"),
-        ("text", "text", "int", "text", "f3", "f3", "f3"),
+        ("policy", "picks", "step", "checkpoint", "ID macro-F1", "OOD macro-F1", "worst case", "ties (95%)"),
+        ("text", "text", "int", "text", "f3", "f3", "f3", "text"),
         tuple(rows),
+        note="A tie: the paired bootstrap interval of the pick's score minus another step's holds 0 (within "
+        "resampling noise on the same images). Empty where the evaluations kept no per-image answers.",
     )
 
 
