@@ -133,14 +133,19 @@ def _answers(gold, right: int, schema: str) -> dict:
 
 
 def _per_image_record(step: int, id_right: int, ood_right: int) -> dict:
-    from chexrl.core.paired import outcomes_of, set_measures
+    """An evaluation record as the training loop writes it: metrics and the per-image answers they come from."""
+    from chexrl.core.metrics import label_set_metrics
+    from chexrl.core.schemas import get_schema
 
     per_image = {
         "id": _answers(ID_GOLD, id_right, "chexpert14"),
         "ood": _answers(OOD_GOLD, ood_right, "nih9"),
     }
-    f1 = {side: float(set_measures(outcomes_of(per_image[side]))["macro_f1"][0]) for side in per_image}
-    return _record(step, f1["id"], f1["ood"]) | {"per_image": per_image}
+    metrics = {
+        side: label_set_metrics(a["predicted"], a["gold"], get_schema(a["schema"])).as_dict()
+        for side, a in per_image.items()
+    }
+    return {"step": step, **metrics, "id_name": "cx", "ood_name": "nih", "per_image": per_image}
 
 
 def test_picks_within_noise_are_reported_as_ties_with_the_rule():
@@ -237,3 +242,16 @@ def test_tradeoff_finding_quotes_its_evidence():
     warning = tradeoff_finding(start, grpo, 0.05, intervals=ivs)
     assert warning.warning and "interval excludes 0" in warning.text
     assert tradeoff_finding(start, grpo, 0.06, intervals=ivs) is None  # the drop is within the margin
+
+
+def test_the_in_training_table_shows_each_step_against_the_start():
+    from chexrl.evaluation.render import markdown_table
+    from chexrl.evaluation.selection import intervals_vs_start
+    from chexrl.evaluation.tables import evals_table
+
+    start, cur = _per_image_record(0, 10, 18), _per_image_record(8, 12, 4)
+    cur["vs_start"] = intervals_vs_start(start, cur)
+    md = markdown_table(evals_table([start, cur]))
+    ood = cur["vs_start"]["ood"]
+    assert f"| {ood['delta']:+.3f} [{ood['low']:+.3f}, {ood['high']:+.3f}] |" in md
+    assert "| OOD macro-F1 vs start [95%] |" in md

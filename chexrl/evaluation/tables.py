@@ -364,6 +364,12 @@ def per_label_csv_table(doc: Mapping) -> Table:
 # --------------------------------------------------------------------------------- a training run
 
 
+def _vs_start(record: Mapping, side: str) -> str:
+    """A step's macro-F1 minus the start's with its paired interval; "" for the start or without one."""
+    iv = (record.get("vs_start") or {}).get(side)
+    return f"{iv['delta']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]" if iv else ""
+
+
 def evals_table(evals: Sequence[Mapping]) -> Table:
     """The in-training evaluations, one row per evaluated step; with Pass@K (grpo.eval_samples), Acc@1
     and Pass@K in and out of distribution as well (n/a at a step without them)."""
@@ -383,6 +389,7 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
                 ood_m.micro.f1,
                 id_m.fail_rate,
                 ood_m.fail_rate,
+                *(_vs_start(e, side) for side in ("id", "ood")),
                 "yes" if e.get("warnings") else ("within noise" if e.get("notes") else ""),
             )
         )
@@ -404,9 +411,11 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
         "OOD micro-F1",
         "ID fail rate",
         "OOD fail rate",
+        "ID macro-F1 vs start [95%]",
+        "OOD macro-F1 vs start [95%]",
         "trade-off warning",
     )
-    formats = ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text")
+    formats = ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text", "text", "text")
     if k is not None:
         header += ("ID Acc@1", f"ID Pass@{k}", "OOD Acc@1", f"OOD Pass@{k}")
         formats += ("f3",) * 4
