@@ -61,8 +61,8 @@ def site_gap_table(doc: Mapping) -> Table | None:
 
 
 def evals_sites_table(evals: Sequence[Mapping]) -> Table | None:
-    """With several OOD sites during training: per evaluated step, each site's macro-F1 and transfer gap,
-    and the sites a trade-off warning held on."""
+    """With several OOD sites during training: per evaluated step, each site's macro-F1, its change against
+    the start with the paired interval, the transfer gap, and the sites a trade-off warning held on."""
     with_sites = sorted((e for e in evals if e.get("ood_sites")), key=lambda e: e["step"])
     if not with_sites:
         return None
@@ -71,17 +71,26 @@ def evals_sites_table(evals: Sequence[Mapping]) -> Table | None:
     for e in with_sites:
         id_f1 = macro_f1(e["id"])
         f1s = [macro_f1(e["ood_sites"][s]) if s in e["ood_sites"] else None for s in sites]
+        vs = [_vs_start_cell((e.get("vs_start_sites") or {}).get(s)) for s in sites]
         gaps = [transfer_gap(id_f1, f) if f is not None else None for f in f1s]
-        rows.append((e["step"], id_f1, *f1s, *gaps, ", ".join(e.get("tradeoff_sites", ()))))
+        rows.append((e["step"], id_f1, *f1s, *vs, *gaps, ", ".join(e.get("tradeoff_sites", ()))))
+    n = len(sites)
     return Table(
         "Evaluation during training, per OOD site (each on its own schema's labels)",
         (
             "step",
             "ID macro-F1",
             *(f"{s} macro-F1" for s in sites),
+            *(f"{s} vs start [95%]" for s in sites),
             *(f"gap -> {s}" for s in sites),
             "trade-off on",
         ),
-        ("int", "f3", *("f3",) * len(sites), *("pct",) * len(sites), "text"),
+        ("int", "f3", *("f3",) * n, *("text",) * n, *("pct",) * n, "text"),
         tuple(rows),
     )
+
+
+def _vs_start_cell(intervals: Mapping | None) -> str:
+    """A site's macro-F1 minus the start's with its paired interval; "" at the start or without one."""
+    iv = (intervals or {}).get("ood")
+    return f"{iv['delta']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]" if iv else ""
