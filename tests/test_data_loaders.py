@@ -195,7 +195,7 @@ def test_shifted_nih_loads(synth_nih_shift_dir):
 
 def test_spec_errors(tmp_path):
     with pytest.raises(ValueError, match="bad dataset spec"):
-        DatasetSpec.parse("padchest:/x")
+        DatasetSpec.parse("openi:/x")
     with pytest.raises(DataFormatError, match="not found"):
         read_mimic_frame(tmp_path)
     with pytest.raises(DataFormatError, match=r"no train\.csv"):

@@ -35,10 +35,12 @@ ROWS = [
     {"Edema": "-1.0", "Pneumonia": "0.0"},  # 2 uncertain-only: the report calls it possibly abnormal
     {"Lung Opacity": "1.0"},  # 3 abnormal, but Lung Opacity is not in nih9
     {"No Finding": "1.0"},  # 4 normal
-    {},  # 5 nothing written at all: derived by the labeler's rule -> No Finding
+    {},  # 5 nothing written at all: the labeler did not call it normal -> no label (out_of_schema policy)
     {"No Finding": "1.0", "Edema": "1.0"},  # 6 contradicts itself: the pathology wins
     {"Cardiomegaly": "1.0", "Edema": "-1.0"},  # 7 ordinary abnormal row
     {"No Finding": "0.0"},  # 8 explicitly not normal, nothing of the 14: outside the schema
+    {"Support Devices": "1.0"},  # 9 a line, No Finding blank: Support Devices only, not normal
+    {"Edema": "0.0", "Pneumonia": "0.0"},  # 10 only negatives, No Finding blank -> no label
 ]
 
 
@@ -52,25 +54,57 @@ def _by_patient(spec):
 
 
 def test_no_finding_is_read_from_the_file_not_derived(cx):
+    # counted by hand from ROWS: No Finding only where the file writes 1.0 (rows 1, 4; row 6 overruled)
     got = _by_patient(f"chexpert:{cx}")
     assert got == {
         1: ("No Finding", "Support Devices"),
         3: ("Lung Opacity",),
         4: ("No Finding",),
-        5: ("No Finding",),
         6: ("Edema",),
         7: ("Cardiomegaly",),
+        9: ("Support Devices",),
     }
     st = dataset_stats(f"chexpert:{cx}")
-    assert st["labels"]["No Finding"] == 3 and st["labels"]["Support Devices"] == 1
+    assert st["labels"]["No Finding"] == 2 and st["labels"]["Support Devices"] == 2
     assert st["rows"] == {
         "no_finding_in_file": 2,  # rows 1 and 4 (row 6 is overruled)
-        "no_finding_derived": 1,
+        "no_finding_derived": 0,  # the file has the column: nothing is derived
         "no_finding_conflicts": 1,
-        "uncertain_only": 1,
-        "out_of_schema": 1,
+        "uncertain_only": 1,  # row 2
+        "out_of_schema": 1,  # row 8
+        "no_label": 2,  # rows 5 and 10
     }
-    assert st["dropped"] == 2 and st["dropped_by"] == {"uncertain_only": 1, "out_of_schema": 1}
+    assert st["dropped"] == 4
+    assert st["dropped_by"] == {"uncertain_only": 1, "out_of_schema": 1, "no_label": 2}
+    assert st["no_finding_source"].startswith("the file's No Finding column")
+    # rows with nothing written follow out_of_schema like the rest
+    assert _by_patient(f"chexpert:{cx}?out_of_schema=keep_empty")[5] == ()
+    assert _by_patient(f"chexpert:{cx}?out_of_schema=no_finding")[10] == ("No Finding",)
+    out = CliRunner().invoke(app, ["data", "stats", "--style", "chexpert", "--root", str(cx)])
+    assert out.exit_code == 0, out.output
+    assert "nothing written (blank No Finding, nothing positive) 2" in out.output
+    assert "No Finding: the file's No Finding column" in out.output
+
+
+def test_no_finding_is_derived_only_without_the_column(cx, monkeypatch):
+    """A frame without a No Finding column (the MIMIC and CheXpert readers require one; a frame built
+    otherwise may lack it): the labeler's rule derives it, and `data stats` says so."""
+    import chexrl.data.stats as stats
+    from chexrl.data.loaders import labeler_labels, read_frame
+
+    frame = read_frame(DatasetSpec.parse(f"chexpert:{cx}")).drop(columns=["No Finding"])
+    fl = labeler_labels(frame, "chexpert14")
+    got = {i + 1: fl.labels[i] for i in range(len(frame)) if fl.keep[i]}
+    # derived for the rows with no pathology positive or uncertain: 1, 4, 5, 8, 9, 10 (Support Devices may
+    # co-occur); row 6's Edema is positive, so no No Finding to overrule
+    assert [k for k, v in got.items() if "No Finding" in v] == [1, 4, 5, 8, 9, 10]
+    assert got[1] == ("No Finding", "Support Devices") and got[6] == ("Edema",) and 2 not in got
+    assert fl.counts["no_finding_derived"] == 6 and fl.counts["no_label"] == 0
+    monkeypatch.setattr(stats, "read_frame", lambda s: frame)
+    st = stats.dataset_stats(f"chexpert:{cx}")
+    assert st["labels"]["No Finding"] == 6
+    assert st["no_finding_source"].startswith("derived: the file has no No Finding column")
+    assert "No Finding: derived: the file has no No Finding column" in stats.format_stats(st)
 
 
 def test_data_stats_no_finding_matches_the_file_column(tmp_path):

@@ -78,3 +78,13 @@ def test_demo_pipeline_runs_and_writes_the_summary(tmp_path):
         assert got["k"] == 2 and got["pass_at_k"] == passes[model, "nih-site-b"]["pass_at_k"]["mean"]
         assert got["acc_at_1"] == passes[model, "nih-site-b"]["acc_at_1"]["mean"]
     assert "Pass@2 (exact)" in result.stdout and "| grpo | OOD |" in result.stdout
+    # each model against its parent with its 95% paired interval, printed and in the summary; the trade-off
+    # printed as a warning or a note (with its evidence) when there is one; what the machine was
+    diffs = {(d["system"], d["dataset"]): d for d in summary["comparison"]["differences"]}
+    iv = diffs["grpo", "nih-site-b"]["macro_f1"]
+    row = f"| grpo - sft | nih-site-b | 8 | {iv['delta']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}] |"
+    assert row in result.stdout and "transfer gap change grpo - sft (chexpert -> nih-site-b)" in result.stdout
+    for text in summary["comparison"]["warnings"] + summary["comparison"]["notes"]:
+        assert text in result.stdout
+    env = summary["environment"]
+    assert env["cpu_model"] and env["torch_threads"] >= 1 and env["versions"]["torch"]

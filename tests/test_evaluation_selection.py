@@ -119,3 +119,139 @@ def test_ema_constant_series_is_unchanged_and_missing_points_pass_through():
     assert ema([3.0, 5.0], 0.0) == [3.0, 5.0]  # no smoothing
     with pytest.raises(ValueError, match="smoothing"):
         ema([1.0], 1.0)
+
+
+# ------------------------------------------------------------------- ties and the stop rule (per image)
+
+OOD_GOLD = [["Atelectasis"] if i % 2 else ["Pneumothorax"] for i in range(20)]
+ID_GOLD = [["Edema"]] * 20
+
+
+def _answers(gold, right: int, schema: str) -> dict:
+    preds = [list(g) if i < right else [] for i, g in enumerate(gold)]
+    return {"schema": schema, "gold": gold, "predicted": preds, "invalid": [False] * len(gold)}
+
+
+def _per_image_record(step: int, id_right: int, ood_right: int) -> dict:
+    """An evaluation record as the training loop writes it: metrics and the per-image answers they come from."""
+    from chexrl.core.metrics import label_set_metrics
+    from chexrl.core.schemas import get_schema
+
+    per_image = {
+        "id": _answers(ID_GOLD, id_right, "chexpert14"),
+        "ood": _answers(OOD_GOLD, ood_right, "nih9"),
+    }
+    metrics = {
+        side: label_set_metrics(a["predicted"], a["gold"], get_schema(a["schema"])).as_dict()
+        for side, a in per_image.items()
+    }
+    return {"step": step, **metrics, "id_name": "cx", "ood_name": "nih", "per_image": per_image}
+
+
+def test_picks_within_noise_are_reported_as_ties_with_the_rule():
+    from chexrl.evaluation.selection import TIE_BREAK
+
+    # OOD: step 8 answers 15 of 20, step 16 answers 14 (one image apart: within noise), step 0 answers 2
+    evals = [_per_image_record(0, 10, 2), _per_image_record(8, 12, 15), _per_image_record(16, 12, 14)]
+    picks = select_checkpoints(evals)
+    assert picks["best_ood"]["step"] == 8
+    assert picks["best_ood"]["tied_with"] == [16] and picks["best_ood"]["tie_break"] == TIE_BREAK
+    # ID: steps 8 and 16 answer the same images (an exact tie: the earliest step is kept)
+    assert picks["best_id"]["step"] == 8 and 16 in picks["best_id"]["tied_with"]
+    assert "tied_with" not in picks["final"]
+    # a clear winner has no ties
+    clear = select_checkpoints([_per_image_record(0, 0, 0), _per_image_record(8, 20, 20)])
+    assert clear["best_ood"]["tied_with"] == [] and "tie_break" not in clear["best_ood"]
+    # without per-image answers, or on other images at some step, nothing is claimed about ties
+    assert "tied_with" not in select_checkpoints([_record(0, 0.3, 0.3)])["best_ood"]
+    other = _per_image_record(24, 12, 14)
+    other["per_image"]["ood"]["gold"] = other["per_image"]["ood"]["gold"][::-1]
+    assert "tied_with" not in select_checkpoints([*evals, other])["best_ood"]
+
+
+def test_selection_table_states_the_ties():
+    from chexrl.evaluation.render import markdown_table
+    from chexrl.evaluation.tables import selection_table
+
+    evals = [_per_image_record(0, 10, 2), _per_image_record(8, 12, 15), _per_image_record(16, 12, 14)]
+    md = markdown_table(selection_table(select_checkpoints(evals)))
+    assert "tie with step 16; broken by the highest macro-F1 on the full set" in md
+
+
+def test_intervals_vs_start_are_the_paired_differences():
+    from chexrl.core.paired import outcomes_of, paired_differences
+    from chexrl.evaluation.selection import intervals_vs_start
+
+    start, cur = _per_image_record(0, 10, 18), _per_image_record(8, 12, 4)
+    ivs = intervals_vs_start(start, cur)
+    expected = paired_differences(
+        outcomes_of(start["per_image"]["ood"]), outcomes_of(cur["per_image"]["ood"])
+    )
+    assert ivs["ood"] == expected["macro_f1"].as_dict() and ivs["ood"]["high"] < 0
+    assert intervals_vs_start(_record(0, 0.3, 0.3), cur) is None
+    fewer = _per_image_record(8, 12, 4)
+    fewer["per_image"]["ood"] = {
+        k: v[:10] if isinstance(v, list) else v for k, v in fewer["per_image"]["ood"].items()
+    }
+    assert intervals_vs_start(start, fewer) is None  # other images: no pairing
+
+
+def _with_drop(step: int, high: float) -> dict:
+    return _record(step, 0.3, 0.2) | {
+        "vs_start": {"id": None, "ood": {"delta": high - 0.05, "low": high - 0.1, "high": high}}
+    }
+
+
+def test_stop_rule_counts_drops_in_a_row_beyond_the_margin():
+    from chexrl.evaluation.selection import ood_drop_streak, stop_reason
+
+    evals = [
+        _record(0, 0.3, 0.3),
+        _with_drop(2, -0.06),
+        _with_drop(4, -0.01),
+        _with_drop(6, -0.04),
+        _with_drop(8, -0.03),
+    ]
+    assert ood_drop_streak(evals, 0.02) == 2  # steps 6 and 8; step 4 (-0.01) does not clear -0.02
+    assert ood_drop_streak(evals, 0.0) == 4
+    assert ood_drop_streak(evals, 0.05) == 0  # step 8's interval reaches -0.03, above -0.05
+    assert stop_reason(evals, 0.05, 1) is None  # a margin that must not trigger
+    reason = stop_reason(evals, 0.02, 2)  # a margin that must trigger
+    assert reason and "2 evaluations in a row" in reason and "step 8" in reason and "-0.020" in reason
+    assert stop_reason(evals, 0.02, 3) is None
+    # a record without an interval (no per-image answers) ends the run of drops
+    assert ood_drop_streak([*evals, _record(10, 0.3, 0.1)], 0.0) == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        stop_reason(evals, 0.02, 0)
+
+
+def test_tradeoff_finding_quotes_its_evidence():
+    from chexrl.evaluation.selection import tradeoff_finding
+
+    start, grpo = _record(0, 0.282, 0.299), _record(24, 0.304, 0.243) | {"n_ood": 100}
+    ivs = {
+        "id": {"delta": 0.022, "low": -0.010, "high": 0.051},
+        "ood": {"delta": -0.056, "low": -0.081, "high": 0.012},
+    }
+    note = tradeoff_finding(start, grpo, 0.05, intervals=ivs)
+    assert not note.warning
+    assert "ID macro-F1 (cx) +0.022 [-0.010, +0.051]" in note.text
+    assert "OOD macro-F1 (nih) -0.056 [-0.081, +0.012] (0.299 -> 0.243, n=100)" in note.text
+    assert "within resampling noise at n=100 images" in note.text
+    ivs["ood"] = {"delta": -0.056, "low": -0.09, "high": -0.02}
+    warning = tradeoff_finding(start, grpo, 0.05, intervals=ivs)
+    assert warning.warning and "interval excludes 0" in warning.text
+    assert tradeoff_finding(start, grpo, 0.06, intervals=ivs) is None  # the drop is within the margin
+
+
+def test_the_in_training_table_shows_each_step_against_the_start():
+    from chexrl.evaluation.render import markdown_table
+    from chexrl.evaluation.selection import intervals_vs_start
+    from chexrl.evaluation.tables import evals_table
+
+    start, cur = _per_image_record(0, 10, 18), _per_image_record(8, 12, 4)
+    cur["vs_start"] = intervals_vs_start(start, cur)
+    md = markdown_table(evals_table([start, cur]))
+    ood = cur["vs_start"]["ood"]
+    assert f"| {ood['delta']:+.3f} [{ood['low']:+.3f}, {ood['high']:+.3f}] |" in md
+    assert "| OOD macro-F1 vs start [95%] |" in md

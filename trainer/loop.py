@@ -73,15 +73,21 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
                 with timer("eval"):
                     weights = parts.learner.weights(adapter)
                     metrics.update(log_eval(periodic.evaluate(parts.router, done, weights), progress))
-            if done % g.save_steps == 0 or done == g.max_steps:
+            stop = periodic is not None and periodic.stopped  # grpo.stop_when_ood_drops
+            if done % g.save_steps == 0 or done == g.max_steps or stop:
                 with timer("checkpoint"):
                     save_run_checkpoint(cfg, run, parts, done)
             metrics.update(timer.metrics())
             runlog.log(done, metrics)
             runlog.log_completions(done, [r.log_row() for r in records_of(groups)])
             history.append({"step": done, **metrics})
+            if stop:
+                break
         final = parts.learner.weights(parts.learner.export(g.max_steps))
-        save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
+        if periodic is not None and periodic.stopped:
+            periodic.keep_best_ood(Path(run.run_dir) / "adapter-final", final)
+        else:
+            save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
     finally:
         if runlog is not None:
             runlog.close()

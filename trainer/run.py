@@ -34,9 +34,10 @@ class GRPORun:
     run_id: str  # names the run at the evaluator (its nuanced-reward window)
     prompt_name: str = DEFAULT_PROMPT
     evaluator_token: str | None = None
-    # (name, samples) of the held-out in-distribution and the out-of-distribution set: both or neither
+    # (name, samples) of the held-out in-distribution and the out-of-distribution set(s, a list for several
+    # sites): both or neither
     id_eval: tuple[str, list[XraySample]] | None = None
-    ood_eval: tuple[str, list[XraySample]] | None = None
+    ood_eval: tuple[str, list[XraySample]] | list[tuple[str, list[XraySample]]] | None = None
 
     def __post_init__(self) -> None:
         # the run-object twin of GRPOConfig's check on grpo.eval_id_data / eval_ood_data (the demo and

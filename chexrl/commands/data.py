@@ -26,7 +26,9 @@ def _spec(style: str, root: str, split: str | None, schema: str | None, options:
 
 @app.command("synth-data")
 def synth_data(
-    style: str = typer.Option(..., help="Format to imitate: mimic | chexpert | nih."),
+    style: str = typer.Option(
+        ..., help="Format to imitate: mimic | chexpert | nih | nih-expert | vindr | padchest."
+    ),
     out: Path = typer.Option(..., help="Output directory (the data set root)."),
     n: int = typer.Option(200, help="Number of images."),
     seed: int = typer.Option(0, help="Random seed; same seed, same files."),
@@ -34,18 +36,25 @@ def synth_data(
     size: int = typer.Option(128, help="Image side in pixels."),
 ) -> None:
     """Write synthetic chest X-rays and label files in a real data set's exact format."""
-    from chexrl.data.synth import synthesize
+    from chexrl.data.synth_external import synthesize_any
 
-    summary = synthesize(style, out, n, seed=seed, shift=shift, size=size)
+    try:
+        summary = synthesize_any(style, out, n, seed=seed, shift=shift, size=size)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--style") from err
     typer.echo(json.dumps(summary))
 
 
 @data_app.command("stats")
 def stats(
-    style: str = typer.Option(None, help="mimic | chexpert | nih (or give --spec)."),
+    style: str = typer.Option(
+        None, help="mimic | chexpert | nih | nih-expert | vindr | padchest (or give --spec)."
+    ),
     root: str = typer.Option(None, help="Data set root directory."),
     split: str = typer.Option(None, help="Split(s), joined with '+'; default: all."),
-    schema: str = typer.Option(None, help="chexpert14 | nih9 | nih10 (default per data set)."),
+    schema: str = typer.Option(
+        None, help="chexpert14 | nih9 | nih10 | nih-expert4 | vindr9 (default per data set)."
+    ),
     uncertain: str = typer.Option(None, help="Uncertain labels: zeros (default) | ones | ignore."),
     uncertain_only: str = typer.Option(
         None, help="Rows whose only labels are uncertain (MIMIC, CheXpert): drop (default) | no_finding."

@@ -15,10 +15,13 @@ def demo_cmd(
     config: Path | None = typer.Option(None, help="Override the embedded chexrl/configs/demo.yaml."),
 ) -> None:
     """Pretrain (emulated), SFT, GRPO and evaluate a tiny model on synthetic X-rays, end to end."""
-    from chexrl.demo import pass_at_k_table, results_table, reward_verdict, run_demo, transfer_warnings
+    from chexrl.demo import pass_at_k_table, results_table, reward_verdict, run_demo
+    from chexrl.evaluation.intervals import finding_lines, summary_lines
 
     summary = run_demo(out, config)
     typer.echo("\n" + results_table(summary))
+    typer.echo("\nDifferences against the parent model, with 95% paired intervals:")
+    typer.echo("\n".join(summary_lines(summary["comparison"])))
     passes = pass_at_k_table(summary)
     if passes:
         typer.echo(
@@ -36,7 +39,7 @@ def demo_cmd(
     )
     verdict, raised = reward_verdict(summary)
     typer.secho(verdict, fg=None if raised else "yellow", bold=not raised)
-    for line in transfer_warnings(summary):
-        typer.secho(line, fg="red", bold=True)
+    for line, warning in finding_lines(summary["comparison"]):
+        typer.secho(line, fg="red" if warning else "yellow", bold=warning)
     typer.echo(f"\nreport: {Path(summary['report']).resolve()}")
     typer.echo(f"summary: {(out / 'summary.json').resolve()}")

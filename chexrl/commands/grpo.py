@@ -41,10 +41,10 @@ def grpo_cmd(
     """GRPO on a LoRA adapter: rollouts through vLLM actors, rewards from the evaluator's /score."""
     from trainer.loop import GRPORun, run_grpo
 
-    cfg = _run_config(config, evaluator_url, base_dir)
+    cfg = _checked_config(config, base_dir, evaluator_url)
     g = cfg.grpo
-    samples = _rl_samples(cfg)
-    eval_sets = _eval_sets(g)
+    samples = _rl_set(cfg)
+    id_eval, ood_eval = _eval_sets(g)
     connect_ray()
     run = GRPORun(
         model_dir=g.model,
@@ -53,8 +53,8 @@ def grpo_cmd(
         run_id=g.run_id or Path(g.run_dir).name,
         prompt_name=g.prompt,
         evaluator_token=evaluator_token(),
-        id_eval=eval_sets.get("eval_id_data"),
-        ood_eval=eval_sets.get("eval_ood_data"),
+        id_eval=id_eval,
+        ood_eval=ood_eval,
     )
     history = run_grpo(cfg, run, resume=resume)
     if not history:  # resumed a run whose last checkpoint is already its final step
@@ -66,9 +66,8 @@ def grpo_cmd(
     )
 
 
-def _run_config(config: Path, evaluator_url: str | None, base_dir: Path | None):
-    """The run configuration, checked, with every path absolute (actors resolve paths in their own
-    working directory, not this one)."""
+def _checked_config(config: Path, base_dir: Path | None, evaluator_url: str | None):
+    """The run's config, loaded and checked (its paths exist, made absolute), as a usage error if not."""
     from chexrl.config import load_config
 
     uploaded = base_dir is None and in_uploaded_working_dir()  # cwd: Ray's copy, without ignored files
@@ -89,17 +88,16 @@ def _run_config(config: Path, evaluator_url: str | None, base_dir: Path | None):
         raise typer.BadParameter(str(exc), param_hint="--config") from exc
     if evaluator_url:
         cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url})})
-    g = cfg.grpo
-    missing = [name for name in ("model", "data") if getattr(g, name) is None]
+    missing = [name for name in ("model", "data") if getattr(cfg.grpo, name) is None]
     if missing:
         raise typer.BadParameter(f"{config} must set grpo.{', grpo.'.join(missing)}", param_hint="--config")
     problem = check_local_paths(cfg, uploaded)
     if problem:
         raise typer.BadParameter(f"{config}: {problem}", param_hint="--config")
-    return absolute_paths(cfg)
+    return absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
 
 
-def _rl_samples(cfg) -> list:
+def _rl_set(cfg) -> list:
     """grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file."""
     from chexrl.data.sampling import rl_samples
 
@@ -118,18 +116,24 @@ def _rl_samples(cfg) -> list:
     return samples
 
 
-def _eval_sets(g) -> dict:
-    """The in- and out-of-distribution evaluation sets: both or neither (GRPOConfig checks)."""
+def _eval_sets(g) -> tuple[tuple | None, list[tuple] | None]:
+    """(ID set, [OOD set per site]) for evaluation during training, each (spec, its first eval_limit
+    samples); (None, None) when off (GRPOConfig checks both or neither)."""
     from chexrl.data.loaders import load_dataset
 
-    eval_sets = {}
-    for key in ("eval_id_data", "eval_ood_data") if g.eval_id_data else ():
-        spec = getattr(g, key)
-        eval_samples = load_dataset(spec)[: g.eval_limit]
+    if not g.eval_id_data:
+        return None, None
+    named = [("eval_id_data", g.eval_id_data)] + [("eval_ood_data", spec) for spec in g.eval_ood_specs]
+    sets = []
+    for key, spec in named:
+        try:
+            eval_samples = load_dataset(spec)[: g.eval_limit]
+        except (ValueError, OSError) as exc:
+            raise typer.BadParameter(f"grpo.{key} {spec!r}: {exc}", param_hint="--config") from exc
         if not eval_samples:
             raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
-        eval_sets[key] = (spec, eval_samples)
-    return eval_sets
+        sets.append((spec, eval_samples))
+    return sets[0], sets[1:]
 
 
 def evaluator_token() -> str | None:
@@ -189,8 +193,13 @@ def local_paths(cfg) -> list[tuple[str, str]]:
     """(config key, local path) of each file or folder the run reads."""
     g = cfg.grpo
     found = [("grpo.model", g.model), ("rollout.model", cfg.rollout.model if cfg.rollout else None)]
-    for key in ("data", "eval_id_data", "eval_ood_data"):
+    for key in ("data", "eval_id_data"):
         found.append((f"grpo.{key}", _spec_path(getattr(g, key))))
+    ood = g.eval_ood_specs
+    found += [
+        (f"grpo.eval_ood_data{f'[{i}]' if len(ood) > 1 else ''}", _spec_path(spec))
+        for i, spec in enumerate(ood)
+    ]
     if g.sft_data is not None:
         found += [(f"grpo.sft_data[{i}]", p) for i, p in enumerate(g.sft_data)]
     else:

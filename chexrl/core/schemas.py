@@ -1,4 +1,5 @@
-"""Label schemas: CheXpert's 14 labels and the paper's NIH ChestX-ray14 subsets.
+"""Label schemas: CheXpert's 14 labels, the paper's NIH ChestX-ray14 subsets, and the external test sites'
+subsets (NIH's expert relabels, VinDr-CXR).
 
 A schema is an ordered, immutable tuple of canonical label names plus a case-insensitive lookup. The order
 is the one used in every table (alphabetical, as CheXpert's own label files and the paper's Tables 5-6).
@@ -41,6 +42,23 @@ NIH9: tuple[str, ...] = (
     "Pneumothorax",
 )
 NIH10: tuple[str, ...] = tuple(sorted((*NIH9, "Pleural Effusion")))
+
+# NIH's four radiologist-adjudicated findings (Majkowska et al. 2020) under their CheXpert names: Airspace
+# opacity -> Lung Opacity, Nodule or mass -> Lung Lesion. No No Finding: four NOs say nothing about the
+# other findings of the image.
+NIH_EXPERT4: tuple[str, ...] = ("Fracture", "Lung Lesion", "Lung Opacity", "Pneumothorax")
+# The VinDr-CXR classes with a CheXpert counterpart (chexrl.core.site_labels.VINDR_TO_CHEXPERT).
+VINDR9: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumothorax",
+)
 
 NO_FINDING = "No Finding"
 
@@ -91,6 +109,8 @@ SCHEMAS: dict[str, LabelSchema] = {
     "chexpert14": LabelSchema("chexpert14", CHEXPERT14),
     "nih9": LabelSchema("nih9", NIH9),
     "nih10": LabelSchema("nih10", NIH10),
+    "nih-expert4": LabelSchema("nih-expert4", NIH_EXPERT4),
+    "vindr9": LabelSchema("vindr9", VINDR9),
 }
 
 

@@ -84,3 +84,29 @@ NIH_HEADER = (
 NIH_COLUMNS: tuple[str, ...] = tuple(NIH_HEADER.split(","))
 NIH_FINDINGS = NIH14
 NIH_SPLITS: tuple[str, ...] = ("train_val", "test")
+
+# ---- NIH expert relabels (Majkowska et al. 2020, as TorchXRayVision ships them): the NIH table's columns
+# with the four adjudicated findings (YES/NO) and `Set Id` (val 2,414 / test 1,962 rows) appended.
+NIH_EXPERT_CSV = "google2019_nih-chest-xray-labels.csv"
+NIH_EXPERT_HEADER = NIH_HEADER + ",Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id"
+NIH_EXPERT_SPLITS: tuple[str, ...] = ("val", "test")
+
+# ---- VinDr-CXR, Kaggle form: train.csv, one row per (image, reader, finding) with a box, images as
+# train/<image_id>.<ext> (the DICOMs converted to PNG or JPEG; `images=` picks the extension).
+VINDR_CSV = "train.csv"
+VINDR_COLUMNS: tuple[str, ...] = (
+    "image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"
+)  # fmt: skip
+VINDR_IMAGE_DIR = "train"
+VINDR_IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "dicom")
+
+# ---- PadChest: one row per image, images as <ImageDir>/<ImageID>.
+PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+PADCHEST_COLUMNS: tuple[str, ...] = (
+    "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
+    "ViewPosition_DICOM", "Projection", "MethodProjection", "Pediatric", "Modality_DICOM", "ReportID",
+    "MethodLabel", "Labels", "Localizations", "LabelsLocalizationsBySentence", "labelCUIS",
+    "LocalizationsCUIS",
+)  # fmt: skip
+PADCHEST_FRONTAL: frozenset[str] = frozenset({"PA", "AP", "AP_horizontal"})
+PADCHEST_PHYSICIAN = "Physician"

@@ -7,11 +7,13 @@ uses the frames only. `load_dataset("nih:/data/nih:test:nih10")` is the entry po
 CLI; the spec grammar is in `DatasetSpec` and docs/data.md.
 
 No Finding follows the dataset's own labeler. MIMIC and CheXpert files carry a No Finding column, and it is
-read as written (so a normal study with support devices is No Finding + Support Devices); only where that
-cell is blank is it derived, by the CheXpert labeler's rule (no pathology positive or uncertain; Support
+read as written (so a normal study with support devices is No Finding + Support Devices); a blank cell
+means "not No Finding": the labeler had the report and did not call it normal. Only a file without the
+column gets No Finding derived, by the CheXpert labeler's rule (no pathology positive or uncertain; Support
 Devices may co-occur). NIH writes "No Finding" as a label string. Rows that end with no label of the schema
-are never silently made normal: uncertain-only rows follow `uncertain_only`, rows whose findings all lie
-outside the schema follow `out_of_schema` (docs/data.md, "Label policies").
+are never silently made normal: uncertain-only rows follow `uncertain_only`; rows whose findings all lie
+outside the schema, and rows with nothing written (blank No Finding, nothing positive), follow
+`out_of_schema`, each counted under its own reason (docs/data.md, "Label policies").
 
 Every option of a spec is checked (an unknown key or value is an error naming it), and every label cell of
 a file must be 1.0, 0.0, -1.0 or empty: anything else is a `DataFormatError` naming the file, line and column.
@@ -35,16 +37,24 @@ from chexrl.core.label_mapping import (
 from chexrl.core.samples import XraySample
 from chexrl.core.schemas import CHEXPERT14, NO_FINDING, SCHEMAS, get_schema
 from chexrl.data import formats as F
+from chexrl.data.frames import DataFormatError, FrameLabels, find_file, pd_frame
+from chexrl.data.frames import filter_splits as _filter_splits
+from chexrl.data.frames import label_tuples as _tuples
+from chexrl.data.frames import nih_image_dir as _nih_image_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
-DATASETS = ("mimic", "chexpert", "nih")
-DEFAULT_SCHEMA = {"mimic": "chexpert14", "chexpert": "chexpert14", "nih": "nih9"}
+DATASETS = ("mimic", "chexpert", "nih", "nih-expert", "vindr", "padchest")  # the last three: loaders_external
+DEFAULT_SCHEMA = {"mimic": "chexpert14", "chexpert": "chexpert14", "nih": "nih9", "nih-expert": "nih-expert4",
+                  "vindr": "vindr9", "padchest": "chexpert14"}  # fmt: skip
 SPLIT_ALIASES = {
     "mimic": {"val": "validate", "valid": "validate", "validation": "validate"},
     "chexpert": {"val": "valid", "validate": "valid", "validation": "valid"},
     "nih": {"train": "train_val", "trainval": "train_val", "val": "train_val"},
+    "nih-expert": {"valid": "val", "validate": "val", "validation": "val"},
+    "vindr": {},
+    "padchest": {},
 }
 PATHOLOGIES = tuple(lab for lab in CHEXPERT14 if lab != NO_FINDING)
 SUPPORT_DEVICES = "Support Devices"
@@ -64,16 +74,18 @@ _OPTION_VALUES: dict[str, tuple[str, ...] | None] = {
     "labeler": ("chexpert", "negbio"),
     "frontal": tuple(_BOOL),
     "table": ("auto", "v2020", "2017"),
+    "min_readers": ("1", "2", "3"),
+    "images": ("auto", "png", "jpg", "dicom"),
+    "method": ("physician", "all"),
 }
 OPTIONS: dict[str, tuple[str, ...]] = {
     "mimic": ("uncertain", "uncertain_only", "out_of_schema", "labeler", "frontal"),
     "chexpert": ("uncertain", "uncertain_only", "out_of_schema", "frontal"),
     "nih": ("out_of_schema", "table"),  # no uncertain labels, and every NIH image is frontal
+    "nih-expert": (),  # a YES/NO verdict on each of its four labels: nothing to choose
+    "vindr": ("min_readers", "images", "out_of_schema"),
+    "padchest": ("method", "frontal", "out_of_schema"),
 }
-
-
-class DataFormatError(ValueError):
-    """A data set's files are missing or do not have the expected format."""
 
 
 # ---------------------------------------------------------------- spec
@@ -181,18 +193,14 @@ def read_frame(s: DatasetSpec) -> pd.DataFrame:
         return read_mimic_frame(s.root, s.splits, opt.get("labeler", "chexpert"), frontal)
     if s.dataset == "chexpert":
         return read_chexpert_frame(s.root, s.splits, frontal)
+    if s.dataset != "nih":
+        from chexrl.data.loaders_external import read_external_frame  # it imports this module
+
+        return read_external_frame(s.dataset, s.root, s.splits, opt)
     return read_nih_frame(s.root, s.splits, opt.get("table", "auto"))
 
 
 # ---------------------------------------------------------------- files
-
-
-def find_file(root: Path, name: str) -> Path:
-    """`name` or `name.gz` under root (the real MIMIC files ship gzipped)."""
-    for cand in (root / name, root / f"{name}.gz"):
-        if cand.is_file():
-            return cand
-    raise DataFormatError(f"{name}(.gz) not found in {root}")
 
 
 def _read_csv(path: Path, usecols=None, dtype=None, label_columns: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -241,16 +249,6 @@ def _find_bad_label_cell(path: Path, columns: tuple[str, ...]) -> None:
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise _bad_label_error(path, row, column, raw[column].iloc[row], int(bad.sum()))
-
-
-def _filter_splits(df: pd.DataFrame, splits: tuple[str, ...] | None, path: Path) -> pd.DataFrame:
-    if splits is None:
-        return df
-    unknown = set(splits) - set(df["split"].unique())
-    if unknown and df["split"].size:
-        known = sorted(df["split"].unique())
-        raise DataFormatError(f"{path}: no split {sorted(unknown)}; the files have {known}")
-    return df[df["split"].isin(splits)]
 
 
 # ---------------------------------------------------------------- MIMIC-CXR-JPG
@@ -398,13 +396,6 @@ def read_chexpert_frame(root, splits=None, frontal_only: bool = True) -> pd.Data
 # ---------------------------------------------------------------- NIH ChestX-ray14
 
 
-def _nih_image_dir(root: Path, names: pd.Series) -> pd.Series:
-    if (root / "images").is_dir() or not any(root.glob("images_*")):
-        return str(root / "images") + "/" + names
-    found = {p.name: str(p) for p in root.glob("images_*/images/*.png")}  # the Kaggle layout
-    return names.map(found).fillna(str(root / "images") + "/" + names)
-
-
 def read_nih_frame(root, splits=None, table: str = "auto") -> pd.DataFrame:
     """Data_Entry_2017_v2020.csv (or the 2017 file) with the official train_val / test lists as splits."""
     root = Path(root).expanduser().resolve()
@@ -441,36 +432,7 @@ def read_nih_frame(root, splits=None, table: str = "auto") -> pd.DataFrame:
     )
 
 
-def pd_frame(**cols) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame({k: v.to_numpy() if hasattr(v, "to_numpy") else v for k, v in cols.items()})
-
-
 # ---------------------------------------------------------------- labels -> samples
-
-
-@dataclass
-class FrameLabels:
-    """The labels of every row of a frame, which rows are kept, and why the others are not."""
-
-    labels: np.ndarray  # object array of label tuples, one per row (meaningful where `keep`)
-    keep: np.ndarray  # bool per row
-    dropped: dict[str, int]  # reason -> rows dropped for it
-    counts: dict[str, int]  # what the policies saw, for `data stats` (see `labeler_labels`)
-
-
-def _tuples(bits: np.ndarray, names: list[str], schema: str) -> np.ndarray:
-    """Per-row label tuples in schema order, built once per distinct combination (a few thousand at most)."""
-    order = get_schema(schema).labels
-    weights = 1 << np.arange(len(names), dtype=np.int64)
-    codes = bits.astype(np.int64) @ weights if names else np.zeros(len(bits), dtype=np.int64)
-    uniq, inverse = np.unique(codes, return_inverse=True)
-    table = np.empty(len(uniq), dtype=object)
-    for u, code in enumerate(uniq):
-        found = {n for b, n in enumerate(names) if code >> b & 1}
-        table[u] = tuple(lab for lab in order if lab in found)
-    return table[inverse] if len(bits) else np.empty(0, dtype=object)
 
 
 def labeler_labels(
@@ -482,13 +444,10 @@ def labeler_labels(
 ) -> FrameLabels:
     """Labels of a MIMIC/CheXpert frame (CheXpert-labeler values) on `schema`.
 
-    A row's labels are its schema labels positive under `uncertain`, plus No Finding where the file's No
-    Finding cell is 1.0. A blank No Finding cell is derived by the labeler's rule (no pathology positive
-    or uncertain; Support Devices may co-occur). A file's No Finding next to a positive pathology
-    contradicts itself: the pathology wins (counted as `no_finding_conflicts`). A row left with no label
-    is uncertain-only when the only non-negative values of its pathologies are -1.0 (`uncertain_only`
-    policy), else abnormal outside the schema (e.g. only Lung Opacity in nih9, or an explicit No Finding
-    0.0 with nothing else: `out_of_schema` policy). Nothing is ever made "No Finding" by omission.
+    A row's labels are its schema labels positive under `uncertain`, plus No Finding as the file writes it
+    (`_no_finding_cells`: a blank cell is not No Finding; derived only without the column; overruled by a
+    positive pathology, `no_finding_conflicts`). A row left with no label follows `uncertain_only` or
+    `out_of_schema` by its reason (`_unlabelled_rows`). Nothing is ever made "No Finding" by omission.
     """
     policy = normalize_uncertain_policy(uncertain)
     check_out_of_schema_policy(out_of_schema)
@@ -514,29 +473,17 @@ def labeler_labels(
         keep &= ~ignored
         dropped["uncertain (ignore)"] = int(ignored.sum())
 
-    nf_cell = (
-        frame[NO_FINDING].to_numpy(dtype=np.float32, na_value=np.nan)
-        if NO_FINDING in frame.columns
-        else np.full(n, np.nan, dtype=np.float32)
-    )
-    patho_values = values[:, pathology]
-    patho_pos = (patho_values == 1).any(axis=1) | ((patho_values == -1).any(axis=1) & (policy == "ones"))
-    patho_unc = (patho_values == -1).any(axis=1)
-    derived = np.isnan(nf_cell) & ~(patho_values == 1).any(axis=1) & ~patho_unc
-    conflict = (nf_cell == 1) & patho_pos
+    nf_cell, derived, conflict = _no_finding_cells(frame, values[:, pathology], policy)
     no_finding = ((nf_cell == 1) | derived) & ~conflict & (NO_FINDING in spec)
 
     empty = ~pos.any(axis=1) & ~no_finding
-    unc_only = empty & ~(values == 1).any(axis=1) & (values == -1).any(axis=1)
-    outside = empty & ~unc_only
-    for mask, rule, reason in (
-        (unc_only, uncertain_only, "uncertain_only"),
-        (outside, out_of_schema, "out_of_schema"),
-    ):
-        if rule == "drop":
+    unlabelled = _unlabelled_rows(empty, values, nf_cell)
+    rules = {"uncertain_only": uncertain_only, "out_of_schema": out_of_schema, "no_label": out_of_schema}
+    for reason, mask in unlabelled.items():
+        if rules[reason] == "drop":
             dropped[reason] = int((mask & keep).sum())
             keep &= ~mask
-        elif rule == "no_finding":
+        elif rules[reason] == "no_finding":
             no_finding |= mask
         # keep_empty: the row stays, with no label
     bits = np.column_stack([pos, no_finding]) if NO_FINDING in spec else pos
@@ -545,10 +492,35 @@ def labeler_labels(
         "no_finding_in_file": int(((nf_cell == 1) & ~conflict & keep).sum()),
         "no_finding_derived": int((derived & ~conflict & keep).sum()),
         "no_finding_conflicts": int((conflict & keep).sum()),
-        "uncertain_only": int(unc_only.sum()),
-        "out_of_schema": int(outside.sum()),
+        **{reason: int(mask.sum()) for reason, mask in unlabelled.items()},
     }
     return FrameLabels(labels, keep, {k: v for k, v in dropped.items() if v}, counts)
+
+
+def _unlabelled_rows(empty: np.ndarray, values: np.ndarray, nf_cell: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows left with no label, by reason: uncertain-only (only -1.0 among the non-negatives), nothing
+    written (No Finding blank, nothing positive: `no_label`), else findings outside the schema or an
+    explicit No Finding 0.0 (`out_of_schema`)."""
+    unc_only = empty & ~(values == 1).any(axis=1) & (values == -1).any(axis=1)
+    no_label = empty & ~unc_only & np.isnan(nf_cell) & ~(values == 1).any(axis=1)
+    return {"uncertain_only": unc_only, "out_of_schema": empty & ~unc_only & ~no_label, "no_label": no_label}
+
+
+def _no_finding_cells(frame: pd.DataFrame, patho_values: np.ndarray, policy: str):
+    """(the No Finding cell per row, NaN when blank or absent; rows where No Finding is derived; rows whose
+    No Finding = 1.0 a positive pathology overrules). A file with the column answers for every row (blank:
+    not No Finding); only a frame without one gets it derived by the labeler's rule."""
+    n = len(frame)
+    has_column = NO_FINDING in frame.columns
+    nf_cell = (
+        frame[NO_FINDING].to_numpy(dtype=np.float32, na_value=np.nan)
+        if has_column
+        else np.full(n, np.nan, dtype=np.float32)
+    )
+    patho_unc = (patho_values == -1).any(axis=1)
+    patho_pos = (patho_values == 1).any(axis=1) | (patho_unc & (policy == "ones"))
+    derived = np.zeros(n, dtype=bool) if has_column else ~(patho_values == 1).any(axis=1) & ~patho_unc
+    return nf_cell, derived, (nf_cell == 1) & patho_pos
 
 
 def nih_labels(frame: pd.DataFrame, schema: str, out_of_schema: str = DEFAULT_OUT_OF_SCHEMA) -> FrameLabels:
@@ -581,6 +553,10 @@ def frame_labels(
     """Labels, keep mask and drop reasons for a frame from any reader."""
     if dataset == "nih":
         return nih_labels(frame, schema, out_of_schema)
+    if dataset not in ("mimic", "chexpert"):
+        from chexrl.data.loaders_external import external_labels  # it imports this module
+
+        return external_labels(frame, dataset, schema, out_of_schema)
     return labeler_labels(frame, schema, uncertain, uncertain_only, out_of_schema)
 
 

@@ -1,7 +1,8 @@
 """`chexrl data stats`: images, patients, studies, splits and per-label positive counts of a data set,
 computed on the loader's frame (vectorised), so the full real tables take seconds. Labels are counted as the
 loader gives them to training (after the spec's policies); No Finding is what the file says (see
-`labeler_labels`), and the rows each policy dropped or changed are counted by reason."""
+`labeler_labels`: derived only from a MIMIC/CheXpert file without a No Finding column, and the stats say
+which), and the rows each policy dropped or changed are counted by reason."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from chexrl.core.schemas import get_schema
+from chexrl.core.schemas import NO_FINDING, get_schema
 from chexrl.data.loaders import DatasetSpec, frame_labels, label_policies, read_frame, resolve_spec
 
 
@@ -23,6 +24,7 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
     fl = frame_labels(frame, s.dataset, s.schema, **policies)
     labels, keep = fl.labels, fl.keep
     kept = frame[keep]
+    labeler = s.dataset in ("mimic", "chexpert")  # the files with CheXpert-labeler (uncertain) values
     counts = dict.fromkeys(get_schema(s.schema).labels, 0)
     for combo, c in Counter(labels[keep].tolist()).items():  # per distinct label tuple: a few thousand
         for lab in combo:
@@ -31,9 +33,9 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
         "dataset": s.dataset,
         "root": s.root,
         "schema": s.schema,
-        "uncertain": policies["uncertain"] if s.dataset != "nih" else None,
-        "uncertain_only": policies["uncertain_only"] if s.dataset != "nih" else None,
-        "out_of_schema": policies["out_of_schema"],
+        "uncertain": policies["uncertain"] if labeler else None,
+        "uncertain_only": policies["uncertain_only"] if labeler else None,
+        "out_of_schema": policies["out_of_schema"] if s.dataset != "nih-expert" else None,
         "images": len(kept),
         "patients": int(kept["patient_id"].nunique()),
         "studies": int(kept["study_id"].nunique()),
@@ -46,9 +48,18 @@ def dataset_stats(spec: str | DatasetSpec, **overrides) -> dict:
     if s.dataset == "nih":
         raw = frame["findings"].str.split("|").explode().value_counts()
         out["nih_findings"] = {str(k): int(v) for k, v in raw.sort_index().items()}
+    elif not labeler:
+        from chexrl.data.loaders_external import external_stats
+
+        out.update(external_stats(frame, s.dataset))
     else:
         cols = [c for c in counts if c in frame.columns]
         values = frame[cols].to_numpy(dtype=np.float32, na_value=np.nan)
+        out["no_finding_source"] = (
+            "the file's No Finding column (a blank cell is not No Finding)"
+            if NO_FINDING in frame.columns
+            else "derived: the file has no No Finding column (no pathology positive or uncertain)"
+        )
         out["uncertain_counts"] = dict(
             zip(cols, (values == -1).sum(axis=0).astype(int).tolist(), strict=True)
         )
@@ -73,12 +84,20 @@ def format_stats(st: dict) -> str:
     rows = st["rows"]
     if "no_finding_in_file" in rows:
         lines.append(
-            f"rows: uncertain-only {rows['uncertain_only']}, out of schema {rows['out_of_schema']}; No Finding "
-            f"from the file {rows['no_finding_in_file']}, derived (blank cell) {rows['no_finding_derived']}, "
-            f"overruled by a positive pathology {rows['no_finding_conflicts']}"
+            f"rows: uncertain-only {rows['uncertain_only']}, out of schema {rows['out_of_schema']}, nothing "
+            f"written (blank No Finding, nothing positive) {rows['no_label']}; No Finding from the file "
+            f"{rows['no_finding_in_file']}, derived {rows['no_finding_derived']}, overruled by a positive "
+            f"pathology {rows['no_finding_conflicts']}"
         )
+        lines.append(f"No Finding: {st['no_finding_source']}")
     else:
-        lines.append(f"rows: out of schema {rows['out_of_schema']}")
+        lines.append("rows: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rows.items()))
+    if "site_labels" in st:
+        lines.append("site labels: " + _top(st["site_labels"]))
+    if st.get("unmapped_terms"):
+        lines.append("unmapped terms: " + _top(st["unmapped_terms"]))
+    if st.get("filtered"):
+        lines.append("filtered: " + ", ".join(f"{k} {v}" for k, v in st["filtered"].items()))
     lines += [
         f"{'label':<28}{'positives':>10}{'share':>8}" + ("  uncertain" if "uncertain_counts" in st else ""),
     ]
@@ -88,3 +107,12 @@ def format_stats(st: dict) -> str:
         lines.append(f"{lab:<28}{n:>10}{share:>8.3f}{unc}")
     lines.append(f"({st['seconds']:.2f} s)")
     return "\n".join(lines)
+
+
+def _top(counts: dict[str, int], shown: int = 20) -> str:
+    """`name count, ...`; past `shown` names (PadChest has ~170 terms), the most frequent and how many more."""
+    items = list(counts.items())
+    if len(items) > shown:
+        items = sorted(items, key=lambda kv: -kv[1])[:shown]
+    more = f" ... and {len(counts) - shown} more (--json lists all)" if len(counts) > shown else ""
+    return ", ".join(f"{k} {v}" for k, v in items) + more

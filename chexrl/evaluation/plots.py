@@ -96,6 +96,9 @@ def eval_curves_png(
     ax.plot(
         steps, ood_f1, "s-", color="C3", label=f"OOD: {ordered[0].get('ood_name', 'out of distribution')}"
     )
+    for i, site in enumerate(list(ordered[0].get("ood_sites") or {})[1:]):  # further sites, when several
+        f1 = [macro_f1(e["ood_sites"][site]) if site in e.get("ood_sites", {}) else None for e in ordered]
+        ax.plot(steps, f1, "^--", color=f"C{4 + i}", label=f"OOD: {site}")
     warned = [e for e in ordered if e.get("warnings")]
     if warned:
         ax.scatter(
@@ -257,4 +260,36 @@ def pass_at_k_png(doc: Mapping, path: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize="x-small", loc="lower right")
     fig.suptitle(f"Acc@1 against Pass@{k} per model, in (circle) and out of (square) distribution")
+    return _save(fig, path)
+
+
+def paired_png(doc: Mapping, path: str | Path) -> Path | None:
+    """Each model's macro-F1 and micro-F1 difference against its parent, per test set, as a point with its
+    paired bootstrap interval as the error bar and a line at 0: a bar crossing the line is a difference
+    within resampling noise. None when the document holds no intervals."""
+    changes = [c for c in doc.get("changes_vs_parent", ()) if "interval" in c["macro_f1"]]
+    if not changes:
+        return None
+    panels = (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"))
+    fig = _figure(10.0, 1.2 + 0.45 * len(changes))
+    axes = fig.subplots(1, 2, sharey=True)
+    names = [f"{c['system']} - {c['parent']}: {c['dataset']}" for c in changes]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        ax.axvline(0.0, color="gray", linewidth=1, linestyle="--")
+        for i, c in enumerate(changes):
+            iv = c[key]["interval"]
+            beyond = iv["low"] > 0 or iv["high"] < 0
+            ax.errorbar(
+                iv["delta"],
+                i,
+                xerr=[[iv["delta"] - iv["low"]], [iv["high"] - iv["delta"]]],
+                fmt="o",
+                color="C3" if beyond else "C0",
+                capsize=3,
+            )
+        ax.set_yticks(range(len(changes)), names)
+        ax.set_xlabel(f"{title} difference (model - parent)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # the axes share y: inverting once puts the first difference on top
+    fig.suptitle("Differences against the parent, 95% paired bootstrap intervals (red: excludes 0)")
     return _save(fig, path)

@@ -36,14 +36,6 @@ def _read_json(path: Path) -> dict | None:
 def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, smoothing: float = 0.95) -> Path:
     """Write `report.md`, `report.html` and `figures/*.png` under `out_dir` (default RUN_DIR/report);
     returns the HTML page's path."""
-    from chexrl.evaluation.plots import (
-        ablation_png,
-        comparison_png,
-        eval_curves_png,
-        pass_at_k_png,
-        training_curves_png,
-    )
-
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
@@ -62,24 +54,7 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, smoo
     results = _read_json(run / "evaluation" / RESULTS_JSON)
 
     out = Path(out_dir) if out_dir is not None else run / REPORT_DIR
-    figures_dir = out / "figures"
-    drawn = {
-        "training_curves": training_curves_png(
-            records, figures_dir / "training_curves.png", smoothing=smoothing
-        ),
-        "eval_curves": eval_curves_png(evals, figures_dir / "eval_curves.png", selection),
-        "comparison": (ablation_png if results.get("kind") == "prompt_ablation" else comparison_png)(
-            results, figures_dir / "comparison.png"
-        )
-        if results
-        else None,
-        "pass_at_k": pass_at_k_png(results, figures_dir / "pass_at_k.png") if results else None,
-    }
-    figures = {
-        name: Image(f"figures/{path.name}", name.replace("_", " "), path.read_bytes())
-        for name, path in drawn.items()
-        if path is not None
-    }
+    figures = draw_figures(out / "figures", records, evals, selection, results, smoothing)
     blocks = run_blocks(
         run_dir=str(run),
         config_text=config_text,
@@ -98,6 +73,37 @@ def write_report(run_dir: str | Path, *, out_dir: str | Path | None = None, smoo
     html_path = out / "report.html"
     html_path.write_text(html_page(title, blocks))
     return html_path
+
+
+def draw_figures(
+    figures_dir: Path, records, evals, selection, results: dict | None, smoothing: float
+) -> dict[str, Image]:
+    """The report's PNG figures under `figures_dir`, by name; a figure without data is left out."""
+    from chexrl.evaluation.plots import (
+        ablation_png,
+        comparison_png,
+        eval_curves_png,
+        paired_png,
+        pass_at_k_png,
+        training_curves_png,
+    )
+
+    drawn = {
+        "training_curves": training_curves_png(
+            records, figures_dir / "training_curves.png", smoothing=smoothing
+        ),
+        "eval_curves": eval_curves_png(evals, figures_dir / "eval_curves.png", selection),
+    }
+    if results:
+        chart = ablation_png if results.get("kind") == "prompt_ablation" else comparison_png
+        drawn["comparison"] = chart(results, figures_dir / "comparison.png")
+        drawn["pass_at_k"] = pass_at_k_png(results, figures_dir / "pass_at_k.png")
+        drawn["paired"] = paired_png(results, figures_dir / "paired.png")
+    return {
+        name: Image(f"figures/{path.name}", name.replace("_", " "), path.read_bytes())
+        for name, path in drawn.items()
+        if path is not None
+    }
 
 
 def _run_name(run: Path, config_text: str | None) -> str:

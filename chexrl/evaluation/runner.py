@@ -22,6 +22,7 @@ import yaml
 
 from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
 from chexrl.core.metrics import DatasetMetrics, completion_metrics
+from chexrl.core.paired import per_image_answers
 from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, pass_at_k_summary
 from chexrl.core.prompts import DEFAULT_PROMPT, get_prompt
 from chexrl.core.samples import XraySample
@@ -224,8 +225,9 @@ def evaluate_models(
 
     `sampling` None (default) is greedy decoding; otherwise its temperature / top-p / seed with one
     completion per image; `max_tokens` caps every completion (callers pass `sampling.max_tokens`'s value
-    of their config) and `margin` is the trade-off warning's (`grpo.tradeoff_margin`). `router_factory(model_dir, rollout)` yields a router serving that checkpoint
-    with no adapter (default: `open_router`, a new engine each; tests pass a shared one).
+    of their config) and `margin` is the trade-off warning's (`grpo.tradeoff_margin`).
+    `router_factory(model_dir, rollout)` yields a router serving that checkpoint with no adapter (default:
+    `open_router`, a new engine each; tests pass a shared one).
 
     `samples` K (None: off) adds Acc@1 against Pass@K to each entry ("pass_at_k", chexrl.core.pass_at_k's
     summary): the greedy completions are the Acc@1 answers, and `samples_n` (default K, at least K) more per
@@ -238,77 +240,9 @@ def evaluate_models(
         check_model(m)
     n_samples = check_samples(samples, samples_n, sampling)
     pass_sampling = pass_sampling or SamplingConfig()
-    factory = router_factory or open_router
-    entries, completions, seconds = [], [], {}
-    for group in _engine_groups(models):
-        with factory(group[0].model, rollout) as router:
-            for m in group:
-                t0 = time.perf_counter()
-                if m.adapter is not None:
-                    router.push_adapter(load_adapter_dir(m.adapter, version=router.version + 1))
-                view = router if sampling is None else SampledRouter(router, sampling)
-                for prompt in prompts:
-                    for ts in test_sets:
-                        out = evaluate_samples(
-                            view,
-                            list(ts.samples),
-                            prompt_name=prompt,
-                            max_tokens=max_tokens,
-                            batch_size=batch_size,
-                        )
-                        texts = out["completions"]
-                        golds = [s.labels for s in ts.samples]
-                        # the evaluator's own function on the same inputs /evaluate receives
-                        metrics = completion_metrics(texts, golds, get_schema(ts.schema))
-                        entry = {
-                            "model": m.name,
-                            "prompt": prompt,
-                            "dataset": ts.name,
-                            "metrics": metrics.as_dict(),
-                        }
-                        key = {"model": m.name, "prompt": prompt, "dataset": ts.name}
-                        completions += [
-                            key
-                            | {"index": i, "image_path": s.image_path, "labels": list(s.labels)}
-                            | {"completion": text}
-                            for i, (s, text) in enumerate(zip(ts.samples, texts, strict=True))
-                        ]
-                        log(
-                            f"{m.name} | {prompt} | {ts.name}: macro-F1 {metrics.macro.f1:.3f}, "
-                            f"micro-F1 {metrics.micro.f1:.3f}, fail {metrics.fail_rate:.3f} (n={metrics.n})"
-                        )
-                        if samples:
-                            sampled = sample_completions(
-                                router,
-                                list(ts.samples),
-                                pass_sampling,
-                                n=n_samples,
-                                prompt_name=prompt,
-                                max_tokens=max_tokens,
-                                batch_size=batch_size,
-                            )
-                            entry["pass_at_k"] = p = pass_at_k_summary(
-                                texts, sampled, golds, get_schema(ts.schema), samples
-                            )
-                            completions += [
-                                key
-                                | {"index": i, "image_path": s.image_path, "labels": list(s.labels)}
-                                | {"sample": j, "completion": text}
-                                for i, (s, group) in enumerate(zip(ts.samples, sampled, strict=True))
-                                for j, text in enumerate(group)
-                            ]
-                            log(
-                                f"{m.name} | {prompt} | {ts.name}: Acc@1 {p['acc_at_1']['mean']:.3f}, "
-                                f"Pass@{samples} {p['pass_at_k']['mean']:.3f} (n={n_samples} samples), "
-                                f"Acc@1 Jaccard {p['acc_at_1_jaccard']['mean']:.3f}, best-of-{samples} "
-                                f"Jaccard {p['pass_at_k_jaccard']['mean']:.3f}"
-                            )
-                        entries.append(entry)
-                seconds[m.name] = time.perf_counter() - t0
-    decoding = (
-        {"greedy": True}
-        if sampling is None
-        else sampling.model_dump(include={"temperature", "top_p", "seed"}) | {"greedy": False}
+    settings = EntrySettings(max_tokens, batch_size, samples, n_samples, pass_sampling)
+    entries, completions, seconds = _run_all(
+        models, test_sets, prompts, sampling, settings, rollout, router_factory or open_router, log
     )
     extra = {}
     if samples:
@@ -322,11 +256,114 @@ def evaluate_models(
         entries=entries,
         margin=margin,
         relative=relative,
-        sampling=decoding | {"max_tokens": max_tokens},
+        sampling=_decoding(sampling) | {"max_tokens": max_tokens},
         seconds=seconds,
         **extra,
     )
     return doc, completions
+
+
+def _decoding(sampling: SamplingConfig | None) -> dict:
+    """How the main evaluation decoded, for the results document."""
+    if sampling is None:
+        return {"greedy": True}
+    return sampling.model_dump(include={"temperature", "top_p", "seed"}) | {"greedy": False}
+
+
+def _run_all(
+    models, test_sets, prompts, sampling, settings, rollout, factory, log
+) -> tuple[list, list, dict]:
+    """Every model x prompt x test set, one engine per base checkpoint: (entries, completion records,
+    seconds per model)."""
+    entries, completions, seconds = [], [], {}
+    for group in _engine_groups(models):
+        with factory(group[0].model, rollout) as router:
+            for m in group:
+                t0 = time.perf_counter()
+                if m.adapter is not None:
+                    router.push_adapter(load_adapter_dir(m.adapter, version=router.version + 1))
+                view = router if sampling is None else SampledRouter(router, sampling)
+                for prompt in prompts:
+                    for ts in test_sets:
+                        entry, rows = evaluate_entry(router, view, m.name, prompt, ts, settings, log)
+                        entries.append(entry)
+                        completions += rows
+                seconds[m.name] = time.perf_counter() - t0
+    return entries, completions, seconds
+
+
+@dataclass(frozen=True)
+class EntrySettings:
+    """How each (model, prompt, test set) is evaluated: completion length, batch, and Pass@K (K, n, sampling)."""
+
+    max_tokens: int
+    batch_size: int
+    samples: int | None
+    n_samples: int
+    pass_sampling: SamplingConfig
+
+
+def evaluate_entry(
+    router, view, model: str, prompt: str, ts: TestSet, settings: EntrySettings, log: Callable[[str], None]
+) -> tuple[dict, list[dict]]:
+    """One model with one prompt on one test set: (results entry, completion records). The entry holds
+    /evaluate's metrics, each image's answer ("per_image", for the paired intervals) and, with Pass@K,
+    the Acc@1-against-Pass@K summary."""
+    out = evaluate_samples(
+        view,
+        list(ts.samples),
+        prompt_name=prompt,
+        max_tokens=settings.max_tokens,
+        batch_size=settings.batch_size,
+    )
+    texts = out["completions"]
+    golds = [s.labels for s in ts.samples]
+    schema = get_schema(ts.schema)
+    # the evaluator's own function on the same inputs /evaluate receives
+    metrics = completion_metrics(texts, golds, schema)
+    key = {"model": model, "prompt": prompt, "dataset": ts.name}
+    entry = key | {"metrics": metrics.as_dict(), "per_image": per_image_answers(texts, golds, schema)}
+    rows = [
+        key | {"index": i, "image_path": s.image_path, "labels": list(s.labels)} | {"completion": text}
+        for i, (s, text) in enumerate(zip(ts.samples, texts, strict=True))
+    ]
+    log(
+        f"{model} | {prompt} | {ts.name}: macro-F1 {metrics.macro.f1:.3f}, "
+        f"micro-F1 {metrics.micro.f1:.3f}, fail {metrics.fail_rate:.3f} (n={metrics.n})"
+    )
+    if settings.samples:
+        entry["pass_at_k"], sampled_rows = _pass_at_k_entry(router, prompt, ts, texts, settings, key, log)
+        rows += sampled_rows
+    return entry, rows
+
+
+def _pass_at_k_entry(router, prompt: str, ts: TestSet, texts, settings: EntrySettings, key: dict, log):
+    """Pass@K of one (model, prompt, test set) against its greedy `texts`, and the sampled completion records."""
+    k = settings.samples
+    sampled = sample_completions(
+        router,
+        list(ts.samples),
+        settings.pass_sampling,
+        n=settings.n_samples,
+        prompt_name=prompt,
+        max_tokens=settings.max_tokens,
+        batch_size=settings.batch_size,
+    )
+    p = pass_at_k_summary(texts, sampled, [s.labels for s in ts.samples], get_schema(ts.schema), k)
+    rows = [
+        key
+        | {"index": i, "image_path": s.image_path, "labels": list(s.labels)}
+        | {"sample": j, "completion": text}
+        for i, (s, group) in enumerate(zip(ts.samples, sampled, strict=True))
+        for j, text in enumerate(group)
+    ]
+    log(
+        f"{key['model']} | {prompt} | {ts.name}: Acc@1 {p['acc_at_1']['mean']:.3f}, "
+        f"Pass@{k} {p['pass_at_k']['mean']:.3f} (n={settings.n_samples} samples), "
+        f"Acc@1 Jaccard {p['acc_at_1_jaccard']['mean']:.3f}, best-of-{k} "
+        f"Jaccard {p['pass_at_k_jaccard']['mean']:.3f}"
+    )
+    return p, rows
 
 
 def check_samples(samples: int | None, samples_n: int | None, sampling: SamplingConfig | None) -> int:
@@ -388,7 +425,8 @@ def results_from_metrics(
     """The results document of `chexrl evaluate` from metrics computed elsewhere (the demo's own
     evaluation, evaluation during training): `metrics[model_name][set_name]` in /evaluate's shape
     (chexrl.evaluation.rollouts.evaluate_samples' output is accepted as is: its "schema" and "completions" keys are
-    not copied; a "pass_at_k" summary is, with `pass_at_k_settings=...` in `extra` to describe it). Test
+    not copied; a "pass_at_k" summary is, with `pass_at_k_settings=...` in `extra` to describe it, and so
+    are per-image answers, "per_image" (comparison.per_image_answers), which give the paired intervals). Test
     sets come in the order of the first model's dict, the in-distribution one first;
     `specs[set_name]` says where a set came from. `extra` (e.g. sampling={"greedy": True, "max_tokens": 64})
     is stored as is. Write the files with `write_results`.
@@ -414,11 +452,11 @@ def results_from_metrics(
             "metrics": {k: metrics[model.name][name][k] for k in METRIC_KEYS},
         }
         # a "pass_at_k" summary (chexrl.core.pass_at_k.summarize) next to the metrics is kept
-        | (
-            {"pass_at_k": metrics[model.name][name]["pass_at_k"]}
-            if "pass_at_k" in metrics[model.name][name]
-            else {}
-        )
+        | {
+            key: metrics[model.name][name][key]
+            for key in ("pass_at_k", "per_image")
+            if key in metrics[model.name][name]
+        }
         for model in models
         for name in metrics[model.name]
     ]
@@ -433,10 +471,15 @@ def results_from_metrics(
     )
 
 
+def read_results(out_dir: str | Path) -> dict:
+    """The results document `write_results` wrote to `out_dir`."""
+    return json.loads((Path(out_dir) / RESULTS_JSON).read_text())
+
+
 def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = ()) -> dict[str, Path]:
     """results.json, results.md, results.csv, per_label.csv, the chart PNG and completions.jsonl; with
     Pass@K, the Acc@1-against-Pass@K chart (pass_at_k.png) and the sampled completions (samples.jsonl)."""
-    from chexrl.evaluation.plots import ablation_png, comparison_png, pass_at_k_png
+    from chexrl.evaluation.plots import ablation_png, comparison_png, paired_png, pass_at_k_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -463,7 +506,13 @@ def write_results(doc: dict, out_dir: str | Path, completions: Sequence[dict] = 
     pass_image = (
         Image(pass_chart.name, "Acc@1 against Pass@K", pass_chart.read_bytes()) if pass_chart else None
     )
-    paths["markdown"].write_text(markdown_page(title, results_blocks(doc, chart, pass_chart=pass_image)))
+    paired_chart = paired_png(doc, out / "paired.png")
+    paired_image = None
+    if paired_chart is not None:
+        paths["paired_chart"] = paired_chart
+        paired_image = Image(paired_chart.name, "differences with intervals", paired_chart.read_bytes())
+    blocks = results_blocks(doc, chart, pass_chart=pass_image, paired_chart=paired_image)
+    paths["markdown"].write_text(markdown_page(title, blocks))
     greedy = [c for c in completions if "sample" not in c]
     sampled = [c for c in completions if "sample" in c]
     for key, name, rows in (

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from chexrl.evaluation.intervals import (
+    bootstrap_sentence,
+    gap_change_table,
+    paired_table,
+    per_label_change_table,
+)
 from chexrl.evaluation.render import Block, Bullets, Code, Heading, Image, Para
 from chexrl.evaluation.selection import POLICIES
+from chexrl.evaluation.site_tables import evals_sites_table, site_gap_table
 from chexrl.evaluation.tables import (
     Table,
     ablation_table,
@@ -40,8 +47,28 @@ def _describe_decoding(doc: Mapping) -> str:
     return f"Prompts: {', '.join(doc['prompts'])}; {how}{tokens}."
 
 
-def _warning_blocks(warnings: Sequence[str], none_text: str) -> list[Block]:
-    return [Bullets(tuple(warnings), warning=True)] if warnings else [Para(none_text)]
+def _warning_blocks(warnings: Sequence[str], none_text: str, notes: Sequence[str] = ()) -> list[Block]:
+    """Warnings (their evidence excludes noise) in red, then notes (a trade-off within noise)."""
+    blocks: list[Block] = [Bullets(tuple(warnings), warning=True)] if warnings else [Para(none_text)]
+    if notes:
+        blocks += [Para("Within resampling noise (notes, not warnings):"), Bullets(tuple(notes))]
+    return blocks
+
+
+def interval_blocks(doc: Mapping, figure: Image | None, level: int) -> list[Block]:
+    """The paired intervals of a results document: how they are made, the differences against the parent,
+    the gap changes, their figure and the per-label changes; nothing without intervals."""
+    table = paired_table(doc)
+    if table is None:
+        return []
+    blocks: list[Block] = [Heading("Differences with intervals", level), Para(bootstrap_sentence(doc)), table]
+    gaps = gap_change_table(doc)
+    if gaps is not None:
+        blocks.append(gaps)
+    if figure:
+        blocks.append(figure)
+    blocks += [t for t in (per_label_change_table(doc, d["name"]) for d in doc["datasets"]) if t is not None]
+    return blocks
 
 
 def _describe_pass_at_k(doc: Mapping) -> str:
@@ -64,10 +91,12 @@ def results_blocks(
     level: int = 2,
     warnings: bool = True,
     pass_chart: Image | None = None,
+    paired_chart: Image | None = None,
 ) -> list[Block]:
     """A results document (chexrl.evaluation.comparison.build_results) as page blocks; `warnings=False`
     leaves its trade-off warnings to a page that lists them already. With Pass@K in the document, a section
-    "Acc@1 against Pass@K" with its table and `pass_chart`."""
+    "Acc@1 against Pass@K" with its table and `pass_chart`; with paired intervals, a section of them and
+    `paired_chart`."""
     sets = [d["name"] for d in doc["datasets"]]
     margin = doc.get("tradeoff_margin")
     mode = "relative" if doc.get("tradeoff_relative") else "absolute"
@@ -82,16 +111,21 @@ def results_blocks(
         blocks.append(overview_table(doc))
         if chart:
             blocks.append(chart)
+        sites = site_gap_table(doc)
+        if sites is not None:
+            blocks += [Heading("Transfer gap per site", level), sites]
         if warnings:
             blocks.append(Heading("Trade-off warnings", level))
             blocks += _warning_blocks(
                 doc.get("warnings", []),
                 f"No model gained in distribution over its parent while losing more than {margin} ({mode}) "
                 "macro-F1 out of distribution.",
+                doc.get("notes", []),
             )
         parents = parent_table(doc)
         if parents is not None:
             blocks += [Heading("Change against the parent model", level), parents]
+        blocks += interval_blocks(doc, paired_chart, level)
     passes = pass_at_k_table(doc)
     if passes is not None:
         blocks += [Heading("Acc@1 against Pass@K", level), Para(_describe_pass_at_k(doc)), passes]
@@ -125,16 +159,7 @@ def run_blocks(
         blocks.append(Heading("Missing from the run directory"))
         blocks.append(Bullets(tuple(missing)))
 
-    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
-    warnings += list((results or {}).get("warnings", []))
-    blocks.append(Heading("Generalization warnings"))
-    if evals or results:
-        blocks += _warning_blocks(
-            warnings,
-            "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin.",
-        )
-    else:
-        blocks.append(Para("No evaluation in or out of distribution was found, so nothing could be checked."))
+    blocks += generalization_blocks(evals, results)
 
     if selection:
         blocks.append(Heading("Checkpoint selection"))
@@ -146,48 +171,85 @@ def run_blocks(
     if evals:
         blocks.append(Heading("Evaluation during training"))
         blocks.append(evals_table(evals))
+        per_site = evals_sites_table(evals)  # several OOD sites: one column per site
+        if per_site is not None:
+            blocks.append(per_site)
         if "eval_curves" in figures:
             blocks.append(figures["eval_curves"])
 
     if prefilter:
         blocks += prefilter_blocks(prefilter)
 
-    blocks.append(Heading("Training dynamics"))
-    if records:
-        blocks.append(
-            Para(
-                f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines "
-                f"an exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
-            )
-        )
-        blocks.append(training_table(records, smoothing))
-        if "training_curves" in figures:
-            blocks.append(figures["training_curves"])
-    else:
-        blocks.append(Para("No per-step metrics (metrics.jsonl) were found."))
+    blocks += training_blocks(records, figures, smoothing)
 
     if results:
         what = "prompt ablation" if results.get("kind") == "prompt_ablation" else "models side by side"
         blocks.append(Heading(f"Final evaluation: {what}"))
         blocks += results_blocks(
-            results, figures.get("comparison"), level=3, warnings=False, pass_chart=figures.get("pass_at_k")
+            results,
+            figures.get("comparison"),
+            level=3,
+            warnings=False,
+            pass_chart=figures.get("pass_at_k"),
+            paired_chart=figures.get("paired"),
         )
 
-    blocks.append(Heading("Definitions"))
-    blocks.append(
-        Bullets(
-            (
-                "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
-                "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
-                "fail rate = share of completions without exactly one <think> block followed by one "
-                "<solution> block; a failed completion predicts no label",
-                *(f"{name}: {text}" for name, text in POLICIES.items()),
-            )
-        )
-    )
+    blocks += [Heading("Definitions"), Bullets(DEFINITIONS)]
     blocks.append(Heading("Configuration"))
     blocks.append(Code(config_text) if config_text else Para("No config.yaml in the run directory."))
     return blocks
+
+
+DEFINITIONS = (
+    "transfer gap = (OOD macro-F1 - ID macro-F1) / ID macro-F1",
+    "change against the parent = (model - parent) / parent for F1; a difference for the fail rate",
+    "interval = 95% paired bootstrap over images: both models rescored on the same 1000 resamples of the "
+    "images; one that holds 0 is a difference within resampling noise",
+    "fail rate = share of completions without exactly one <think> block followed by one <solution> block; a "
+    "failed completion predicts no label",
+    *(f"{name}: {text}" for name, text in POLICIES.items()),
+)
+
+
+def training_blocks(
+    records: Sequence[Mapping], figures: Mapping[str, Image], smoothing: float
+) -> list[Block]:
+    """The training dynamics: the per-step metrics' table and curves."""
+    if not records:
+        return [Heading("Training dynamics"), Para("No per-step metrics (metrics.jsonl) were found.")]
+    text = (
+        f"{len(records)} logged steps. As the paper's Figures 2 and 3: faint lines per step, bold lines an "
+        f"exponential moving average (TensorBoard's debiased smoothing, {smoothing})."
+    )
+    blocks: list[Block] = [Heading("Training dynamics"), Para(text), training_table(records, smoothing)]
+    if "training_curves" in figures:
+        blocks.append(figures["training_curves"])
+    return blocks
+
+
+def generalization_blocks(evals: Sequence[Mapping], results: Mapping | None) -> list[Block]:
+    """Why the run stopped early (grpo.stop_when_ood_drops), then the trade-off warnings and notes of the
+    in-training evaluations and of the final comparison."""
+    blocks: list[Block] = []
+    stops = [f"step {e['step']}: {e['stop']}" for e in evals if e.get("stop")]
+    if stops:
+        blocks += [Heading("Stopped early"), Bullets(tuple(stops), warning=True)]
+    warnings = [f"step {e['step']}: {w}" for e in evals for w in e.get("warnings", [])]
+    warnings += list((results or {}).get("warnings", []))
+    notes = [f"step {e['step']}: {w}" for e in evals for w in e.get("notes", [])]
+    notes += list((results or {}).get("notes", []))
+    blocks.append(Heading("Generalization warnings"))
+    if not (evals or results):
+        return [
+            *blocks,
+            Para("No evaluation in or out of distribution was found, so nothing could be checked."),
+        ]
+    return blocks + _warning_blocks(
+        warnings,
+        "None: in-distribution gains did not come with an out-of-distribution loss beyond the margin "
+        "and beyond resampling noise.",
+        notes,
+    )
 
 
 def prefilter_blocks(rows: Sequence[Mapping]) -> list[Block]:

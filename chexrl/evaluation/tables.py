@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chexrl.core.metrics import DatasetMetrics
+from chexrl.core.paired import SET_MEASURES
 from chexrl.core.pass_at_k import MEASURES
 from chexrl.core.prompts import PROMPTS
 from chexrl.evaluation.comparison import metrics_of, transfer_gap
-from chexrl.evaluation.selection import POLICIES, ema
+from chexrl.evaluation.selection import POLICIES, TIE_BREAK, ema
 
 # Display formats: text as is, f3 three decimals, pct a signed percentage, delta a signed difference.
 FORMATS = ("text", "f3", "pct", "delta", "int")
@@ -272,6 +273,8 @@ def results_csv_table(doc: Mapping) -> Table:
                     if c
                     else (None, None, None)
                 )
+                + interval_csv_columns(c)
+                + _gap_change_cells(doc, s["label"], d["name"])
             )
             if with_pass:
                 p = pass_at_k_of(doc, s["label"], d["name"]) or {}
@@ -282,8 +285,10 @@ def results_csv_table(doc: Mapping) -> Table:
     header = ("system", "model", "prompt", "parent", "dataset", "role", "schema", "n", "fail_rate")
     header += ("micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1")
     header += ("transfer_gap", "macro_f1_change_vs_parent", "micro_f1_change_vs_parent")
-    header += ("fail_rate_delta_vs_parent",)
+    header += ("fail_rate_delta_vs_parent", *INTERVAL_CSV_HEADER)
+    header += ("gap_change_vs_parent", "gap_change_vs_parent_low", "gap_change_vs_parent_high")
     formats = ("text",) * 7 + ("int",) + ("f3",) * 7 + ("pct", "pct", "pct", "delta")
+    formats += ("delta",) * (len(INTERVAL_CSV_HEADER) + 3)
     if with_pass:
         header += (
             "pass_k",
@@ -294,12 +299,36 @@ def results_csv_table(doc: Mapping) -> Table:
     return Table("results", header, formats, tuple(rows))
 
 
+def _gap_change_cells(doc: Mapping, system: str, dataset: str) -> tuple:
+    """The change of the transfer gap to `dataset` (an OOD set) against the parent: delta, low, high."""
+    for g in doc.get("gap_changes", ()):
+        if g["system"] == system and g["ood_dataset"] == dataset and g["interval"]:
+            return (g["interval"]["delta"], g["interval"]["low"], g["interval"]["high"])
+    return (None, None, None)
+
+
+def interval_csv_columns(change: Mapping | None) -> tuple:
+    """results.csv's interval cells of one (system, test set): delta, low, high per SET_MEASURES."""
+    out: tuple = ()
+    for key in SET_MEASURES:
+        iv = (change or {}).get(key, {}).get("interval")
+        out += (iv["delta"], iv["low"], iv["high"]) if iv else (None, None, None)
+    return out
+
+
+INTERVAL_CSV_HEADER = tuple(f"{k}_diff_vs_parent{sfx}" for k in SET_MEASURES for sfx in ("", "_low", "_high"))
+
+
 def per_label_csv_table(doc: Mapping) -> Table:
-    """per_label.csv: one row per (system, test set, label)."""
+    """per_label.csv: one row per (system, test set, label); with paired intervals, the F1 change against
+    the parent and its interval (f1_diff_vs_parent, _low, _high)."""
+    changes = {(c["system"], c["dataset"]): c.get("per_label") or {} for c in doc["changes_vs_parent"]}
     rows = []
     for s in doc["systems"]:
         for d in doc["datasets"]:
+            diffs = changes.get((s["label"], d["name"]), {})
             for label, v in metrics_of(doc, s["label"], d["name"]).per_label.items():
+                iv = diffs.get(label)
                 rows.append(
                     (
                         s["label"],
@@ -314,17 +343,31 @@ def per_label_csv_table(doc: Mapping) -> Table:
                         v.support,
                         v.predicted,
                     )
+                    + ((iv["delta"], iv["low"], iv["high"]) if iv else (None, None, None))
                 )
     header = ("system", "model", "prompt", "dataset", "role", "label", "precision", "recall", "f1")
     return Table(
         "per label",
-        (*header, "support", "predicted"),
-        ("text",) * 6 + ("f3",) * 3 + ("int", "int"),
+        (
+            *header,
+            "support",
+            "predicted",
+            "f1_diff_vs_parent",
+            "f1_diff_vs_parent_low",
+            "f1_diff_vs_parent_high",
+        ),
+        ("text",) * 6 + ("f3",) * 3 + ("int", "int") + ("delta",) * 3,
         tuple(rows),
     )
 
 
 # --------------------------------------------------------------------------------- a training run
+
+
+def _vs_start(record: Mapping, side: str) -> str:
+    """A step's macro-F1 minus the start's with its paired interval; "" for the start or without one."""
+    iv = (record.get("vs_start") or {}).get(side)
+    return f"{iv['delta']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]" if iv else ""
 
 
 def evals_table(evals: Sequence[Mapping]) -> Table:
@@ -346,7 +389,8 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
                 ood_m.micro.f1,
                 id_m.fail_rate,
                 ood_m.fail_rate,
-                "yes" if e.get("warnings") else "",
+                *(_vs_start(e, side) for side in ("id", "ood")),
+                "yes" if e.get("warnings") else ("within noise" if e.get("notes") else ""),
             )
         )
         if k is not None:
@@ -367,9 +411,11 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
         "OOD micro-F1",
         "ID fail rate",
         "OOD fail rate",
+        "ID macro-F1 vs start [95%]",
+        "OOD macro-F1 vs start [95%]",
         "trade-off warning",
     )
-    formats = ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text")
+    formats = ("int", "f3", "f3", "pct", "f3", "f3", "f3", "f3", "text", "text", "text")
     if k is not None:
         header += ("ID Acc@1", f"ID Pass@{k}", "OOD Acc@1", f"OOD Pass@{k}")
         formats += ("f3",) * 4
@@ -378,8 +424,19 @@ def evals_table(evals: Sequence[Mapping]) -> Table:
     )
 
 
+def _ties(pick: Mapping) -> str:
+    """The steps a pick is tied with (within resampling noise) and the rule that chose among them."""
+    if "tied_with" not in pick:  # "final", or evaluations without per-image answers
+        return ""
+    if not pick["tied_with"]:
+        return "none"
+    steps = ", ".join(str(s) for s in pick["tied_with"])
+    return f"tie with step {steps}; broken by {pick.get('tie_break', TIE_BREAK)}"
+
+
 def selection_table(selection: Mapping[str, Mapping]) -> Table:
-    """Which checkpoint each selection policy picked."""
+    """Which checkpoint each selection policy picked, and the steps it is tied with: those whose paired
+    interval against the pick holds 0 (chexrl.evaluation.selection.tied_steps)."""
     order = [p for p in POLICIES if p in selection] + [p for p in selection if p not in POLICIES]
     rows = []
     for name in order:
@@ -387,13 +444,24 @@ def selection_table(selection: Mapping[str, Mapping]) -> Table:
         id_f1, ood_f1 = pick["id_macro_f1"], pick["ood_macro_f1"]
         checkpoint = pick.get("checkpoint") or ("the starting checkpoint" if pick["step"] == 0 else "")
         rows.append(
-            (name, POLICIES.get(name, ""), pick["step"], checkpoint, id_f1, ood_f1, min(id_f1, ood_f1))
+            (
+                name,
+                POLICIES.get(name, ""),
+                pick["step"],
+                checkpoint,
+                id_f1,
+                ood_f1,
+                min(id_f1, ood_f1),
+                _ties(pick),
+            )
         )
     return Table(
         "Checkpoint selection",
-        ("policy", "picks", "step", "checkpoint", "ID macro-F1", "OOD macro-F1", "worst case"),
-        ("text", "text", "int", "text", "f3", "f3", "f3"),
+        ("policy", "picks", "step", "checkpoint", "ID macro-F1", "OOD macro-F1", "worst case", "ties (95%)"),
+        ("text", "text", "int", "text", "f3", "f3", "f3", "text"),
         tuple(rows),
+        note="A tie: the paired bootstrap interval of the pick's score minus another step's holds 0 (within "
+        "resampling noise on the same images). Empty where the evaluations kept no per-image answers.",
     )
 
 
