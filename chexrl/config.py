@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from chexrl.core.config import RewardConfig, StrictModel
+from chexrl.core.layout import layout_problem
 from chexrl.core.run_ids import RUN_ID_DESCRIPTION, check_run_id
 
 
@@ -273,6 +274,31 @@ class GRPOConfig(StrictModel):
         "by more than this (absolute macro-F1) against the start of the run.",
     )
     seed: int = Field(0, description="Seeds the run: the grpo.limit draw and the prompt order, among others.")
+    learners: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel learner ranks (a torch.distributed group: NCCL on GPUs, gloo on the CPU). "
+        "Each trains on its share of the step's groups; the adapter is the same for any number (docs/deploy.md, "
+        "'More than one GPU').",
+    )
+    layout: Literal["colocated", "split"] = Field(
+        "colocated",
+        description="colocated: each GPU holds a rollout worker and a learner rank that take turns "
+        "(rollout.num_workers == learners GPUs); split: rollout workers and learner ranks on GPUs of their "
+        "own (rollout.num_workers + learners GPUs).",
+    )
+    placement_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds to wait for the cluster to place every actor's bundle before failing with the "
+        "bundles asked for and the resources the cluster has.",
+    )
+    collective_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a learner rank waits in a collective (gradient all-reduce) for the others "
+        "before the step fails (a killed or stuck rank); the run then resumes from its last checkpoint.",
+    )
     lora: LoraSettings = Field(
         default_factory=lambda: LoraSettings(dropout=0.0),
         description="Rank 16, alpha 32 as in SFT, but no dropout: the learner's forward must be the policy "
@@ -394,6 +420,15 @@ class ChexrlConfig(StrictModel):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+    @model_validator(mode="after")
+    def _placeable_layout(self) -> ChexrlConfig:
+        # refused here rather than as actors that wait forever for a GPU share that cannot exist
+        workers = self.rollout.num_workers if self.rollout is not None else 1
+        problem = layout_problem(self.grpo.layout, workers, self.grpo.learners)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 def load_config(path: str | Path) -> ChexrlConfig:
