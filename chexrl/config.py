@@ -299,6 +299,12 @@ class GRPOConfig(StrictModel):
         description="Seconds a learner rank waits in a collective (gradient all-reduce) for the others "
         "before the step fails (a killed or stuck rank); the run then resumes from its last checkpoint.",
     )
+    learner_restarts: int = Field(
+        1,
+        ge=0,
+        description="Times a run resumes from its last checkpoint, in the same call, after a learner rank "
+        "dies or times out in a collective (0: fail at once).",
+    )
     lora: LoraSettings = Field(
         default_factory=lambda: LoraSettings(dropout=0.0),
         description="Rank 16, alpha 32 as in SFT, but no dropout: the learner's forward must be the policy "

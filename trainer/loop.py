@@ -23,22 +23,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
-
 from chexrl.config import ChexrlConfig, RolloutConfig
 from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
 from chexrl.core.samples import XraySample
 from chexrl.core.scoring import ScoredCompletion
 from chexrl.data.images import image_bytes
-from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
+from chexrl.models.adapter_io import save_adapter_dir
 from chexrl.run_files import atomic_write_text
 from rollout_worker.router import RolloutRouter
 from rollout_worker.types import RolloutPrompt
 from services.evaluator.client import EvaluatorClient
 from trainer.checkpoint import load_latest, save_checkpoint
 from trainer.filtering import collect_groups
-from trainer.grpo import GRPOLearner, TrainingExample
+from trainer.grpo import TrainingExample
+from trainer.learner_group import LearnerGroup, LearnerRankError
 from trainer.periodic_eval import PeriodicEvaluator, eval_scalars
+from trainer.placement import Placement, reserve
 from trainer.prefilter import prefilter_pool
 from trainer.run_log import RunLog
 from trainer.sampler import PromptCursor
@@ -65,40 +65,12 @@ class GRPORun:
             raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
 
 
-class LearnerHandle:
-    """The driver's view of the learner actor: one blocking verb per phase (`ray.get` only here)."""
-
-    def __init__(self, actor) -> None:
-        self.actor = actor
-
-    def step(self, examples: list[TrainingExample], rewards: list[float], group_size: int) -> dict:
-        return ray.get(self.actor.step.remote(examples, rewards, group_size))
-
-    def export(self, version: int) -> ray.ObjectRef:
-        """The adapter as a reference into Ray's object store: the weights go from the learner's process
-        to the rollout workers' without a copy through the driver (`RolloutRouter.push_adapter`)."""
-        return self.actor.export.remote(version)
-
-    def weights(self, adapter: ray.ObjectRef) -> AdapterWeights:
-        """The exported adapter's weights in the driver, for what writes them to disk."""
-        return ray.get(adapter)
-
-    def state(self) -> dict:
-        return ray.get(self.actor.state.remote())
-
-    def load_state(self, state: dict) -> None:
-        ray.get(self.actor.load_state.remote(state))
-
-    def close(self) -> None:
-        ray.kill(self.actor)
-
-
 @dataclass
 class RunParts:
     """What a run holds besides its config: the actors and clients, and where it stands."""
 
     router: RolloutRouter
-    learner: LearnerHandle
+    learner: LearnerGroup  # one learner actor, or grpo.learners data-parallel ranks
     client: EvaluatorClient
     cursor: PromptCursor
     messages: list[dict]
@@ -106,6 +78,14 @@ class RunParts:
     start: int = 0  # the step the run starts from (0, or the resumed checkpoint's)
     # the sample indices the cursor draws (the prefilter's kept images, trainer/prefilter.py); None: all
     pool: list[int] | None = None
+    placement: Placement | None = None  # the bundles the actors run in (trainer/placement.py)
+
+    def close(self) -> None:
+        self.client.close()
+        self.router.shutdown()
+        self.learner.close()
+        if self.placement is not None:
+            self.placement.remove()
 
 
 @dataclass
@@ -136,10 +116,30 @@ class PhaseTimer:
 
 
 def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Train; returns the per-step metrics. Needs a connected Ray (ray.init) and a running evaluator."""
+    """Train; returns the per-step metrics. Needs a connected Ray (ray.init) and a running evaluator.
+
+    A learner rank that dies (trainer/learner_group.py) ends the attempt; the run then resumes from its
+    last checkpoint, up to `grpo.learner_restarts` times, as `resume=True` would: the steps after the
+    checkpoint are redone once and logged once."""
+    history: list[dict] = []
+    for attempt in range(cfg.grpo.learner_restarts + 1):
+        try:
+            return _run_attempt(cfg, run, history, resume=resume, progress=progress)
+        except LearnerRankError as exc:
+            if attempt == cfg.grpo.learner_restarts:
+                raise
+            log.warning("%s: resuming %s from its last checkpoint", exc, run.run_id)
+            resume = True
+    raise AssertionError("unreachable")
+
+
+def _run_attempt(
+    cfg: ChexrlConfig, run: GRPORun, history: list[dict], *, resume: bool, progress: bool
+) -> list[dict]:
     g = cfg.grpo
     parts = start_run(cfg, run, resume=resume)
-    runlog, history = None, []
+    history[:] = [record for record in history if record["step"] <= parts.start]  # the rest is redone
+    runlog = None
     try:
         resume_step = parts.start if resume else None
         runlog = RunLog(run.run_dir, resume_step=resume_step, completions=g.log_completions)
@@ -167,9 +167,7 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
     finally:
         if runlog is not None:
             runlog.close()
-        parts.client.close()
-        parts.router.shutdown()
-        parts.learner.close()
+        parts.close()
     return history
 
 
@@ -260,21 +258,16 @@ def generate(parts: RunParts, run: GRPORun, cfg: ChexrlConfig, step: int, batch:
 def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     """Start the rollout workers and the learner, restore the latest checkpoint when resuming, and write
     the run's resolved config. The engine serves the learner's base unless `rollout.model` says otherwise."""
-    g, sampling = cfg.grpo, cfg.sampling
-    gpu_share = colocated_gpu_share(ray.cluster_resources().get("GPU", 0.0))
-    router = RolloutRouter(cfg.rollout or RolloutConfig(model=run.model_dir), num_gpus=gpu_share)
-    actor = (
-        ray.remote(GRPOLearner)
-        .options(num_cpus=1, num_gpus=gpu_share)
-        .remote(run.model_dir, g, temperature=sampling.temperature, max_completion_tokens=sampling.max_tokens)
-    )
+    g = cfg.grpo
+    router, learner, placement = start_actors(cfg, run)
     parts = RunParts(
         router=router,
-        learner=LearnerHandle(actor),
+        learner=learner,
         client=EvaluatorClient(g.evaluator_url, token=run.evaluator_token),
         cursor=PromptCursor(len(run.samples), seed=g.seed),
         messages=build_messages(run.prompt_name),
         images=[image_bytes(s.image_path) for s in run.samples],
+        placement=placement,
     )
     if g.prefilter is not None:  # before step 0, with the starting policy: the cursor runs over the kept
         parts.pool = _prefiltered(cfg, run, parts, resume)
@@ -296,21 +289,37 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     return parts
 
 
+def start_actors(cfg: ChexrlConfig, run: GRPORun) -> tuple[RolloutRouter, LearnerGroup, Placement]:
+    """Reserve the layout's bundles (one per GPU; CPU bundles on a CPU cluster), then start the rollout
+    workers and the learner ranks in them. The engine serves the learner's base unless `rollout.model`
+    says otherwise."""
+    g, sampling = cfg.grpo, cfg.sampling
+    rollout_cfg = cfg.rollout or RolloutConfig(model=run.model_dir)
+    placement = reserve(g.layout, rollout_cfg.num_workers, g.learners, timeout_s=g.placement_timeout_s)
+    router = None
+    try:
+        router = RolloutRouter(rollout_cfg, worker_options=placement.worker_options())
+        learner = LearnerGroup(
+            run.model_dir,
+            g,
+            temperature=sampling.temperature,
+            max_completion_tokens=sampling.max_tokens,
+            options=placement.learner_options(),
+        )
+    except BaseException:
+        if router is not None:
+            router.shutdown()
+        placement.remove()
+        raise
+    return router, learner, placement
+
+
 def _prefiltered(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, resume: bool) -> list[int]:
     try:
         return prefilter_pool(cfg, run, parts, resume=resume)
     except BaseException:  # none kept, a stale prefilter.jsonl, a dead worker: do not leave the actors up
-        parts.client.close()
-        parts.router.shutdown()
-        parts.learner.close()
+        parts.close()
         raise
-
-
-def colocated_gpu_share(cluster_gpus: float) -> float:
-    """The GPU fraction each rollout worker and the learner request: half a GPU each when the cluster has
-    GPUs, so that Ray places one engine and the learner on the same device (the paper's single-A100
-    colocation; vLLM's `gpu_memory_utilization` and sleep mode share its memory), none on a CPU cluster."""
-    return 0.5 if cluster_gpus >= 1 else 0.0
 
 
 def write_run_config(cfg: ChexrlConfig, run: GRPORun) -> None:
