@@ -150,3 +150,28 @@ def test_a_dead_rank_fails_the_step_at_once(single, two_ranks):
         two_ranks.step(single["examples"], REWARDS[0], GROUP)
     # rank 0 waits in the step's first collective: the driver does not wait for it
     assert time.perf_counter() - t0 < 10
+
+
+def test_a_failed_rank_resumes_the_run_from_its_checkpoint(monkeypatch):
+    """run_grpo's rule for a dead rank (the loop itself): the next attempt resumes, at most
+    grpo.learner_restarts times; a run without restarts fails with the rank's error."""
+    from chexrl.config import ChexrlConfig
+    from trainer import loop
+    from trainer.learner_group import LearnerRankError
+
+    calls = []
+
+    def attempt(cfg, run, history, *, resume, progress):
+        calls.append(resume)
+        if len(calls) == 1:
+            raise LearnerRankError("learner rank 1 failed in step")
+        return history
+
+    monkeypatch.setattr(loop, "_run_attempt", attempt)
+    run = loop.GRPORun(model_dir="m", samples=[], run_dir="r", run_id="r")
+    assert loop.run_grpo(ChexrlConfig(), run, progress=False) == []
+    assert calls == [False, True]
+    calls.clear()
+    with pytest.raises(LearnerRankError):
+        loop.run_grpo(ChexrlConfig(grpo={"learner_restarts": 0}), run, progress=False)
+    assert calls == [False]
