@@ -54,8 +54,17 @@ def plan_cmd(
     ),
     micro_batch: int | None = typer.Option(None, min=1, help="Completions per forward/backward."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON here."),
+    gpus: int | None = typer.Option(
+        None, min=1, help="GPUs of a multi-GPU layout: print each GPU's budget (docs/deploy.md)."
+    ),
+    nodes: int = typer.Option(1, min=1, help="Nodes the GPUs are spread over (with --gpus)."),
+    layout: str | None = typer.Option(None, help="colocated or split (with --gpus; default: grpo.layout)."),
+    learners: int | None = typer.Option(
+        None, min=1, help="Learner GPUs of a split layout (default: half of --gpus)."
+    ),
 ) -> None:
-    """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner."""
+    """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner;
+    with --gpus, the budget of each GPU of a multi-GPU layout."""
     from chexrl.config import ChexrlConfig, RolloutConfig, load_config
     from chexrl.models.memory_plan import PlanSettings, StepShape, model_shape, plan, render_table
 
@@ -81,8 +90,11 @@ def plan_cmd(
         logprob_chunk_tokens=g.logprob_chunk_tokens,
         lora_rank=g.lora.rank,
     )
-    result = plan(shape, step, settings)
-    typer.echo(render_table(result))
+    if gpus is not None:
+        result = _layout_budget(shape, step, settings, layout or g.layout, gpus, nodes, learners)
+    else:
+        result = plan(shape, step, settings)
+        typer.echo(render_table(result))
     if json_path is not None:
         from chexrl.bench.common import write_json
 
@@ -90,6 +102,21 @@ def plan_cmd(
         typer.echo(f"-> {json_path}")
     if not result["fits"]:
         raise typer.Exit(1)
+
+
+def _layout_budget(shape, step, settings, layout: str, gpus: int, nodes: int, learners: int | None):
+    from chexrl.models.layout_plan import layout_budget, render_layout_table
+
+    if layout not in ("colocated", "split"):
+        raise typer.BadParameter(f"--layout takes colocated or split, not {layout!r}")
+    try:
+        budget = layout_budget(
+            shape, step, settings, layout=layout, gpus=gpus, nodes=nodes, learners=learners
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(render_layout_table(budget))
+    return budget
 
 
 @bench_app.command("learner")
