@@ -75,3 +75,37 @@ def test_plan_command_prints_and_writes_each_gpus_budget(tmp_path):
     assert doc["layout"] == "split" and doc["gpus"] == 4 and doc["fits"]
     small = runner.invoke(app, [*args[:-2], "--gpu-gib", "16"])
     assert small.exit_code == 1 and "DOES NOT FIT" in small.output
+
+
+def test_step_time_model_divides_generation_and_training_and_adds_the_allreduce():
+    from chexrl.models.layout_plan import step_time_model
+
+    median = {"generation": 0.4, "forward_backward": 0.6, "scoring": 0.01, "optimizer": 0.02}
+    median |= {"weight_sync": 0.03, "other": 0.04}
+    one = step_time_model(median, workers=1, learners=1, adapter_bytes=10**9, link_gb_per_s=10)
+    assert one["allreduce"] == 0 and one["step"] == pytest.approx(1.1)
+    four = step_time_model(
+        median, workers=4, learners=4, adapter_bytes=10**9, link_gb_per_s=10, num_iterations=2
+    )
+    # ring all-reduce: 2 (N-1)/N of 1 GB at 10 GB/s, once per optimizer step
+    assert four["allreduce"] == pytest.approx(2 * 1.5 * 0.1)
+    assert four["step"] == pytest.approx(0.1 + 0.15 + 0.3 + 0.1)
+    # split, same 4 GPUs as 2 + 2: slower than colocated on 4 (each phase uses half the GPUs)
+    split = step_time_model(
+        median, workers=2, learners=2, adapter_bytes=10**9, link_gb_per_s=10, num_iterations=2
+    )
+    assert split["step"] > four["step"]
+
+
+def test_plan_command_models_the_step_time_from_bench_step_figures(tmp_path):
+    median = {"step": 1.0, "generation": 0.4, "forward_backward": 0.5, "scoring": 0.0, "optimizer": 0.0}
+    (tmp_path / "step.json").write_text(
+        json.dumps({"chexrl": {"median": median | {"weight_sync": 0.1, "other": 0.0}}})
+    )
+    args = ["plan", "--preset", "medgemma-4b", "--gpus", "2", "--step-json"]
+    out = CliRunner().invoke(app, [*args, str(tmp_path / "step.json"), "--json", str(tmp_path / "p.json")])
+    assert out.exit_code == 0 and "modelled step" in out.output, out.output
+    assert json.loads((tmp_path / "p.json").read_text())["step_time"]["generation"] == pytest.approx(0.2)
+    (tmp_path / "bad.json").write_text("{}")
+    bad = CliRunner().invoke(app, [*args, str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and "not `chexrl bench step` figures" in bad.output

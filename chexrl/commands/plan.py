@@ -62,6 +62,12 @@ def plan_cmd(
     learners: int | None = typer.Option(
         None, min=1, help="Learner GPUs of a split layout (default: half of --gpus)."
     ),
+    step_json: Path | None = typer.Option(
+        None, help="`chexrl bench step --json` figures of one GPU: also model the time per step (--gpus)."
+    ),
+    link_gb_per_s: float = typer.Option(
+        12.5, min=0.001, help="Slowest link between learner ranks, GB/s (100 Gb/s Ethernet: 12.5)."
+    ),
 ) -> None:
     """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner;
     with --gpus, the budget of each GPU of a multi-GPU layout."""
@@ -92,6 +98,8 @@ def plan_cmd(
     )
     if gpus is not None:
         result = _layout_budget(shape, step, settings, layout or g.layout, gpus, nodes, learners)
+        if step_json is not None:
+            result["step_time"] = _step_time(result, step_json, link_gb_per_s, g.num_iterations)
     else:
         result = plan(shape, step, settings)
         typer.echo(render_table(result))
@@ -117,6 +125,28 @@ def _layout_budget(shape, step, settings, layout: str, gpus: int, nodes: int, le
         raise typer.BadParameter(str(err)) from None
     typer.echo(render_layout_table(budget))
     return budget
+
+
+def _step_time(budget: dict, step_json: Path, link_gb_per_s: float, num_iterations: int) -> dict:
+    from chexrl.models.layout_plan import step_time_model
+
+    try:
+        median = json.loads(step_json.read_text())["chexrl"]["median"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise typer.BadParameter(
+            f"--step-json {step_json}: not `chexrl bench step` figures ({err})"
+        ) from None
+    times = step_time_model(
+        median,
+        workers=budget["rollout_workers"],
+        learners=budget["learner_ranks"],
+        adapter_bytes=budget["allreduce_bytes"],
+        link_gb_per_s=link_gb_per_s,
+        num_iterations=num_iterations,
+    )
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in times.items() if k != "step")
+    typer.echo(f"modelled step: {times['step']:.3f} s ({parts}); one GPU measured {median['step']:.3f} s")
+    return times
 
 
 @bench_app.command("learner")

@@ -116,3 +116,33 @@ def render_layout_table(budget: dict) -> str:
         )
     lines += ["", "fits" if budget["fits"] else "DOES NOT FIT: " + "; ".join(budget["problems"])]
     return "\n".join(lines)
+
+
+def step_time_model(
+    median: dict[str, float],
+    *,
+    workers: int,
+    learners: int,
+    adapter_bytes: int,
+    link_gb_per_s: float,
+    num_iterations: int = 1,
+) -> dict[str, float]:
+    """Seconds per step with `workers` engines and `learners` ranks, from one GPU's measured step split
+    (`chexrl bench step`'s `chexrl.median`: generation, scoring, forward_backward, optimizer,
+    weight_sync, other). Generation divides over the engines and forward/backward over the ranks (each
+    takes an equal share of the groups); scoring (one evaluator), the optimizer step (every rank steps
+    the whole adapter), the weight push (parallel to every worker) and the loop's own time do not divide;
+    each optimizer step adds a ring all-reduce of the adapter's fp32 gradients over the slowest link.
+    Generation over N engines is an optimistic bound: a small batch decodes at the per-token latency,
+    which more engines do not shorten (docs/deploy.md, 'More than one GPU')."""
+    allreduce = num_iterations * 2 * (learners - 1) / learners * adapter_bytes / (link_gb_per_s * 1e9)
+    parts = {
+        "generation": median["generation"] / workers,
+        "forward_backward": median["forward_backward"] / learners,
+        "allreduce": allreduce,
+        "scoring": median["scoring"],
+        "optimizer": median["optimizer"],
+        "weight_sync": median["weight_sync"],
+        "other": median["other"],
+    }
+    return parts | {"step": sum(parts.values())}
