@@ -108,4 +108,5 @@ def test_plan_command_models_the_step_time_from_bench_step_figures(tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["step_time"]["generation"] == pytest.approx(0.2)
     (tmp_path / "bad.json").write_text("{}")
     bad = CliRunner().invoke(app, [*args, str(tmp_path / "bad.json")])
-    assert bad.exit_code == 2 and "not `chexrl bench step` figures" in bad.output
+    text = " ".join(bad.output.replace("│", " ").split())  # the error box wraps long lines
+    assert bad.exit_code == 2 and "not `chexrl bench step` figures" in text, bad.output
