@@ -123,8 +123,9 @@ def _same_metrics(a: dict, b: dict) -> None:
 def test_two_ranks_train_the_single_learners_adapter(single, two_ranks):
     metrics = _train(two_ranks, single["examples"], range(STEPS))
     adapter = _adapter(two_ranks)
-    moved = _max_delta(adapter, {k: torch.zeros_like(v) for k, v in adapter.items()})
-    assert moved > 1e-4  # three steps moved the adapter: the comparison below means something
+    # LoRA B starts at zero: three steps moved it, so the comparison below means something
+    moved = max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k)
+    assert moved > 1e-4
     assert _max_delta(adapter, single["adapter"]) <= 1e-6
     for one, two in zip(single["metrics"], metrics, strict=True):
         _same_metrics(one, two)
