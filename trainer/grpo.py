@@ -108,10 +108,7 @@ class GRPOLearner:
         t_start = clock()
         advantages = self._advantages(rewards, group_size)
         num_examples = len(examples) if total_examples is None else total_examples
-        chunks = [
-            list(range(i, min(i + cfg.micro_batch_size, len(examples))))
-            for i in range(0, len(examples), cfg.micro_batch_size)
-        ]
+        chunks = _micro_batch_indices(len(examples), cfg.micro_batch_size)
         batches = [build_policy_batch(self.processor, [examples[i] for i in idx]) for idx in chunks]
         t_collated = clock()
         ref, old = self._fixed_logps(batches)
@@ -292,6 +289,10 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
     if name == "constant" and warmup:  # transformers' "constant" ignores the warmup
         name = "constant_with_warmup"
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
+
+
+def _micro_batch_indices(count: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
 
 def _first_pass_metrics(parts: list[dict]) -> dict[str, float]:

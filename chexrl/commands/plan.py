@@ -54,30 +54,22 @@ def plan_cmd(
     ),
     micro_batch: int | None = typer.Option(None, min=1, help="Completions per forward/backward."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON here."),
-    gpus: int | None = typer.Option(
-        None, min=1, help="GPUs of a multi-GPU layout: print each GPU's budget (docs/deploy.md)."
-    ),
+    gpus: int | None = typer.Option(None, min=1, help="GPUs of a multi-GPU layout: each GPU's budget."),
     nodes: int = typer.Option(1, min=1, help="Nodes the GPUs are spread over (with --gpus)."),
     layout: str | None = typer.Option(None, help="colocated or split (with --gpus; default: grpo.layout)."),
-    learners: int | None = typer.Option(
-        None, min=1, help="Learner GPUs of a split layout (default: half of --gpus)."
-    ),
+    learners: int | None = typer.Option(None, min=1, help="Learner GPUs of a split layout (default: half)."),
     step_json: Path | None = typer.Option(
         None, help="`chexrl bench step --json` figures of one GPU: also model the time per step (--gpus)."
     ),
     link_gb_per_s: float = typer.Option(
-        12.5, min=0.001, help="Slowest link between learner ranks, GB/s (100 Gb/s Ethernet: 12.5)."
+        12.5, min=0.001, help="Slowest link between ranks, GB/s (100 GbE: 12.5)."
     ),
 ) -> None:
-    """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner;
-    with --gpus, the budget of each GPU of a multi-GPU layout."""
-    from chexrl.config import ChexrlConfig, RolloutConfig, load_config
+    """Memory per phase of one GPU shared by vLLM and the learner; with --gpus, each GPU's of a layout."""
+    from chexrl.config import RolloutConfig
     from chexrl.models.memory_plan import PlanSettings, StepShape, model_shape, plan, render_table
 
-    try:
-        cfg = load_config(config) if config is not None else ChexrlConfig()
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+    cfg = _load(config)
     g, rollout = cfg.grpo, cfg.rollout or RolloutConfig(model="-")
     shape = model_shape(_config_of(preset, model))
     step = StepShape(
@@ -103,6 +95,20 @@ def plan_cmd(
     else:
         result = plan(shape, step, settings)
         typer.echo(render_table(result))
+    _write_and_exit(result, json_path)
+
+
+def _load(config: Path | None):
+    from chexrl.config import ChexrlConfig, load_config
+
+    try:
+        return load_config(config) if config is not None else ChexrlConfig()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def _write_and_exit(result: dict, json_path: Path | None) -> None:
+    """The plan as JSON when asked; exit status 1 when it does not fit."""
     if json_path is not None:
         from chexrl.bench.common import write_json
 
