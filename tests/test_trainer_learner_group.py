@@ -176,3 +176,15 @@ def test_a_failed_rank_resumes_the_run_from_its_checkpoint(monkeypatch):
     with pytest.raises(LearnerRankError):
         loop.run_grpo(ChexrlConfig(grpo={"learner_restarts": 0}), run, progress=False)
     assert calls == [False]
+
+
+def test_only_a_dead_rank_or_a_failed_collective_counts_as_a_rank_failure():
+    """A bug in the learner's own code raises as it is (a resume would only repeat it)."""
+    import ray
+    import torch.distributed as dist
+
+    from trainer.learner_group import _rank_failure
+
+    assert _rank_failure(ray.exceptions.RayActorError())
+    assert _rank_failure(ray.exceptions.RayTaskError("step", "", dist.DistBackendError("Timed out")))
+    assert not _rank_failure(ray.exceptions.RayTaskError("step", "", ValueError("bad batch")))

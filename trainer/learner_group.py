@@ -111,15 +111,27 @@ class LearnerGroup:
             ray.kill(actor)
 
     def _call(self, refs: list, what: str) -> list:
-        """Every rank's result; the first failure of any rank closes the group and raises at once (a
-        rank waiting in a collective for a dead peer would otherwise hold `ray.get` until its timeout)."""
+        """Every rank's result. A rank that died, or gave up in a collective, closes the group and raises
+        LearnerRankError at once (a rank waiting in a collective for a dead peer would otherwise hold
+        `ray.get` until its timeout); any other error is the learner's own and raises as it is."""
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
                 ray.get(done[0])
             except Exception as exc:
+                if not _rank_failure(exc):
+                    raise
                 rank = refs.index(done[0])
                 self.close()
                 raise LearnerRankError(f"learner rank {rank} failed in {what}: {exc}") from exc
         return ray.get(refs)
+
+
+def _rank_failure(exc: Exception) -> bool:
+    """A dead actor, or a collective that failed or timed out (torch.distributed's errors)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return True
+    return isinstance(getattr(exc, "cause", None), dist.DistError)
