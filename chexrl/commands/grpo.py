@@ -39,10 +39,37 @@ def grpo_cmd(
     ),
 ) -> None:
     """GRPO on a LoRA adapter: rollouts through vLLM actors, rewards from the evaluator's /score."""
-    from chexrl.config import load_config
-    from chexrl.data.loaders import load_dataset
-    from chexrl.data.sampling import rl_samples
     from trainer.loop import GRPORun, run_grpo
+
+    cfg = _run_config(config, evaluator_url, base_dir)
+    g = cfg.grpo
+    samples = _rl_samples(cfg)
+    eval_sets = _eval_sets(g)
+    connect_ray()
+    run = GRPORun(
+        model_dir=g.model,
+        samples=samples,
+        run_dir=g.run_dir,
+        run_id=g.run_id or Path(g.run_dir).name,
+        prompt_name=g.prompt,
+        evaluator_token=evaluator_token(),
+        id_eval=eval_sets.get("eval_id_data"),
+        ood_eval=eval_sets.get("eval_ood_data"),
+    )
+    history = run_grpo(cfg, run, resume=resume)
+    if not history:  # resumed a run whose last checkpoint is already its final step
+        typer.echo(f"GRPO: {g.run_dir} already finished all {g.max_steps} steps; nothing to do")
+        return
+    first, last = history[0]["reward/total"], history[-1]["reward/total"]
+    typer.echo(
+        f"GRPO done: {len(history)} steps, mean reward first {first:.3f} -> last {last:.3f}; {g.run_dir}"
+    )
+
+
+def _run_config(config: Path, evaluator_url: str | None, base_dir: Path | None):
+    """The run configuration, checked, with every path absolute (actors resolve paths in their own
+    working directory, not this one)."""
+    from chexrl.config import load_config
 
     uploaded = base_dir is None and in_uploaded_working_dir()  # cwd: Ray's copy, without ignored files
     if base_dir is not None:
@@ -69,12 +96,18 @@ def grpo_cmd(
     problem = check_local_paths(cfg, uploaded)
     if problem:
         raise typer.BadParameter(f"{config}: {problem}", param_hint="--config")
-    cfg = absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
+    return absolute_paths(cfg)
+
+
+def _rl_samples(cfg) -> list:
+    """grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file."""
+    from chexrl.data.sampling import rl_samples
+
     g = cfg.grpo
     sft_sets = (
         g.sft_data if g.sft_data is not None else [p for p in (cfg.sft.traces, cfg.sft.val_traces) if p]
     )
-    try:  # grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file
+    try:
         samples = rl_samples(g.data, g.limit, g.seed, sft_sets, log=typer.echo)
     except (ValueError, OSError) as exc:
         raise typer.BadParameter(
@@ -82,34 +115,31 @@ def grpo_cmd(
         ) from exc
     if not samples:
         raise typer.BadParameter(f"grpo.data {g.data!r} has no samples", param_hint="--config")
+    return samples
 
-    eval_sets = {}  # both or neither (GRPOConfig checks)
+
+def _eval_sets(g) -> dict:
+    """The in- and out-of-distribution evaluation sets: both or neither (GRPOConfig checks)."""
+    from chexrl.data.loaders import load_dataset
+
+    eval_sets = {}
     for key in ("eval_id_data", "eval_ood_data") if g.eval_id_data else ():
         spec = getattr(g, key)
         eval_samples = load_dataset(spec)[: g.eval_limit]
         if not eval_samples:
             raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
         eval_sets[key] = (spec, eval_samples)
+    return eval_sets
 
-    connect_ray()
-    run = GRPORun(
-        model_dir=g.model,
-        samples=samples,
-        run_dir=g.run_dir,
-        run_id=g.run_id or Path(g.run_dir).name,
-        prompt_name=g.prompt,
-        evaluator_token=os.environ.get("CHEXRL_EVALUATOR_TOKEN"),
-        id_eval=eval_sets.get("eval_id_data"),
-        ood_eval=eval_sets.get("eval_ood_data"),
-    )
-    history = run_grpo(cfg, run, resume=resume)
-    if not history:  # resumed a run whose last checkpoint is already its final step
-        typer.echo(f"GRPO: {g.run_dir} already finished all {g.max_steps} steps; nothing to do")
-        return
-    first, last = history[0]["reward/total"], history[-1]["reward/total"]
-    typer.echo(
-        f"GRPO done: {len(history)} steps, mean reward first {first:.3f} -> last {last:.3f}; {g.run_dir}"
-    )
+
+def evaluator_token() -> str | None:
+    """The evaluator's bearer token: from CHEXRL_EVALUATOR_TOKEN_FILE, else CHEXRL_EVALUATOR_TOKEN."""
+    from services.evaluator.security import TOKEN_FILE_ENV, read_token
+
+    try:
+        return read_token(os.environ)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=TOKEN_FILE_ENV) from exc
 
 
 def connect_ray() -> None:
