@@ -71,3 +71,18 @@ def test_a_placement_that_does_not_happen_times_out_with_what_is_free(ray_sessio
         assert opts["scheduling_strategy"].placement_group_bundle_index == 0
     finally:
         placement.remove()
+
+
+def test_split_engines_stay_awake_unless_asked_to_sleep():
+    from trainer.loop import GRPORun, rollout_config
+
+    run = GRPORun(model_dir="base", samples=[], run_dir="r", run_id="r")
+    colocated = ChexrlConfig()
+    assert rollout_config(colocated, run).sleep_between_phases is None  # on with a GPU, as on one GPU
+    split = ChexrlConfig.model_validate({"grpo": {"layout": "split"}})
+    assert rollout_config(split, run).sleep_between_phases is False
+    asked = ChexrlConfig.model_validate(
+        {"rollout": {"model": "m", "sleep_between_phases": True}, "grpo": {"layout": "split"}}
+    )
+    assert rollout_config(asked, run).sleep_between_phases is True
+    assert rollout_config(split, run).model == "base"

@@ -233,7 +233,7 @@ def start_actors(cfg: ChexrlConfig, run: GRPORun) -> tuple[RolloutRouter, Learne
     workers and the learner ranks in them. The engine serves the learner's base unless `rollout.model`
     says otherwise."""
     g, sampling = cfg.grpo, cfg.sampling
-    rollout_cfg = cfg.rollout or RolloutConfig(model=run.model_dir)
+    rollout_cfg = rollout_config(cfg, run)
     placement = reserve(g.layout, rollout_cfg.num_workers, g.learners, timeout_s=g.placement_timeout_s)
     router = None
     try:
@@ -251,6 +251,15 @@ def start_actors(cfg: ChexrlConfig, run: GRPORun) -> tuple[RolloutRouter, Learne
         placement.remove()
         raise
     return router, learner, placement
+
+
+def rollout_config(cfg: ChexrlConfig, run: GRPORun) -> RolloutConfig:
+    """The workers' engine settings: the learner's base unless `rollout.model` says otherwise; in the split
+    layout no sleep unless asked for (an engine alone on its GPU gains nothing by freeing it)."""
+    rollout_cfg = cfg.rollout or RolloutConfig(model=run.model_dir)
+    if cfg.grpo.layout == "split" and rollout_cfg.sleep_between_phases is None:
+        rollout_cfg = rollout_cfg.model_copy(update={"sleep_between_phases": False})
+    return rollout_cfg
 
 
 def _prefiltered(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, resume: bool) -> list[int]:
