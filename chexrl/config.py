@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from chexrl.core.config import RewardConfig, StrictModel
+from chexrl.core.layout import layout_problem
 from chexrl.core.run_ids import RUN_ID_DESCRIPTION, check_run_id
 
 
@@ -345,6 +346,37 @@ class GRPOConfig(StrictModel):
         "evaluation during training. None: off (the paper's recipe trains to max_steps).",
     )
     seed: int = Field(0, description="Seeds the run: the grpo.limit draw and the prompt order, among others.")
+    learners: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel learner ranks (a torch.distributed group: NCCL on GPUs, gloo on the CPU). "
+        "Each trains on its share of the step's groups; the adapter is the same for any number (docs/deploy.md, "
+        "'More than one GPU').",
+    )
+    layout: Literal["colocated", "split"] = Field(
+        "colocated",
+        description="colocated: each GPU holds a rollout worker and a learner rank that take turns "
+        "(rollout.num_workers == learners GPUs); split: rollout workers and learner ranks on GPUs of their "
+        "own (rollout.num_workers + learners GPUs).",
+    )
+    placement_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds to wait for the cluster to place every actor's bundle before failing with the "
+        "bundles asked for and the resources the cluster has.",
+    )
+    collective_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a learner rank waits in a collective (gradient all-reduce) for the others "
+        "before the step fails (a killed or stuck rank); the run then resumes from its last checkpoint.",
+    )
+    learner_restarts: int = Field(
+        1,
+        ge=0,
+        description="Times a run resumes from its last checkpoint, in the same call, after a learner rank "
+        "dies or times out in a collective (0: fail at once).",
+    )
     lora: LoraSettings = Field(
         default_factory=lambda: LoraSettings(dropout=0.0),
         description="Rank 16, alpha 32 as in SFT, but no dropout: the learner's forward must be the policy "
@@ -495,6 +527,15 @@ class ChexrlConfig(StrictModel):
             prompts = -(-self.grpo.prompts_per_step // r.num_workers)
             sized = r.model_copy(update={"step_sequences": prompts * self.sampling.n})
             object.__setattr__(self, "rollout", sized)  # frozen model: set once, while validating
+        return self
+
+    @model_validator(mode="after")
+    def _placeable_layout(self) -> ChexrlConfig:
+        # refused here rather than as actors that wait forever for a GPU share that cannot exist
+        workers = self.rollout.num_workers if self.rollout is not None else 1
+        problem = layout_problem(self.grpo.layout, workers, self.grpo.learners)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

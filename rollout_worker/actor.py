@@ -90,13 +90,22 @@ class RolloutWorker:
         }
 
     @staticmethod
-    def spawn(cfg: RolloutConfig, registry=None, *, num_cpus: float = 1, num_gpus: float = 0):
-        """Start one worker actor with restart and retry policies from `cfg`."""
+    def spawn(
+        cfg: RolloutConfig,
+        registry=None,
+        *,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        scheduling_strategy=None,
+    ):
+        """Start one worker actor with restart and retry policies from `cfg` (in a placement group's
+        bundle when `scheduling_strategy` names one)."""
         # vLLM's engine core in the actor process, its CPU KV cache and threads (chexrl/models/vllm_env.py)
         env = actor_env(cfg.kv_cache_gib, cfg.num_threads)
         actor = ray.remote(RolloutWorker).options(
             num_cpus=num_cpus,
             num_gpus=num_gpus,
+            scheduling_strategy=scheduling_strategy,
             max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_task_retries,
             runtime_env={"env_vars": env},

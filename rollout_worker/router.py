@@ -30,13 +30,22 @@ def split_evenly(items: list, parts: int) -> list[list]:
 class RolloutRouter:
     """The trainer's handle on its rollout workers (one by default)."""
 
-    def __init__(self, cfg: RolloutConfig, *, num_cpus: float = 1, num_gpus: float = 0) -> None:
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        *,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        worker_options: list[dict] | None = None,
+    ) -> None:
+        """`worker_options`: each worker's resources and placement (`.options(...)` keys; a GRPO run's
+        placement group, trainer/placement.py); None: `num_cpus` and `num_gpus` for every worker."""
         self.cfg = cfg
         self.registry = AdapterRegistry.remote()
-        self.workers = [
-            RolloutWorker.spawn(cfg, self.registry, num_cpus=num_cpus, num_gpus=num_gpus)
-            for _ in range(cfg.num_workers)
-        ]
+        options = worker_options or [{"num_cpus": num_cpus, "num_gpus": num_gpus}] * cfg.num_workers
+        if len(options) != cfg.num_workers:
+            raise ValueError(f"{len(options)} worker placements for rollout.num_workers={cfg.num_workers}")
+        self.workers = [RolloutWorker.spawn(cfg, self.registry, **opts) for opts in options]
         self.version = 0
         ray.get([w.info.remote() for w in self.workers])  # wait until every engine is up
 

@@ -1,16 +1,88 @@
-"""Where the GRPO actors go: colocated on one GPU when there is one, on the CPU otherwise."""
+"""Where the GRPO actors go: the layouts' bundles and shares (pure), the config-time refusal of a layout
+that cannot be placed, and the placement group on a real Ray cluster (CPU bundles stand in for GPUs)."""
+
+import time
 
 import pytest
 
-from trainer.loop import colocated_gpu_share
+from chexrl.config import ChexrlConfig
+from chexrl.core.layout import plan_layout
 
 
-@pytest.mark.parametrize("gpus", [1, 2, 8])
-def test_rollout_worker_and_learner_fit_on_one_gpu(gpus):
-    share = colocated_gpu_share(gpus)
-    assert share > 0 and 2 * share <= 1  # one engine + the learner on a single device
+@pytest.mark.parametrize(("layout", "workers", "learners"), [("colocated", 1, 1), ("colocated", 4, 4)])
+def test_colocated_gpus_hold_a_worker_and_a_learner_rank(layout, workers, learners):
+    plan = plan_layout(layout, workers, learners, gpus=True)
+    assert plan.gpus == learners
+    for bundle in range(len(plan.bundles)):
+        on_it = [s for s in plan.workers + plan.learners if s.bundle == bundle]
+        assert len(on_it) == 2 and sum(s.num_gpus for s in on_it) == 1  # one engine + one rank per GPU
+        assert sum(s.num_cpus for s in on_it) == plan.bundles[bundle]["CPU"]
 
 
-def test_cpu_cluster_requests_no_gpu():
+def test_split_gives_every_worker_and_rank_a_gpu_of_its_own():
+    plan = plan_layout("split", 2, 3, gpus=True)
+    assert plan.gpus == 5
+    slots = plan.workers + plan.learners
+    assert sorted(s.bundle for s in slots) == list(range(5)) and all(s.num_gpus == 1 for s in slots)
+
+
+def test_cpu_cluster_asks_for_no_gpu():
     # a GPU request on a GPU-less cluster would leave the actors pending forever
-    assert colocated_gpu_share(0) == 0
+    plan = plan_layout("colocated", 1, 1, gpus=False)
+    assert plan.gpus == 0 and all(s.num_gpus == 0 for s in plan.workers + plan.learners)
+
+
+def test_two_workers_beside_one_learner_on_one_gpu_are_refused_at_config_time():
+    """Half a GPU each for two engines left no room for the learner: its step waited forever. Now the
+    config names the layouts that work instead."""
+    with pytest.raises(ValueError, match=r"rollout.num_workers \(2\) must equal grpo.learners \(1\).*split"):
+        ChexrlConfig.model_validate({"rollout": {"model": "m", "num_workers": 2}})
+    cfg = ChexrlConfig.model_validate(
+        {"rollout": {"model": "m", "num_workers": 2}, "grpo": {"learners": 1, "layout": "split"}}
+    )
+    assert plan_layout(cfg.grpo.layout, 2, 1, gpus=True).gpus == 3
+
+
+def test_a_layout_larger_than_the_cluster_fails_at_once(ray_session):
+    from trainer.placement import PlacementError, reserve
+
+    t0 = time.perf_counter()
+    with pytest.raises(PlacementError, match=r"need 6 CPU in all; the cluster has 4"):
+        reserve("split", 3, 3, timeout_s=60)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_placement_that_does_not_happen_times_out_with_what_is_free(ray_session):
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from trainer.placement import PlacementError, reserve
+
+    hog = placement_group([{"CPU": 3}])  # another job holds 3 of the cluster's 4 CPUs
+    ray_session.get(hog.ready(), timeout=30)
+    try:
+        with pytest.raises(PlacementError, match=r"not placed within grpo.placement_timeout_s=1 s"):
+            reserve("colocated", 1, 1, timeout_s=1)
+    finally:
+        remove_placement_group(hog)
+    placement = reserve("colocated", 1, 1, timeout_s=30)  # freed: the same layout now places
+    try:
+        assert placement.plan.bundles == [{"CPU": 2}]
+        opts = placement.learner_options()[0]
+        assert opts["scheduling_strategy"].placement_group_bundle_index == 0
+    finally:
+        placement.remove()
+
+
+def test_split_engines_stay_awake_unless_asked_to_sleep():
+    from trainer.loop import GRPORun, rollout_config
+
+    run = GRPORun(model_dir="base", samples=[], run_dir="r", run_id="r")
+    colocated = ChexrlConfig()
+    assert rollout_config(colocated, run).sleep_between_phases is None  # on with a GPU, as on one GPU
+    split = ChexrlConfig.model_validate({"grpo": {"layout": "split"}})
+    assert rollout_config(split, run).sleep_between_phases is False
+    asked = ChexrlConfig.model_validate(
+        {"rollout": {"model": "m", "sleep_between_phases": True}, "grpo": {"layout": "split"}}
+    )
+    assert rollout_config(asked, run).sleep_between_phases is True
+    assert rollout_config(split, run).model == "base"

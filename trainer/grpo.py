@@ -16,6 +16,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from chexrl.config import GRPOConfig
 from chexrl.core.grpo import group_advantages, grpo_loss, reduce_micro_batch_metrics
 from chexrl.models.loading import load_model, load_processor
 from trainer.collate import build_policy_batch, completion_logprobs
+
+if TYPE_CHECKING:
+    from trainer.ranks import RankGroup
 
 
 @dataclass(frozen=True)
@@ -75,23 +79,37 @@ class GRPOLearner:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = learning_rate_schedule(self.optimizer, cfg)
+        # data-parallel ranks (trainer/learner_group.py); None: the only learner, no collective at all
+        self.ranks: RankGroup | None = None
+
+    def join_ranks(self, rank: int, world_size: int, address: str, timeout_s: float) -> int:
+        """Join the learner ranks' process group at rank 0's `address`, and take rank 0's adapter."""
+        from trainer.ranks import RankGroup
+
+        self.ranks = RankGroup(rank, world_size, address, timeout_s=timeout_s)
+        self.ranks.broadcast_parameters([p for p in self.model.parameters() if p.requires_grad])
+        return rank
 
     # ---- one update ------------------------------------------------------------------------------
     def step(
-        self, examples: list[TrainingExample], rewards: list[float], group_size: int
+        self,
+        examples: list[TrainingExample],
+        rewards: list[float],
+        group_size: int,
+        total_examples: int | None = None,
     ) -> dict[str, float]:
         """One Dr. GRPO update on a step's completions (grouped contiguously, `group_size` per prompt):
         the fixed log-probs (reference, old policy), then `num_iterations` passes of forward/backward
-        over the micro-batches, each ending in one optimizer step; the scheduler steps once."""
+        over the micro-batches, each ending in one optimizer step; the scheduler steps once.
+
+        As one of several ranks, `examples` is this rank's share of whole groups and `total_examples` the
+        step's count over all ranks (Dr. GRPO's divisor); gradients are summed over the ranks before each
+        optimizer step and the metrics are those of the whole step."""
         cfg, clock = self.cfg, _synchronized_clock
         t_start = clock()
-        advantages = group_advantages(
-            torch.tensor(rewards, dtype=torch.float32, device=self.device), group_size
-        )
-        chunks = [
-            list(range(i, min(i + cfg.micro_batch_size, len(examples))))
-            for i in range(0, len(examples), cfg.micro_batch_size)
-        ]
+        advantages = self._advantages(rewards, group_size)
+        num_examples = len(examples) if total_examples is None else total_examples
+        chunks = _micro_batch_indices(len(examples), cfg.micro_batch_size)
         batches = [build_policy_batch(self.processor, [examples[i] for i in idx]) for idx in chunks]
         t_collated = clock()
         ref, old = self._fixed_logps(batches)
@@ -108,10 +126,12 @@ class GRPOLearner:
                     ref[k] if ref else None,
                     old[k] if old else None,
                     first_pass=iteration == 0,
-                    num_examples=len(examples),
+                    num_examples=num_examples,
                 )
                 for k, (idx, batch) in enumerate(zip(chunks, batches, strict=True))
             ]
+            if self.ranks is not None:  # the whole step's micro-batches, in rank order, on every rank
+                parts = self.ranks.gather(parts)
             first_pass = first_pass or parts
             t1 = clock()
             grad_norm = self._optimizer_step()
@@ -131,6 +151,11 @@ class GRPOLearner:
             # and the rollout engine, waking next on the same GPU, finds its memory taken.
             torch.cuda.empty_cache()
         return out
+
+    def _advantages(self, rewards: list[float], group_size: int) -> torch.Tensor:
+        if not rewards:  # a rank with no group this step: it still joins the step's collectives
+            return torch.zeros(0, device=self.device)
+        return group_advantages(torch.tensor(rewards, dtype=torch.float32, device=self.device), group_size)
 
     def _logprobs(self, batch, *, entropy: bool = False, model_logprobs: bool = False):
         return completion_logprobs(
@@ -191,6 +216,8 @@ class GRPOLearner:
 
     def _optimizer_step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.ranks is not None:  # the whole batch's gradient on every rank, clipped alike
+            self.ranks.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -299,6 +326,10 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
     if name == "constant" and warmup:  # transformers' "constant" ignores the warmup
         name = "constant_with_warmup"
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
+
+
+def _micro_batch_indices(count: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
 
 def _first_pass_metrics(parts: list[dict]) -> dict[str, float]:

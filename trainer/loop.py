@@ -19,8 +19,6 @@ import logging
 import uuid
 from pathlib import Path
 
-import ray
-
 from chexrl.config import ChexrlConfig, RolloutConfig
 from chexrl.core.prompts import build_messages
 from chexrl.data.images import image_bytes
@@ -31,13 +29,13 @@ from services.evaluator.client import EvaluatorClient
 from trainer.checkpoint import load_latest
 from trainer.engine_gap import EngineGapWatch
 from trainer.filtering import StepBatch, collect_groups
-from trainer.grpo import GRPOLearner
+from trainer.learner_group import LearnerGroup, LearnerRankError
 from trainer.periodic_eval import log_eval, periodic_evaluator
+from trainer.placement import Placement, reserve
 from trainer.prefilter import prefilter_pool
 from trainer.records import CompletionRecord, Group, records_of, reward_metrics, set_scores
 from trainer.run import (
     GRPORun,
-    LearnerHandle,
     PhaseTimer,
     RunParts,
     save_run_checkpoint,
@@ -46,16 +44,36 @@ from trainer.run import (
 from trainer.run_log import RunLog
 from trainer.sampler import PromptCursor
 
-__all__ = ["GRPORun", "LearnerHandle", "PhaseTimer", "RunParts", "grpo_step", "run_grpo", "start_run"]
+__all__ = ["GRPORun", "PhaseTimer", "RunParts", "grpo_step", "run_grpo", "start_run"]
 
 log = logging.getLogger(__name__)
 
 
 def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Train; returns the per-step metrics. Needs a connected Ray (ray.init) and a running evaluator."""
+    """Train; returns the per-step metrics. Needs a connected Ray (ray.init) and a running evaluator.
+
+    A learner rank that dies (trainer/learner_group.py) ends the attempt; the run then resumes from its
+    last checkpoint, up to `grpo.learner_restarts` times, as `resume=True` would: the steps after the
+    checkpoint are redone once and logged once."""
+    history: list[dict] = []
+    for attempt in range(cfg.grpo.learner_restarts + 1):
+        try:
+            return _run_attempt(cfg, run, history, resume=resume, progress=progress)
+        except LearnerRankError as exc:
+            if attempt == cfg.grpo.learner_restarts:
+                raise
+            log.warning("%s: resuming %s from its last checkpoint", exc, run.run_id)
+            resume = True
+    raise AssertionError("unreachable")
+
+
+def _run_attempt(
+    cfg: ChexrlConfig, run: GRPORun, history: list[dict], *, resume: bool, progress: bool
+) -> list[dict]:
     g = cfg.grpo
     parts = start_run(cfg, run, resume=resume)
-    runlog, history = None, []
+    history[:] = [record for record in history if record["step"] <= parts.start]  # the rest is redone
+    runlog = None
     try:
         resume_step = parts.start if resume else None
         runlog = RunLog(run.run_dir, resume_step=resume_step, completions=g.log_completions)
@@ -91,9 +109,7 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
     finally:
         if runlog is not None:
             runlog.close()
-        parts.client.close()
-        parts.router.shutdown()
-        parts.learner.close()
+        parts.close()
     return history
 
 
@@ -190,21 +206,16 @@ def generate(parts: RunParts, run: GRPORun, cfg: ChexrlConfig, step: int, batch:
 def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     """Start the rollout workers and the learner, restore the latest checkpoint when resuming, and write
     the run's resolved config. The engine serves the learner's base unless `rollout.model` says otherwise."""
-    g, sampling = cfg.grpo, cfg.sampling
-    gpu_share = colocated_gpu_share(ray.cluster_resources().get("GPU", 0.0))
-    router = RolloutRouter(cfg.rollout or RolloutConfig(model=run.model_dir), num_gpus=gpu_share)
-    actor = (
-        ray.remote(GRPOLearner)
-        .options(num_cpus=1, num_gpus=gpu_share)
-        .remote(run.model_dir, g, temperature=sampling.temperature, max_completion_tokens=sampling.max_tokens)
-    )
+    g = cfg.grpo
+    router, learner, placement = start_actors(cfg, run)
     parts = RunParts(
         router=router,
-        learner=LearnerHandle(actor),
+        learner=learner,
         client=EvaluatorClient(g.evaluator_url, token=run.evaluator_token),
         cursor=PromptCursor(len(run.samples), seed=g.seed),
         messages=build_messages(run.prompt_name),
         images=[image_bytes(s.image_path) for s in run.samples],
+        placement=placement,
     )
     if g.prefilter is not None:  # before step 0, with the starting policy: the cursor runs over the kept
         parts.pool = _prefiltered(cfg, run, parts, resume)
@@ -226,21 +237,46 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     return parts
 
 
+def start_actors(cfg: ChexrlConfig, run: GRPORun) -> tuple[RolloutRouter, LearnerGroup, Placement]:
+    """Reserve the layout's bundles (one per GPU; CPU bundles on a CPU cluster), then start the rollout
+    workers and the learner ranks in them. The engine serves the learner's base unless `rollout.model`
+    says otherwise."""
+    g, sampling = cfg.grpo, cfg.sampling
+    rollout_cfg = rollout_config(cfg, run)
+    placement = reserve(g.layout, rollout_cfg.num_workers, g.learners, timeout_s=g.placement_timeout_s)
+    router = None
+    try:
+        router = RolloutRouter(rollout_cfg, worker_options=placement.worker_options())
+        learner = LearnerGroup(
+            run.model_dir,
+            g,
+            temperature=sampling.temperature,
+            max_completion_tokens=sampling.max_tokens,
+            options=placement.learner_options(),
+        )
+    except BaseException:
+        if router is not None:
+            router.shutdown()
+        placement.remove()
+        raise
+    return router, learner, placement
+
+
+def rollout_config(cfg: ChexrlConfig, run: GRPORun) -> RolloutConfig:
+    """The workers' engine settings: the learner's base unless `rollout.model` says otherwise; in the split
+    layout no sleep unless asked for (an engine alone on its GPU gains nothing by freeing it)."""
+    rollout_cfg = cfg.rollout or RolloutConfig(model=run.model_dir)
+    if cfg.grpo.layout == "split" and rollout_cfg.sleep_between_phases is None:
+        rollout_cfg = rollout_cfg.model_copy(update={"sleep_between_phases": False})
+    return rollout_cfg
+
+
 def _prefiltered(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, resume: bool) -> list[int]:
     try:
         return prefilter_pool(cfg, run, parts, resume=resume)
     except BaseException:  # none kept, a stale prefilter.jsonl, a dead worker: do not leave the actors up
-        parts.client.close()
-        parts.router.shutdown()
-        parts.learner.close()
+        parts.close()
         raise
-
-
-def colocated_gpu_share(cluster_gpus: float) -> float:
-    """The GPU fraction each rollout worker and the learner request: half a GPU each when the cluster has
-    GPUs, so that Ray places one engine and the learner on the same device (the paper's single-A100
-    colocation; vLLM's `gpu_memory_utilization` and sleep mode share its memory), none on a CPU cluster."""
-    return 0.5 if cluster_gpus >= 1 else 0.0
 
 
 def _progress(steps, start: int, total: int, show: bool):

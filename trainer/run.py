@@ -1,7 +1,6 @@
 """What a GRPO run is made of besides its config, as typed carriers the controller (trainer/loop.py) and
 the modules of its step (filtering, prefilter) share: the run's data (`GRPORun`), its actors and where it
-stands (`RunParts`), the driver's handle on the learner actor, the phase timer, and the run's files
-written at its start and at each checkpoint.
+stands (`RunParts`), the phase timer, and the run's files written at its start and at each checkpoint.
 """
 
 from __future__ import annotations
@@ -12,17 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
-
 from chexrl.config import ChexrlConfig
 from chexrl.core.prompts import DEFAULT_PROMPT
 from chexrl.core.samples import XraySample
-from chexrl.models.adapter_io import AdapterWeights
 from chexrl.run_files import atomic_write_text
 from rollout_worker.router import RolloutRouter
 from services.evaluator.client import EvaluatorClient
 from trainer.checkpoint import save_checkpoint
-from trainer.grpo import TrainingExample
+from trainer.learner_group import LearnerGroup
+from trainer.placement import Placement
 from trainer.sampler import PromptCursor
 
 
@@ -46,40 +43,12 @@ class GRPORun:
             raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
 
 
-class LearnerHandle:
-    """The driver's view of the learner actor: one blocking verb per phase (`ray.get` only here)."""
-
-    def __init__(self, actor) -> None:
-        self.actor = actor
-
-    def step(self, examples: list[TrainingExample], rewards: list[float], group_size: int) -> dict:
-        return ray.get(self.actor.step.remote(examples, rewards, group_size))
-
-    def export(self, version: int) -> ray.ObjectRef:
-        """The adapter as a reference into Ray's object store: the weights go from the learner's process
-        to the rollout workers' without a copy through the driver (`RolloutRouter.push_adapter`)."""
-        return self.actor.export.remote(version)
-
-    def weights(self, adapter: ray.ObjectRef) -> AdapterWeights:
-        """The exported adapter's weights in the driver, for what writes them to disk."""
-        return ray.get(adapter)
-
-    def state(self) -> dict:
-        return ray.get(self.actor.state.remote())
-
-    def load_state(self, state: dict) -> None:
-        ray.get(self.actor.load_state.remote(state))
-
-    def close(self) -> None:
-        ray.kill(self.actor)
-
-
 @dataclass
 class RunParts:
     """What a run holds besides its config: the actors and clients, and where it stands."""
 
     router: RolloutRouter
-    learner: LearnerHandle
+    learner: LearnerGroup  # one learner actor, or grpo.learners ranks (trainer/learner_group.py)
     client: EvaluatorClient
     cursor: PromptCursor
     messages: list[dict]
@@ -87,6 +56,14 @@ class RunParts:
     start: int = 0  # the step the run starts from (0, or the resumed checkpoint's)
     # the sample indices the cursor draws (the prefilter's kept images, trainer/prefilter.py); None: all
     pool: list[int] | None = None
+    placement: Placement | None = None  # the bundles the actors run in (trainer/placement.py)
+
+    def close(self) -> None:
+        self.client.close()
+        self.router.shutdown()
+        self.learner.close()
+        if self.placement is not None:
+            self.placement.remove()
 
 
 @dataclass

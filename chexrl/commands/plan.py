@@ -101,22 +101,47 @@ def plan_cmd(
     ),
     micro_batch: int | None = typer.Option(None, min=1, help="Completions per forward/backward."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON here."),
+    gpus: int | None = typer.Option(None, min=1, help="GPUs of a multi-GPU layout: each GPU's budget."),
+    nodes: int = typer.Option(1, min=1, help="Nodes the GPUs are spread over (with --gpus)."),
+    layout: str | None = typer.Option(None, help="colocated or split (with --gpus; default: grpo.layout)."),
+    learners: int | None = typer.Option(None, min=1, help="Learner GPUs of a split layout (default: half)."),
+    step_json: Path | None = typer.Option(
+        None, help="`chexrl bench step --json` figures of one GPU: also model the time per step (--gpus)."
+    ),
+    link_gb_per_s: float = typer.Option(
+        12.5, min=0.001, help="Slowest link between ranks, GB/s (100 GbE: 12.5)."
+    ),
 ) -> None:
-    """Memory per phase (generation, training, weight sync) of one GPU shared by vLLM and the learner."""
-    from chexrl.config import ChexrlConfig, load_config
+    """Memory per phase of one GPU shared by vLLM and the learner; with --gpus, each GPU's of a layout."""
     from chexrl.models.memory_plan import model_shape, plan, render_table
 
-    try:
-        cfg = load_config(config) if config is not None else ChexrlConfig()
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+    cfg = _load(config)
     hf_config, pixels = _config_of(preset, model)
     shape = model_shape(hf_config)
     overrides = dict(prompts=prompts, n=n, completion_tokens=completion_tokens, prompt_tokens=prompt_tokens)
     overrides |= dict(image_tokens=image_tokens, micro_batch=micro_batch)
     step, settings = plan_inputs(cfg, shape, pixels, gpu_gib=gpu_gib, image_px=image_px, overrides=overrides)
-    result = plan(shape, step, settings)
-    typer.echo(render_table(result))
+    if gpus is not None:
+        result = _layout_budget(shape, step, settings, layout or cfg.grpo.layout, gpus, nodes, learners)
+        if step_json is not None:
+            result["step_time"] = _step_time(result, step_json, link_gb_per_s, cfg.grpo.num_iterations)
+    else:
+        result = plan(shape, step, settings)
+        typer.echo(render_table(result))
+    _write_and_exit(result, json_path)
+
+
+def _load(config: Path | None):
+    from chexrl.config import ChexrlConfig, load_config
+
+    try:
+        return load_config(config) if config is not None else ChexrlConfig()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def _write_and_exit(result: dict, json_path: Path | None) -> None:
+    """The plan as JSON when asked; exit status 1 when it does not fit."""
     if json_path is not None:
         from chexrl.bench.common import write_json
 
@@ -139,6 +164,43 @@ def _learner_sizes(n, micro_batch, chunk_tokens, gradient_checkpointing) -> dict
             g.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
         ),
     }
+
+
+def _layout_budget(shape, step, settings, layout: str, gpus: int, nodes: int, learners: int | None):
+    from chexrl.models.layout_plan import layout_budget, render_layout_table
+
+    if layout not in ("colocated", "split"):
+        raise typer.BadParameter(f"--layout takes colocated or split, not {layout!r}")
+    try:
+        budget = layout_budget(
+            shape, step, settings, layout=layout, gpus=gpus, nodes=nodes, learners=learners
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(render_layout_table(budget))
+    return budget
+
+
+def _step_time(budget: dict, step_json: Path, link_gb_per_s: float, num_iterations: int) -> dict:
+    from chexrl.models.layout_plan import step_time_model
+
+    try:
+        median = json.loads(step_json.read_text())["chexrl"]["median"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise typer.BadParameter(
+            f"--step-json {step_json}: not `chexrl bench step` figures ({err})"
+        ) from None
+    times = step_time_model(
+        median,
+        workers=budget["rollout_workers"],
+        learners=budget["learner_ranks"],
+        adapter_bytes=budget["allreduce_bytes"],
+        link_gb_per_s=link_gb_per_s,
+        num_iterations=num_iterations,
+    )
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in times.items() if k != "step")
+    typer.echo(f"modelled step: {times['step']:.3f} s ({parts}); one GPU measured {median['step']:.3f} s")
+    return times
 
 
 @bench_app.command("learner")
