@@ -10,7 +10,7 @@ bottom to top:
     2  rollout_worker, services (the evaluator)
     3  chexrl.evaluation
     4  trainer
-    5  chexrl.bench, chexrl.demo, chexrl.commands, chexrl.cli
+    5  chexrl.bench, chexrl.demo, chexrl.pipeline, chexrl.commands, chexrl.cli
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "trainer": 4,
     "chexrl.bench": 5,
     "chexrl.demo": 5,
+    "chexrl.pipeline": 5,
     "chexrl.commands": 5,
     "chexrl.cli": 5,
 }
