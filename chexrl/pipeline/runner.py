@@ -186,6 +186,8 @@ def run_recipe(
                 log(f"{head}: up to date")
                 continue
             log(f"{head}: {'resuming' if state == 'resume' else 'running'}")
+            for later in stages[i:]:  # what comes after reads this stage's new outputs: it reruns too
+                mf.manifest_path(out, later.name).unlink(missing_ok=True)
             seconds = run_stage(ctx, stage, hashes[stage.name], resume=state == "resume")
             log(f"{head}: done in {seconds:.1f} s")
     finally:
