@@ -39,58 +39,12 @@ def grpo_cmd(
     ),
 ) -> None:
     """GRPO on a LoRA adapter: rollouts through vLLM actors, rewards from the evaluator's /score."""
-    from chexrl.config import load_config
-    from chexrl.data.loaders import load_dataset
-    from chexrl.data.sampling import rl_samples
     from trainer.loop import GRPORun, run_grpo
 
-    uploaded = base_dir is None and in_uploaded_working_dir()  # cwd: Ray's copy, without ignored files
-    if base_dir is not None:
-        if not base_dir.is_absolute() or not base_dir.is_dir():
-            raise typer.BadParameter(
-                f"{base_dir} is not an absolute path to a folder", param_hint="--base-dir"
-            )
-        config = base_dir / config
-        os.chdir(base_dir)  # every relative path of the run (config, data, model, run_dir) is the submitter's
-    if not config.exists():
-        raise typer.BadParameter(
-            missing_paths_message([("--config", str(config))], uploaded), param_hint="--config"
-        )
-    try:
-        cfg = load_config(config)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from exc
-    if evaluator_url:
-        cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url})})
+    cfg = checked_config(config, base_dir, evaluator_url)
     g = cfg.grpo
-    missing = [name for name in ("model", "data") if getattr(g, name) is None]
-    if missing:
-        raise typer.BadParameter(f"{config} must set grpo.{', grpo.'.join(missing)}", param_hint="--config")
-    problem = check_local_paths(cfg, uploaded)
-    if problem:
-        raise typer.BadParameter(f"{config}: {problem}", param_hint="--config")
-    cfg = absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
-    g = cfg.grpo
-    sft_sets = (
-        g.sft_data if g.sft_data is not None else [p for p in (cfg.sft.traces, cfg.sft.val_traces) if p]
-    )
-    try:  # grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file
-        samples = rl_samples(g.data, g.limit, g.seed, sft_sets, log=typer.echo)
-    except (ValueError, OSError) as exc:
-        raise typer.BadParameter(
-            f"grpo.data {g.data!r} / grpo.sft_data {sft_sets}: {exc}", param_hint="--config"
-        ) from exc
-    if not samples:
-        raise typer.BadParameter(f"grpo.data {g.data!r} has no samples", param_hint="--config")
-
-    eval_sets = {}  # both or neither (GRPOConfig checks)
-    for key in ("eval_id_data", "eval_ood_data") if g.eval_id_data else ():
-        spec = getattr(g, key)
-        eval_samples = load_dataset(spec)[: g.eval_limit]
-        if not eval_samples:
-            raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
-        eval_sets[key] = (spec, eval_samples)
-
+    samples = rl_prompts(cfg)
+    eval_sets = periodic_eval_sets(g)
     connect_ray()
     run = GRPORun(
         model_dir=g.model,
@@ -110,6 +64,70 @@ def grpo_cmd(
     typer.echo(
         f"GRPO done: {len(history)} steps, mean reward first {first:.3f} -> last {last:.3f}; {g.run_dir}"
     )
+
+
+def checked_config(config: Path, base_dir: Path | None, evaluator_url: str | None):
+    """The run's config, its paths checked (before any actor starts) and made absolute."""
+    from chexrl.config import load_config
+
+    uploaded = base_dir is None and in_uploaded_working_dir()  # cwd: Ray's copy, without ignored files
+    if base_dir is not None:
+        if not base_dir.is_absolute() or not base_dir.is_dir():
+            raise typer.BadParameter(
+                f"{base_dir} is not an absolute path to a folder", param_hint="--base-dir"
+            )
+        config = base_dir / config
+        os.chdir(base_dir)  # every relative path of the run (config, data, model, run_dir) is the submitter's
+    if not config.exists():
+        raise typer.BadParameter(
+            missing_paths_message([("--config", str(config))], uploaded), param_hint="--config"
+        )
+    try:
+        cfg = load_config(config)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from exc
+    if evaluator_url:
+        cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url})})
+    missing = [name for name in ("model", "data") if getattr(cfg.grpo, name) is None]
+    if missing:
+        raise typer.BadParameter(f"{config} must set grpo.{', grpo.'.join(missing)}", param_hint="--config")
+    problem = check_local_paths(cfg, uploaded)
+    if problem:
+        raise typer.BadParameter(f"{config}: {problem}", param_hint="--config")
+    return absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
+
+
+def rl_prompts(cfg) -> list:
+    """grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file."""
+    from chexrl.data.sampling import rl_samples
+
+    g = cfg.grpo
+    sft_sets = (
+        g.sft_data if g.sft_data is not None else [p for p in (cfg.sft.traces, cfg.sft.val_traces) if p]
+    )
+    try:
+        samples = rl_samples(g.data, g.limit, g.seed, sft_sets, log=typer.echo)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(
+            f"grpo.data {g.data!r} / grpo.sft_data {sft_sets}: {exc}", param_hint="--config"
+        ) from exc
+    if not samples:
+        raise typer.BadParameter(f"grpo.data {g.data!r} has no samples", param_hint="--config")
+    return samples
+
+
+def periodic_eval_sets(g) -> dict:
+    """grpo.eval_id_data and grpo.eval_ood_data (both or neither: GRPOConfig checks), first eval_limit each."""
+    from chexrl.data.loaders import load_dataset
+
+    eval_sets = {}
+    for key in ("eval_id_data", "eval_ood_data") if g.eval_id_data else ():
+        spec = getattr(g, key)
+        eval_samples = load_dataset(spec)[: g.eval_limit]
+        if not eval_samples:
+            raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
+        eval_sets[key] = (spec, eval_samples)
+    return eval_sets
 
 
 def connect_ray() -> None:
