@@ -433,8 +433,8 @@ class RecipeDataConfig(StrictModel):
     eval_images: int | None = Field(
         None,
         ge=1,
-        description="Final test images per set: the first N of each (None: all but the last grpo.eval_limit, "
-        "which GRPO's periodic evaluation uses).",
+        description="Final test images per set: at most the first N of each (None: all), never any of the "
+        "last grpo.eval_limit, which GRPO's periodic evaluation uses when id_val / ood_val are not given.",
     )
     seed: int = Field(0, description="Seed of the patient-disjoint, label-stratified draw.")
 

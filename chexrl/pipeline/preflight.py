@@ -95,8 +95,8 @@ def check_data(cfg: ChexrlConfig, out: Path) -> list[Check]:
     d, during = r.data, cfg.grpo.eval_limit or 0
     wants = {
         "train": d.pretrain_images + d.sft_images + d.rl_images,
-        "id_test": (d.eval_images or 1) + during,
-        "ood_test": (d.eval_images or 1) + during,
+        "id_test": 1 + (0 if d.id_val else during),  # the periodic evaluation's images come off the end
+        "ood_test": 1 + (0 if d.ood_val else during),
         "id_val": during,
         "ood_val": during,
     }

@@ -203,13 +203,15 @@ def draw_sets(ctx: RunContext) -> dict[str, list]:
     during = ctx.cfg.grpo.eval_limit or 0
     id_held = 0 if d.id_val else during  # images of a test set that GRPO's evaluation takes from its end
     ood_held = 0 if d.ood_val else during
-    final = d.eval_images or min(len(id_all) - id_held, len(ood_all) - ood_held)
-    if final < 1 or final + id_held > len(id_all) or final + ood_held > len(ood_all):
+    id_final, ood_final = len(id_all) - id_held, len(ood_all) - ood_held
+    if d.eval_images:
+        id_final, ood_final = min(id_final, d.eval_images), min(ood_final, d.eval_images)
+    if id_final < 1 or ood_final < 1:
         raise ValueError(
-            f"recipe.data.eval_images ({d.eval_images}) + grpo.eval_limit ({during}) exceed the test sets "
+            f"grpo.eval_limit ({during}) leaves no final test images in the test sets "
             f"({len(id_all)} {d.id_name}, {len(ood_all)} {d.ood_name} images)"
         )
-    sets |= {"id_test": id_all[:final], "ood_test": ood_all[:final]}
+    sets |= {"id_test": id_all[:id_final], "ood_test": ood_all[:ood_final]}
     sets["id_during"] = during_set(ctx, d.id_val, id_all, during)
     sets["ood_during"] = during_set(ctx, d.ood_val, ood_all, during)
     return sets
