@@ -59,27 +59,55 @@ def figures(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "seconds"}
 
 
-def run_recipe(tmp_path_factory, model_dir, mimic, chexpert, nih) -> tuple[Path, Path, str, float]:
-    root = tmp_path_factory.mktemp("recipe")
+def demo_path_config() -> dict:
+    """The demo's path at the smallest sizes: a tiny Gemma3 built, synthetic data in the three layouts
+    written, and the emulated pretraining, all as stages."""
+    cfg = small_config(Path("-"), Path("-"), Path("-"), Path("-"))
+    recipe = cfg["recipe"]
+    del recipe["model"]
+    recipe["tiny_model"] = {"family": "gemma3", "seed": 0}
+    recipe["synthetic_data"] = {"mimic_images": 120, "chexpert_images": 30, "nih_images": 30}
+    recipe["pretrain"] = True
+    recipe["data"] |= {
+        "train": "mimic:{out}/data/mimic",
+        "id_test": "chexpert:{out}/data/chexpert",
+        "ood_test": "nih:{out}/data/nih-site-b",
+        "pretrain_images": 16,
+        "ood_name": "nih-site-b",
+    }
+    return cfg | {"pretrain": {"max_steps": 3, "batch_size": 4}}
+
+
+def run_recipe(root: Path, cfg: dict, command: str = "run") -> tuple[Path, Path, str]:
     config = root / "recipe.yaml"
-    config.write_text(yaml.safe_dump(small_config(model_dir, mimic, chexpert, nih)))
-    start = time.perf_counter()
-    result = chexrl_run(config, root / "run")
-    seconds = time.perf_counter() - start
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "chexrl.cli", command, *([str(config)] if command == "run" else [])]
+    cmd += ["--out", str(root / "run"), *(["--config", str(config)] if command == "demo" else [])]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return config, root / "run", result.stdout, seconds
+    return config, root / "run", result.stdout
 
 
 @pytest.fixture(scope="module")
-def gemma_run(tmp_path_factory, tiny_gemma3_dir, synth_mimic_dir, synth_chexpert_dir, synth_nih_dir):
-    return run_recipe(tmp_path_factory, tiny_gemma3_dir, synth_mimic_dir, synth_chexpert_dir, synth_nih_dir)
+def gemma_run(tmp_path_factory):
+    """`chexrl demo --config` (the alias of `chexrl run`) on the demo's path at the smallest sizes, in a
+    folder where an earlier GRPO run and the user's own file are."""
+    root = tmp_path_factory.mktemp("recipe-gemma3")
+    (root / "run" / "grpo").mkdir(parents=True)
+    (root / "run" / "grpo" / "metrics.jsonl").write_text('{"step": 7, "reward/total": 1.0}\n')
+    (root / "run" / "notes.txt").write_text("the user's own file")
+    return run_recipe(root, demo_path_config(), command="demo")
 
 
-def check_finished_run(out: Path, stdout: str) -> dict:
+RECIPE = ("data", "traces", "sft", "grpo", "evaluate", "report")
+DEMO_ONLY = ("tiny_model", "synth_data", "pretrain")
+
+
+def check_finished_run(out: Path, stdout: str, stages: tuple[str, ...], ood: str) -> dict:
     summary = json.loads((out / "summary.json").read_text())
-    for stage in ("data", "traces", "sft", "grpo", "evaluate", "report"):
-        assert f"] {stage}: done in" in stdout and (out / ".chexrl" / f"{stage}.json").is_file()
-    assert "] tiny_model:" not in stdout and "] pretrain:" not in stdout  # stages this config leaves off
+    for stage in DEMO_ONLY + RECIPE:
+        ran = f"] {stage}: done in" in stdout and (out / ".chexrl" / f"{stage}.json").is_file()
+        assert ran == (stage in stages), stage  # the demo-only stages run only where the config turns them on
     for model in ("base", "sft", "grpo"):
         assert 0.0 <= summary[model]["id"] <= 1.0 and 0.0 <= summary[model]["ood"] <= 1.0
         assert summary[model]["pass_at_k"]["ood"]["k"] == 2
@@ -87,7 +115,7 @@ def check_finished_run(out: Path, stdout: str) -> dict:
     results = json.loads((out / "grpo" / "evaluation" / "results.json").read_text())
     entries = {(e["model"], e["dataset"]): e["metrics"] for e in results["entries"]}
     assert entries["grpo", "chexpert"]["macro"]["f1"] == summary["grpo"]["id"]
-    assert entries["sft", "nih"]["macro"]["f1"] == summary["sft"]["ood"]
+    assert entries["sft", ood]["macro"]["f1"] == summary["sft"]["ood"]
     samples = {name: (out / "samples" / f"{name}.jsonl").read_text().splitlines() for name in ("sft", "rl")}
     assert (len(samples["sft"]), len(samples["rl"])) == (16, 4)
     patients = [{json.loads(line)["patient_id"] for line in lines} for lines in samples.values()]
@@ -98,13 +126,15 @@ def check_finished_run(out: Path, stdout: str) -> dict:
 
 
 def test_gemma3_recipe_end_to_end_then_every_stage_up_to_date(gemma_run):
-    config, out, stdout, _ = gemma_run
-    summary = check_finished_run(out, stdout)
+    config, out, stdout = gemma_run
+    summary = check_finished_run(out, stdout, DEMO_ONLY + RECIPE, "nih-site-b")
+    assert "GRPO mean reward (3 steps" in stdout and str(out / "summary.json") in stdout
+    assert (out / "notes.txt").read_text() == "the user's own file"  # the earlier GRPO run is gone
     start = time.perf_counter()
     again = chexrl_run(config, out)
     seconds = time.perf_counter() - start
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("data", "traces", "sft", "grpo", "evaluate", "report"):
+    for stage in DEMO_ONLY + RECIPE:
         assert f"] {stage}: up to date" in again.stdout
     assert "running" not in again.stdout and seconds < 60
     assert figures(json.loads((out / "summary.json").read_text())) == figures(summary)
@@ -113,10 +143,10 @@ def test_gemma3_recipe_end_to_end_then_every_stage_up_to_date(gemma_run):
 def test_qwen2_5_vl_recipe_end_to_end(
     tmp_path_factory, tiny_qwen_dir, synth_mimic_dir, synth_chexpert_dir, synth_nih_dir
 ):
-    _, out, stdout, _ = run_recipe(
-        tmp_path_factory, tiny_qwen_dir, synth_mimic_dir, synth_chexpert_dir, synth_nih_dir
-    )
-    check_finished_run(out, stdout)
+    """A given model folder and data sets in their own folders: the path of a real run."""
+    cfg = small_config(tiny_qwen_dir, synth_mimic_dir, synth_chexpert_dir, synth_nih_dir)
+    _, out, stdout = run_recipe(tmp_path_factory.mktemp("recipe-qwen"), cfg)
+    check_finished_run(out, stdout, RECIPE, "nih")
     sft_history = json.loads((out / "sft" / "history.json").read_text())
     assert sft_history["n_train"] > 0 and sft_history["epochs"]
     rows = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
@@ -133,7 +163,7 @@ def wait_for_first_checkpoint(proc: subprocess.Popen, metrics: Path, timeout: fl
 
 
 def test_sigkill_during_grpo_then_rerun_resumes_to_the_same_figures(gemma_run):
-    config, out, _, _ = gemma_run
+    config, out, _ = gemma_run
     uninterrupted = json.loads((out / "summary.json").read_text())
     (out / "grpo" / "metrics.jsonl").unlink()  # the rerun's GRPO starts its run folder afresh
     cmd = [sys.executable, "-m", "chexrl.cli", "run", str(config), "--out", str(out), "--from", "grpo"]
@@ -147,7 +177,7 @@ def test_sigkill_during_grpo_then_rerun_resumes_to_the_same_figures(gemma_run):
     assert not (out / ".chexrl" / "evaluate.json").exists()  # what came after GRPO is out of date
     rerun = chexrl_run(config, out)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
-    for stage in ("data", "traces", "sft"):
+    for stage in (*DEMO_ONLY, "data", "traces", "sft"):
         assert f"] {stage}: up to date" in rerun.stdout
     assert "] grpo: resuming" in rerun.stdout and "] evaluate: running" in rerun.stdout
     steps = [json.loads(line)["step"] for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
