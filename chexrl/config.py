@@ -522,7 +522,7 @@ class ChexrlConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: RewardConfig = Field(
         default_factory=RewardConfig,
-        description="Reward settings for an evaluator this run starts itself (`chexrl demo`); a separately "
+        description="Reward settings for an evaluator this run starts itself (`chexrl run`); a separately "
         "served evaluator reads them from its own --config (services/evaluator/settings.py).",
     )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)

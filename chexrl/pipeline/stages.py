@@ -435,9 +435,10 @@ def report_stage(ctx: RunContext, resume: bool) -> dict:
         ),
         "grpo_steps": len(history),
         "report": str(p.report / "report.html"),
-        "seconds": {
-            name: (read_manifest(ctx.out, name) or {}).get("seconds")
+        "seconds": {  # each stage's time when it last ran
+            name: manifest["seconds"]
             for name in ("tiny_model", "synth_data", "data", "pretrain", "traces", "sft", "grpo", "evaluate")
+            if (manifest := read_manifest(ctx.out, name))
         },
     }
     partial(p.summary).write_text(json.dumps(summary, indent=2) + "\n")
