@@ -100,7 +100,7 @@ def check_data(cfg: ChexrlConfig, out: Path) -> list[Check]:
         "id_val": during,
         "ood_val": during,
     }
-    checks = []
+    checks, loaded = [], {}
     for key, need in wants.items():
         spec = getattr(d, key)
         if not spec:
@@ -108,12 +108,13 @@ def check_data(cfg: ChexrlConfig, out: Path) -> list[Check]:
         if "{out}" in spec and r.synthetic_data is not None:
             checks.append(ok("data", f"recipe.data.{key}", "written by the synth_data stage"))
             continue
-        checks.append(check_dataset(f"recipe.data.{key}", spec.replace("{out}", str(out)), need))
+        checks.append(check_dataset(f"recipe.data.{key}", spec.replace("{out}", str(out)), need, loaded))
     return checks
 
 
-def check_dataset(subject: str, spec: str, need: int) -> Check:
-    """The spec's root exists, its label files parse, it has `need` images, and a sample of them decodes."""
+def check_dataset(subject: str, spec: str, need: int, loaded: dict) -> Check:
+    """The spec's root exists, its label files parse, it has `need` images, and a sample of them decodes.
+    `loaded` keeps each spec's samples: a spec named twice is read once."""
     from chexrl.data.loaders import load_dataset
 
     root = data_root(spec)
@@ -122,7 +123,7 @@ def check_dataset(subject: str, spec: str, need: int) -> Check:
             "data", subject, f"{root} does not exist", f"put the data set there, or fix the spec {spec!r}"
         )
     try:
-        samples = load_dataset(spec)
+        samples = loaded[spec] if spec in loaded else loaded.setdefault(spec, load_dataset(spec))
     except (ValueError, OSError) as err:
         return problem("data", subject, f"{spec}: {err}", "fix the label files or the spec (docs/data.md)")
     if len(samples) < need:
