@@ -49,7 +49,7 @@ def small_config(model_dir: Path, mimic: Path, chexpert: Path, nih: Path) -> dic
     }
 
 
-def chexrl_run(config: Path, out: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def chexrl_run(config: Path, out: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "chexrl.cli", "run", str(config), "--out", str(out), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -83,7 +83,7 @@ def run_recipe(root: Path, cfg: dict, command: str = "run") -> tuple[Path, Path,
     config.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "chexrl.cli", command, *([str(config)] if command == "run" else [])]
     cmd += ["--out", str(root / "run"), *(["--config", str(config)] if command == "demo" else [])]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return config, root / "run", result.stdout
 
@@ -153,7 +153,7 @@ def test_qwen2_5_vl_recipe_end_to_end(
     assert [row["step"] for row in rows] == [1, 2, 3]
 
 
-def wait_for_first_checkpoint(proc: subprocess.Popen, metrics: Path, timeout: float = 600) -> None:
+def wait_for_first_checkpoint(proc: subprocess.Popen, metrics: Path, timeout: float = 1200) -> None:
     """Until GRPO has logged step 1 (its checkpoint is written before the step is logged)."""
     deadline = time.monotonic() + timeout
     while not (metrics.is_file() and metrics.read_text().strip()):
