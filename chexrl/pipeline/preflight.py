@@ -18,6 +18,7 @@ from chexrl.pipeline.stages import resolve_model
 
 IMAGES_TO_DECODE = 8
 GIB = 1024**3
+CPU_PARAMS = 10**9  # a model below this runs (slowly) without a GPU: the tiny test and demo models
 
 
 @dataclass(frozen=True)
@@ -309,20 +310,16 @@ def check_memory(cfg: ChexrlConfig, gpu_gib: float | None) -> list[Check]:
     if r.tiny_model is not None:
         return [ok("memory", "plan", "tiny model: fits any machine")]
     gib = gpu_gib or r.gpu_gib or detected_gpu_gib()
-    if gib is None:
-        return [
-            problem(
-                "memory",
-                "GPU",
-                "no GPU detected and no size given",
-                "run on the GPU machine, or give --gpu-gib",
-            )
-        ]
     shape = model_shape_of(cfg)
+    if gib is None and shape is not None and shape.params_total < CPU_PARAMS:
+        size = f"{shape.params_total / 1e6:.0f} M"
+        return [ok("memory", "plan", f"no GPU: a {size}-parameter model runs on the CPU")]
+    if gib is None:
+        fix = "run on the GPU machine, or give --gpu-gib"
+        return [problem("memory", "GPU", "no GPU detected and no size given", fix)]
     if shape is None:
-        return [
-            problem("memory", "plan", "no model config to plan with", "fix recipe.model or set recipe.preset")
-        ]
+        fix = "fix recipe.model or set recipe.preset"
+        return [problem("memory", "plan", "no model config to plan with", fix)]
     result = memory_plan(cfg, shape, gib)
     peak = max(p["total"] for p in result["phases"].values()) / GIB
     if not result["fits"]:
