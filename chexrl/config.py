@@ -74,7 +74,14 @@ class RolloutConfig(StrictModel):
     )
     adapter_dir: str = Field(
         "/dev/shm/chexrl-adapters",
-        description="Node-local scratch where pushed adapters are written for vLLM.",
+        description="Node-local scratch where pushed adapters are written for vLLM. It and every parent "
+        "directory must be writable by this user or root only (a sticky one such as /dev/shm excepted).",
+    )
+    adapter_dir_shared_parents: bool = Field(
+        False,
+        description="Accept parents of adapter_dir that other users may write: for a pod whose every "
+        "process runs as one user, where /dev/shm is an emptyDir (mode 2777, not sticky). Symlinked "
+        "parents owned by another user are refused all the same.",
     )
     num_threads: int | None = Field(
         None, ge=1, description="CPU threads of a worker's engine (None: all cores)."
@@ -98,7 +105,7 @@ class LoraSettings(StrictModel):
 
 
 class PrefilterConfig(StrictModel):
-    """Pass-rate prefiltering of the RL set (issue 17; open-r1's recipe for text, for multi-label answers):
+    """Pass-rate prefiltering of the RL set (open-r1's recipe for text, for multi-label answers):
     before step 0 the starting policy samples `k` completions per RL image at the run's sampling settings,
     the evaluator scores them, and images whose pass rate lies outside [min_pass, max_pass] are set aside
     (RUN_DIR/prefilter.jsonl). Images the policy never or always passes give GRPO groups without signal."""

@@ -1,8 +1,9 @@
 #!/bin/sh
-# The images' entry point: turn secret files into the environment variables chexrl reads, then run the
-# command. For each NAME in the list below, NAME_FILE (if set) names a file whose content (trailing
-# newlines dropped) becomes NAME. A NAME_FILE that cannot be read is an error: a service wired for a token
-# must not start without it. Ray reads its own token file natively (RAY_AUTH_TOKEN_PATH).
+# The images' entry point: check the secret files a service is wired for, then run the command. For each
+# NAME in the list below, NAME_FILE (if set) must name a readable, non-empty file: a service wired for a
+# token must not start without it. The file is left for chexrl to read (CHEXRL_EVALUATOR_TOKEN_FILE):
+# the token itself is never put into the environment, which every child process (each Ray worker on the
+# head) would inherit and show in /proc/<pid>/environ. Ray reads its own token file (RAY_AUTH_TOKEN_PATH).
 set -eu
 
 for name in CHEXRL_EVALUATOR_TOKEN; do
@@ -12,9 +13,7 @@ for name in CHEXRL_EVALUATOR_TOKEN; do
             echo "entrypoint: ${name}_FILE=$file is not a readable, non-empty file" >&2
             exit 64
         fi
-        value=$(cat "$file")
-        export "$name=$value"
-        unset "${name}_FILE"
+        unset "$name"  # one source of the token: the file
     fi
 done
 

@@ -8,7 +8,9 @@ so nothing computed for an older version can be served for a newer one.
 
 The scratch is private: `rollout.adapter_dir` must be this user's own directory (created mode 700; a
 symlink, or one another user owns, is refused: they could read the policy or swap the adapter vLLM
-loads), and each slot writes into its own `worker-<pid>-<random>` folder in it (mode 700, unpredictable),
+loads), and so must be the way to it: every parent directory, as written and with symlinks resolved,
+is refused if another user owns it or may write into it (a sticky one such as /dev/shm excepted), and a
+symlinked parent if another user owns the link. Each slot writes into its own `worker-<pid>-<random>` folder in it (mode 700, unpredictable),
 removed on close and at interpreter exit; folders left by dead processes (a killed actor runs neither)
 are removed when the next slot starts on the node.
 """
@@ -36,9 +38,10 @@ log = logging.getLogger(__name__)
 PREFIX = "worker-"
 
 
-def private_scratch(root: str | Path) -> Path:
+def private_scratch(root: str | Path, shared_parents: bool = False) -> Path:
     """A fresh mode-700 folder with an unpredictable name under `root` (this user's own directory, made
-    mode 700 if missing), after removing the folders of dead processes there."""
+    mode 700 if missing, reached through parents no other user may write unless `shared_parents`), after
+    removing the folders of dead processes there."""
     root = Path(root)
     with contextlib.suppress(FileExistsError):
         root.mkdir(mode=0o700, parents=True)
@@ -54,8 +57,39 @@ def private_scratch(root: str | Path) -> Path:
         )
     if stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(root, 0o700)  # made by an older chexrl with the umask's mode
+    check_ancestors(root, shared_parents)
     remove_stale(root)
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
+
+
+def _unsafe_directory(info: os.stat_result, shared_ok: bool) -> str | None:
+    """Why another user could replace what lies under this directory, or None if no one can."""
+    if shared_ok:
+        return None
+    if info.st_uid not in (0, os.getuid()):
+        return f"belongs to uid {info.st_uid}"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:  # sticky (/tmp, /dev/shm): others cannot rename ours
+        return f"is writable by others (mode {mode:o})"
+    return None
+
+
+def check_ancestors(root: Path, shared_parents: bool = False) -> None:
+    """Every directory above `root`, as written and after resolving symlinks: a symlink owned by root or
+    this user only, and no directory another user could write into (unless sticky, or `shared_parents`).
+    Otherwise someone else could swap the scratch for a folder they control."""
+    written = Path(os.path.abspath(root))
+    for path in [*written.parents, *Path(os.path.realpath(root)).parents]:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            why = None if info.st_uid in (0, os.getuid()) else f"is a symlink of uid {info.st_uid}"
+        else:
+            why = _unsafe_directory(info, shared_parents)
+        if why is not None:
+            raise PermissionError(
+                f"rollout.adapter_dir {root}: {path} {why}, so another user could replace the adapters "
+                "vLLM loads; use a directory whose every parent only root or you can write"
+            )
 
 
 def remove_stale(root: Path) -> list[Path]:
@@ -85,9 +119,9 @@ def _alive(pid: int) -> bool:
 class AdapterSlot:
     """Holds the one live adapter version of an engine and swaps it."""
 
-    def __init__(self, llm, scratch_dir: str) -> None:
+    def __init__(self, llm, scratch_dir: str, shared_parents: bool = False) -> None:
         self._llm = llm
-        self._dir = private_scratch(scratch_dir)
+        self._dir = private_scratch(scratch_dir, shared_parents)
         atexit.register(shutil.rmtree, self._dir, ignore_errors=True)
         self._ids = itertools.count(1)
         self.version = 0

@@ -81,7 +81,7 @@ class RolloutEngine:
         # model would expect image features for it): such tokens can never be generated.
         self.banned_token_bias = {tok: -100.0 for tok in multimodal_token_ids(self.processor)}
         self.adapter = (
-            AdapterSlot(self.llm, cfg.adapter_dir)
+            AdapterSlot(self.llm, cfg.adapter_dir, cfg.adapter_dir_shared_parents)
             if self.weight_sync == "lora"
             else MergedWeightsSlot(self.llm, cfg.model)
         )

@@ -1,4 +1,4 @@
-"""Issue 19, data: No Finding as the labeler writes it, uncertain-only rows, out-of-schema rows of MIMIC/CheXpert,
+"""Data: No Finding as the labeler writes it, uncertain-only rows, out-of-schema rows of MIMIC/CheXpert,
 unknown spec options and label values (chexrl/data/loaders.py, stats.py)."""
 
 import gzip

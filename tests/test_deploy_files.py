@@ -290,16 +290,16 @@ def test_dockerfile_is_pinned_non_root_healthy_and_built_by_the_install_script(p
     assert dict(steps)["ENTRYPOINT"] == '["/opt/chexrl/docker/entrypoint.sh"]'
 
 
-def test_entrypoint_turns_secret_files_into_variables(tmp_path):
+def test_entrypoint_checks_secret_files_and_keeps_tokens_out_of_the_environment(tmp_path):
     token = tmp_path / "evaluator_token"
     token.write_text("abc123")
-    env = {"PATH": "/usr/bin:/bin", "CHEXRL_EVALUATOR_TOKEN_FILE": str(token)}
+    env = {"PATH": "/usr/bin:/bin", "CHEXRL_EVALUATOR_TOKEN_FILE": str(token), "CHEXRL_EVALUATOR_TOKEN": "x"}
     shown = subprocess.run(
         ["sh", REPO / "docker" / "entrypoint.sh", "env"], env=env, capture_output=True, text=True
     )
     assert shown.returncode == 0, shown.stderr
-    assert "CHEXRL_EVALUATOR_TOKEN=abc123" in shown.stdout.splitlines()
-    assert "CHEXRL_EVALUATOR_TOKEN_FILE" not in shown.stdout
+    assert f"CHEXRL_EVALUATOR_TOKEN_FILE={token}" in shown.stdout.splitlines()  # chexrl reads the file
+    assert "abc123" not in shown.stdout and "CHEXRL_EVALUATOR_TOKEN=" not in shown.stdout
     env["CHEXRL_EVALUATOR_TOKEN_FILE"] = str(tmp_path / "missing")
     missing = subprocess.run(["sh", REPO / "docker" / "entrypoint.sh", "true"], env=env, capture_output=True)
     assert missing.returncode == 64 and b"not a readable" in missing.stderr

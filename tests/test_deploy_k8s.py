@@ -258,9 +258,8 @@ def test_evaluator_is_pinned_to_one_replica():
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     head_comment = (K8S / "evaluator.yaml").read_text().split("apiVersion", 1)[0]
     assert "One replica" in head_comment and "Do not scale" in head_comment
-    claims = [
-        v["persistentVolumeClaim"]["claimName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
-    ]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
     assert claims == ["chexrl-evaluator-state"]
 
 
@@ -268,7 +267,7 @@ def test_tokens_come_from_the_secret_and_only_from_it():
     secret = next(o for o in generated_objects() if o["kind"] == "Secret")
     for name, c in containers().items():
         for var in c.get("env", []):
-            if "TOKEN" in var["name"]:
+            if "TOKEN" in var["name"] and not var["name"].endswith("_FILE"):  # a file's path: below
                 assert "value" not in var, (name, var["name"])
                 ref = var["valueFrom"]["secretKeyRef"]
                 assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"], (name, ref)
@@ -282,9 +281,16 @@ def test_tokens_come_from_the_secret_and_only_from_it():
             )
             assert names.get("RAY_AUTH_MODE", {}).get("value") == "token" or from_config, name
             assert names["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "ray_auth_token", name
-    head_env = {v["name"] for v in containers()["ray-head/ray-head"]["env"]}
-    evaluator_env = {v["name"] for v in containers()["chexrl-evaluator/evaluator"]["env"]}
-    assert "CHEXRL_EVALUATOR_TOKEN" in head_env & evaluator_env  # the job's driver runs on the head
+    # the evaluator token: a file of the Secret (the job's driver runs on the head), never a variable
+    for name in ("ray-head/ray-head", "chexrl-evaluator/evaluator"):
+        env = {v["name"]: v for v in containers()[name]["env"]}
+        assert "CHEXRL_EVALUATOR_TOKEN" not in env, name
+        path = Path(env["CHEXRL_EVALUATOR_TOKEN_FILE"]["value"])
+        (mount,) = [m for m in containers()[name]["volumeMounts"] if m["mountPath"] == str(path.parent)]
+        (volume,) = [v for v in pod_specs()[name.split("/")[0]]["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"], name
+        assert volume["secret"]["items"] == [{"key": "evaluator_token", "path": path.name}], name
+        assert volume["secret"]["defaultMode"] & 0o007 == 0 and mount["readOnly"] is True, name
 
 
 def test_settings_match_the_compose_env_file():

@@ -157,8 +157,11 @@ def test_compose_deployment_as_local_processes(tmp_path, tiny_gemma3_dir, synth_
     evaluator_env = service_env(model, "evaluator", local)
     head_env = service_env(model, "ray-head", local)
     job_env = service_env(model, "grpo-job", local)
-    assert evaluator_env["CHEXRL_EVALUATOR_TOKEN"] == evaluator_token  # from the secret file
-    assert "CHEXRL_EVALUATOR_TOKEN" not in job_env  # the submitter has no business with it
+    # the token from its secret file, read by chexrl itself: never in a process's environment
+    assert Path(evaluator_env["CHEXRL_EVALUATOR_TOKEN_FILE"]).read_text() == evaluator_token
+    assert Path(head_env["CHEXRL_EVALUATOR_TOKEN_FILE"]).read_text() == evaluator_token
+    assert not any(evaluator_token in value for env in (evaluator_env, head_env) for value in env.values())
+    assert not any(k.startswith("CHEXRL_EVALUATOR_TOKEN") for k in job_env)  # the submitter has no use
 
     evaluator_log = open(tmp_path / "evaluator.log", "wb")  # noqa: SIM115 - closed below
     evaluator = subprocess.Popen(

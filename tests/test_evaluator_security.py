@@ -1,6 +1,6 @@
 """Who may reach the evaluator and what a request may cost it, over real uvicorn servers: the token checked
 before the body is read, the API document protected, no non-loopback bind without a token, bounded
-concurrency, short 422s, and large requests scored off the event loop."""
+requests in flight, short 422s, and large requests scored off the event loop."""
 
 import asyncio
 import os
@@ -19,6 +19,7 @@ from chexrl.core.parsing import format_completion
 from services.evaluator import app as evaluator_app
 from services.evaluator.process import EvaluatorProcess, free_port
 from services.evaluator.security import InsecureBindError, check_exposure, is_loopback
+from services.evaluator.server import server_config
 from services.evaluator.settings import EvaluatorSettings
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ HARD = {"reward": "hard", "items": [{"completion": "x", "labels": []}]}
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
-    """A token-protected evaluator with room for 4 connections (requests in flight included)."""
+    """A token-protected evaluator with room for 4 requests in flight."""
     work = tmp_path_factory.mktemp("secured")
     (work / "evaluator.yaml").write_text(yaml.safe_dump({"max_concurrency": 4}))
     server = EvaluatorProcess(
@@ -92,18 +93,30 @@ def test_every_route_but_healthz_needs_the_token(secured, method, path):
 
 
 def test_concurrency_is_bounded(secured):
-    # Three open keep-alive connections plus a new one reach the limit of 4: uvicorn answers 503 instead
-    # of taking on more work; once they close, requests are served again.
-    held = []
+    # Idle keep-alive connections take no request slot; 4 requests in flight (bodies still coming) take
+    # all of them: a fifth gets 503 at once, /healthz still answers, and closing them frees the slots.
+    idle, stalled = [], []
     try:
         for _ in range(3):
             s = socket.create_connection(("127.0.0.1", secured.port), timeout=5)
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 200")  # accepted and kept open
-            held.append(s)
-        assert httpx.post(secured.url + "/score", json=HARD, headers=AUTH).status_code == 503
+            idle.append(s)
+        assert httpx.post(secured.url + "/score", json=HARD, headers=AUTH).status_code == 200
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", secured.port), timeout=5)
+            s.sendall(
+                b"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+            )
+            stalled.append(s)
+        deadline = time.monotonic() + 10
+        while httpx.post(secured.url + "/score", json=HARD, headers=AUTH).status_code != 503:
+            assert time.monotonic() < deadline, "four requests in flight did not fill the slots"
+            time.sleep(0.05)
+        assert httpx.get(secured.url + "/healthz").status_code == 200
     finally:
-        for s in held:
+        for s in idle + stalled:
             s.close()
     deadline = time.monotonic() + 10
     while httpx.post(secured.url + "/score", json=HARD, headers=AUTH).status_code == 503:
@@ -161,10 +174,10 @@ def test_a_422_lists_at_most_the_cap_and_echoes_little(evaluator):
 @pytest.fixture(scope="module")
 def inprocess(tmp_path_factory):
     """The app under a real uvicorn in this process, so a spy can see which thread scores."""
-    settings = EvaluatorSettings(state_dir=str(tmp_path_factory.mktemp("inprocess")), offload_chars=1000)
-    config = uvicorn.Config(
-        evaluator_app.create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning"
+    settings = EvaluatorSettings(
+        state_dir=str(tmp_path_factory.mktemp("inprocess")), offload_chars=1000, port=free_port()
     )
+    config = server_config(evaluator_app.create_app(settings), settings)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

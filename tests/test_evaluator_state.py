@@ -3,6 +3,7 @@ answers, the state directory's lock, rollback of a failed COMMIT, and a corrupt 
 the state routes. HTTP behaviour over real uvicorn servers; the store's rollback directly on SQLite."""
 
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -12,7 +13,9 @@ from chexrl.core.parsing import format_completion
 from chexrl.core.run_ids import check_run_id
 from services.evaluator.client import EvaluatorClient, ScoringError
 from services.evaluator.process import EvaluatorProcess
-from services.evaluator.window_store import StateDirInUse, StateUnavailable, WindowStore
+from services.evaluator.security import read_token
+from services.evaluator.settings import EvaluatorSettings
+from services.evaluator.window_store import StateDirInUse, StateFull, StateUnavailable, WindowStore
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +23,11 @@ NORMAL = {
     "completion": format_completion("A careful look at the film.", ["No Finding"]),
     "labels": ["No Finding"],
 }
+
+
+def store_at(path, **limits) -> WindowStore:
+    """A store with the evaluator's default limits (and `limits`), on `path`."""
+    return WindowStore.from_settings(EvaluatorSettings(state_dir=str(path), **limits))
 
 
 def nuanced(server, run_id, n=1, request_id=None):
@@ -123,7 +131,7 @@ def test_a_second_evaluator_on_one_state_directory_fails_to_start(evaluator, tmp
     assert f"pid {evaluator.proc.pid}" in message
     assert httpx.get(evaluator.url + "/healthz").json()["state"] == "ok"  # the first one is unharmed
     with pytest.raises(StateDirInUse):  # in-process too: one store per directory
-        WindowStore(evaluator.state_dir, 100, max_cached_runs=8, answers_per_run=8)
+        store_at(evaluator.state_dir)
 
 
 class FailingCommit:
@@ -143,7 +151,7 @@ class FailingCommit:
 
 
 def test_a_failed_commit_is_rolled_back(tmp_path):
-    store = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+    store = store_at(tmp_path)
 
     def push(label):
         def score(w):
@@ -159,7 +167,7 @@ def test_a_failed_commit_is_rolled_back(tmp_path):
     assert store.apply("run", "step-2", push("Atelectasis")) == {"label": "Atelectasis"}
     assert store.get("run") == [["Atelectasis"]]
     store.close()
-    reopened = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+    reopened = store_at(tmp_path)
     assert reopened.get("run") == [["Atelectasis"]]
     assert reopened.apply("run", "step-1", push("Edema")) == {"label": "Edema"}  # step-1 never stored
     reopened.close()
@@ -171,8 +179,13 @@ def test_a_corrupt_database_fails_only_the_state_routes(tmp_path):
     (state / "windows.sqlite3").write_bytes(b"not a database, whatever it was " * 256)
     server = EvaluatorProcess(state, log=tmp_path / "evaluator.log").start()
     try:
-        health = httpx.get(server.url + "/healthz").json()
-        assert health["status"] == "ok" and "windows.sqlite3 is unusable" in health["state"]
+        health = httpx.get(server.url + "/healthz").json()  # no token configured: the details too
+        assert (health["status"], health["state"], health["reason"]) == (
+            "ok",
+            "unavailable",
+            "database_unreadable",
+        )
+        assert "windows.sqlite3 is unusable" in health["detail"]
         hard = {"reward": "hard", "items": [NORMAL]}
         assert httpx.post(server.url + "/score", json=hard).status_code == 200
         evaluate = {"schema": "chexpert14", "items": [NORMAL]}
@@ -197,13 +210,13 @@ def test_a_corrupt_database_fails_only_the_state_routes(tmp_path):
 
 
 def test_an_unreadable_stored_window_is_a_clear_error(tmp_path):
-    store = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+    store = store_at(tmp_path)
     store.put("good", [["Edema"]])
     store.close()
     with sqlite3.connect(tmp_path / "windows.sqlite3") as db:
-        db.execute("INSERT INTO windows VALUES ('torn', '[[\"Edema\"], ')")
-        db.execute("INSERT INTO windows VALUES ('typed', '[[1, 2]]')")
-    store = WindowStore(tmp_path, 100, max_cached_runs=8, answers_per_run=8)
+        db.execute("INSERT INTO windows (run_id, items) VALUES ('torn', '[[\"Edema\"], ')")
+        db.execute("INSERT INTO windows (run_id, items) VALUES ('typed', '[[1, 2]]')")
+    store = store_at(tmp_path)
     for run_id in ("torn", "typed"):
         with pytest.raises(StateUnavailable, match=f"stored window of run '{run_id}' in .* is unreadable"):
             store.get(run_id)
@@ -224,3 +237,85 @@ def test_the_config_refuses_a_run_id_the_evaluator_would_refuse():
     for bad in ("a/b", ".hidden", "", "x" * 129):
         with pytest.raises(ValidationError, match="invalid run id"):
             GRPOConfig(run_id=bad)
+
+
+def push(label):
+    def score(w):
+        w.push(frozenset({label}))
+        return {"label": label}
+
+    return score
+
+
+def test_idle_runs_expire(tmp_path):
+    store = store_at(tmp_path, run_idle_expiry_s=0.3)
+    store.apply("old", None, push("Edema"))
+    time.sleep(0.4)
+    store.apply("new", None, push("Edema"))  # every write drops the runs idle past the expiry
+    assert (store.runs, store.get("old"), store.get("new")) == (1, [], [["Edema"]])
+    store.close()
+
+
+def test_sqlite_reporting_a_full_disk_is_a_507_reason_and_a_reset_still_works(tmp_path):
+    # SQLite's own limit on the file's pages fails a write exactly as ENOSPC does (SQLITE_FULL)
+    store = store_at(tmp_path, reserve_bytes=0)
+    store.apply("kept", "step-1", push("Edema"))
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StateFull, match="SQLite: database or disk is full") as caught:
+        for i in range(1000):
+            store.put(f"run-{i}", [["Edema", "Atelectasis", "Cardiomegaly"]] * 100)
+    assert str(tmp_path) in str(caught.value) and store.health() == ("full", "write_refused_no_space")
+    store.reset("kept")  # a delete frees pages, it never needs new ones
+    assert store.get("kept") == []
+    store.close()
+
+
+def test_a_reset_on_a_full_disk_gives_up_the_reserve_then_takes_it_back(tmp_path, monkeypatch):
+    store = store_at(tmp_path, reserve_bytes=64 * 1024)
+    store.put("run", [["Edema"]])
+    assert (tmp_path / "reserve.bin").stat().st_size == 64 * 1024
+    delete, calls = store._delete, []
+
+    def full_until_the_reserve_is_gone(run_id):
+        calls.append((tmp_path / "reserve.bin").exists())
+        if calls[-1]:
+            raise store._full("simulated ENOSPC")
+        delete(run_id)
+
+    monkeypatch.setattr(store, "_delete", full_until_the_reserve_is_gone)
+    store.reset("run")
+    assert calls == [True, False] and store.get("run") == []
+    assert (tmp_path / "reserve.bin").stat().st_size == 64 * 1024  # taken back once there was room
+    assert store.health() == ("ok", None)
+    store.close()
+
+
+def test_a_database_of_the_previous_version_is_upgraded(tmp_path):
+    with sqlite3.connect(tmp_path / "windows.sqlite3") as db:
+        db.execute("CREATE TABLE windows (run_id TEXT PRIMARY KEY, items TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE answers (run_id TEXT NOT NULL, request_id TEXT NOT NULL, answer TEXT NOT NULL, "
+            "PRIMARY KEY (run_id, request_id))"
+        )
+        db.execute("""INSERT INTO windows VALUES ('run', '[["Edema"]]')""")
+        db.execute("""INSERT INTO answers VALUES ('run', 'step-1', '{"label": "Edema"}')""")
+    store = store_at(tmp_path)
+    assert (store.runs, store.state_bytes) == (1, len('[["Edema"]]') + len('{"label": "Edema"}'))
+    assert store.apply("run", "step-1", push("Atelectasis")) == {"label": "Edema"}  # the stored answer
+    assert store.apply("run", "step-2", push("Atelectasis")) == {"label": "Atelectasis"}
+    assert store.get("run") == [["Edema"], ["Atelectasis"]]
+    store.close()
+
+
+def test_the_token_is_read_from_its_file(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("from-the-file\n")
+    env = {"CHEXRL_EVALUATOR_TOKEN_FILE": str(token), "CHEXRL_EVALUATOR_TOKEN": "from-the-env"}
+    assert read_token(env) == "from-the-file"
+    assert read_token({"CHEXRL_EVALUATOR_TOKEN": " from-the-env "}) == "from-the-env"
+    token.write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        read_token(env)
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_token({"CHEXRL_EVALUATOR_TOKEN_FILE": str(tmp_path / "missing")})

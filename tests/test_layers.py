@@ -10,7 +10,11 @@ bottom to top:
     2  rollout_worker, services (the evaluator)
     3  chexrl.evaluation
     4  trainer
-    5  chexrl.bench, chexrl.demo, chexrl.pipeline, chexrl.commands, chexrl.cli
+    5  chexrl.bench, chexrl.demo, chexrl.pipeline, chexrl.commands, chexrl.cli, and the Python files in scripts/ and docker/
+
+Dynamic imports count too: `importlib.import_module("x")` and `__import__("x")` with a literal name (or an
+f-string whose literal head names a package) are imports of x; one whose name cannot be read from the
+source is reported, since the check could not place it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("chexrl", "trainer", "rollout_worker", "services")
+# Folders of scripts (no __init__.py): their files are modules "scripts.x" and "docker.x" of the top layer.
+SCRIPT_DIRS = ("scripts", "docker")
+# Top-level folders that hold Python but are not part of the layered product.
+NOT_LAYERED = {"tests"}
 
 # Longest prefix wins; "chexrl" alone covers the package and its small top-level modules (run_files, ...).
 LAYERS: dict[str, int] = {
@@ -39,6 +47,8 @@ LAYERS: dict[str, int] = {
     "chexrl.pipeline": 5,
     "chexrl.commands": 5,
     "chexrl.cli": 5,
+    "scripts": 5,
+    "docker": 5,
 }
 
 
@@ -69,9 +79,23 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
     return {
         module_name(p, root): p
-        for package in PACKAGES
+        for package in (*PACKAGES, *SCRIPT_DIRS)
         for p in sorted((root / package).rglob("*.py"))
         if "__pycache__" not in p.parts
+    }
+
+
+def top_level_python_folders(root: Path = ROOT) -> set[str]:
+    """Every folder at the repository root that holds Python files (a package or scripts), hidden and
+    virtual-environment folders aside."""
+    return {
+        d.name
+        for d in root.iterdir()
+        if d.is_dir()
+        and not d.name.startswith(".")
+        and d.name not in {"build", "dist", "runs", "artifacts"}
+        and not (d / "pyvenv.cfg").exists()
+        and any(p for p in d.rglob("*.py") if "__pycache__" not in p.parts)
     }
 
 
@@ -84,6 +108,9 @@ def imports_of(module: str, path: Path, modules: set[str], root: Path = ROOT) ->
     found: set[Import] = set()
 
     def add(target: str, line: int) -> None:
+        if target == DYNAMIC:
+            found.add(Import(module, DYNAMIC, rel, line))
+            return
         # the longest project module named by `target` (an attribute import names its module)
         parts = target.split(".")
         for n in range(len(parts), 0, -1):
@@ -96,7 +123,9 @@ def imports_of(module: str, path: Path, modules: set[str], root: Path = ROOT) ->
                 return
 
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and _is_dynamic_import(node):
+            add(_dynamic_import_name(node) or DYNAMIC, node.lineno)
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name, node.lineno)
         elif isinstance(node, ast.ImportFrom):
@@ -112,6 +141,30 @@ def imports_of(module: str, path: Path, modules: set[str], root: Path = ROOT) ->
     return sorted(found, key=lambda i: (i.line, i.target))
 
 
+DYNAMIC = "<a dynamic import whose module name is not in the source>"
+
+
+def _is_dynamic_import(call: ast.Call) -> bool:
+    """`importlib.import_module(...)`, `import_module(...)` or `__import__(...)`."""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in ("import_module", "__import__")
+
+
+def _dynamic_import_name(call: ast.Call) -> str | None:
+    """The module a dynamic import names: a literal, or the package an f-string's literal head names
+    (f"chexrl.commands.{name}" imports a module of chexrl.commands); None when the source does not say."""
+    if not call.args:
+        return None
+    arg = call.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        head = str(arg.values[0].value)
+        return head.rstrip(".") if head.endswith(".") else None
+    return None
+
+
 def import_graph(root: Path = ROOT) -> list[Import]:
     modules = project_modules(root)
     names = set(modules)
@@ -122,6 +175,9 @@ def upward_imports(imports: list[Import], layers: dict[str, int] = LAYERS) -> li
     """'path:line: module (layer a) imports target (layer b)' for each import into a higher layer."""
     problems = []
     for imp in imports:
+        if imp.target == DYNAMIC:
+            problems.append(f"{imp.path}:{imp.line}: {imp.source} makes {DYNAMIC}")
+            continue
         low, high = layer_of(imp.source, layers), layer_of(imp.target, layers)
         if low is None or high is None:
             missing = imp.source if low is None else imp.target
@@ -218,6 +274,12 @@ def test_every_module_has_a_layer():
     assert [m for m in project_modules() if layer_of(m) is None] == []
 
 
+def test_every_top_level_python_folder_is_placed():
+    """A new top-level package (or folder of scripts) must be given a layer before it can land."""
+    placed = set(PACKAGES) | set(SCRIPT_DIRS) | NOT_LAYERED
+    assert top_level_python_folders() - placed == set()
+
+
 def test_no_lower_layer_imports_a_higher_one():
     problems = upward_imports(import_graph())
     assert problems == [], "imports against the layer order:\n" + "\n".join(problems)
@@ -233,6 +295,7 @@ def test_the_graph_sees_imports_inside_functions():
     targets = {(i.source, i.target) for i in import_graph()}
     assert ("chexrl.commands.grpo", "trainer.loop") in targets  # imported inside run_grpo's command
     assert ("chexrl.evaluation.runner", "chexrl.evaluation.comparison") in targets  # module level
+    assert ("chexrl.cli", "chexrl.commands") in targets  # importlib.import_module(f"chexrl.commands.{...}")
 
 
 def test_the_evaluator_client_does_not_import_the_service():
@@ -312,4 +375,65 @@ def test_imports_are_resolved(tmp_path):
         "chexrl/core/m.py:4: chexrl.core.m (layer 0) imports chexrl.evaluation.x (layer 3)",
         "chexrl/core/m.py:5: chexrl.core.m (layer 0) imports chexrl.config (layer 1)",
         "chexrl/core/m.py:6: chexrl.core.m (layer 0) imports chexrl.evaluation.x (layer 3)",
+    ]
+
+
+def test_dynamic_imports_are_resolved_or_reported(tmp_path):
+    pkg = tmp_path / "chexrl"
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "evaluation").mkdir()
+    for name in ("__init__", "core/__init__", "evaluation/__init__", "evaluation/x"):
+        (pkg / f"{name}.py").write_text("")
+    (pkg / "core" / "d.py").write_text(
+        "import importlib\n"
+        "def f(name):\n"
+        "    importlib.import_module('chexrl.evaluation.x')\n"
+        "    __import__('chexrl.evaluation')\n"
+        "    importlib.import_module(f'chexrl.evaluation.{name}')\n"
+        "    importlib.import_module(name)\n"
+    )
+    modules = {module_name(p, tmp_path) for p in pkg.rglob("*.py")}
+    found = imports_of("chexrl.core.d", pkg / "core" / "d.py", modules, tmp_path)
+    assert [(i.target, i.line) for i in found] == [
+        ("chexrl.evaluation.x", 3),
+        ("chexrl.evaluation", 4),
+        ("chexrl.evaluation", 5),
+        (DYNAMIC, 6),
+    ]
+    problems = upward_imports(found)
+    assert problems[:3] == [
+        "chexrl/core/d.py:3: chexrl.core.d (layer 0) imports chexrl.evaluation.x (layer 3)",
+        "chexrl/core/d.py:4: chexrl.core.d (layer 0) imports chexrl.evaluation (layer 3)",
+        "chexrl/core/d.py:5: chexrl.core.d (layer 0) imports chexrl.evaluation (layer 3)",
+    ]
+    assert problems[3] == f"chexrl/core/d.py:6: chexrl.core.d makes {DYNAMIC}"
+
+
+def test_an_unplaced_top_level_package_is_found(tmp_path):
+    for folder in ("chexrl", "newpkg", "scripts", ".hidden", "docs"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "chexrl" / "__init__.py").write_text("")
+    (tmp_path / "newpkg" / "__init__.py").write_text("")
+    (tmp_path / "scripts" / "tool.py").write_text("")
+    (tmp_path / ".hidden" / "x.py").write_text("")
+    (tmp_path / "docs" / "page.md").write_text("")
+    assert top_level_python_folders(tmp_path) == {"chexrl", "newpkg", "scripts"}
+    placed = set(PACKAGES) | set(SCRIPT_DIRS) | NOT_LAYERED
+    assert top_level_python_folders(tmp_path) - placed == {"newpkg"}
+
+
+def test_scripts_and_docker_files_are_in_the_graph(tmp_path):
+    assert {"docker.grpo_job", "docker.healthcheck"} <= set(project_modules())
+    (tmp_path / "chexrl" / "core").mkdir(parents=True)
+    (tmp_path / "chexrl" / "__init__.py").write_text("")
+    (tmp_path / "chexrl" / "core" / "__init__.py").write_text("import scripts.tool\n")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "tool.py").write_text("from chexrl.core import x\n")
+    graph = import_graph(tmp_path)
+    assert {(i.source, i.target) for i in graph} == {
+        ("scripts.tool", "chexrl.core"),
+        ("chexrl.core", "scripts.tool"),
+    }
+    assert upward_imports(graph) == [
+        "chexrl/core/__init__.py:1: chexrl.core (layer 0) imports scripts.tool (layer 5)"
     ]

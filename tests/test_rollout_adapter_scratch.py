@@ -78,3 +78,20 @@ def test_a_scratch_root_that_is_a_symlink_is_refused(tmp_path):
     with pytest.raises(PermissionError, match="symlink"):
         AdapterSlot(_LLM(), str(tmp_path / "scratch"))
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_every_parent_of_the_scratch_root_is_checked(tmp_path):
+    # A symlinked parent that points into a directory anyone may write: the last component alone is a
+    # fine, private directory, but whoever can write the parent can swap it.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # writable by others, not sticky
+    (tmp_path / "link").symlink_to(shared)
+    with pytest.raises(PermissionError, match=r"shared is writable by others \(mode 777\)"):
+        AdapterSlot(_LLM(), str(tmp_path / "link" / "scratch"))
+    with pytest.raises(PermissionError, match="writable by others"):  # written without the link too
+        AdapterSlot(_LLM(), str(shared / "scratch"))
+    os.chmod(shared, 0o1777)  # sticky, as /tmp and /dev/shm: others cannot rename what is ours
+    slot = AdapterSlot(_LLM(), str(tmp_path / "link" / "scratch"))
+    assert _mode(shared / "scratch") == 0o700
+    slot.close()

@@ -19,8 +19,10 @@ from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.types import Completion, RolloutGroup
 from trainer import prefilter as prefilter_mod
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.loop import GRPORun, PhaseTimer, RunParts, _save, grpo_step
+from trainer.loop import GRPORun, PhaseTimer, RunParts, grpo_step
 from trainer.prefilter import PARTIAL, PREFILTER, prefilter_pool
+from trainer.records import records_of
+from trainer.run import save_run_checkpoint
 from trainer.sampler import PromptCursor
 
 N = 2  # completions per prompt in these tests
@@ -138,9 +140,7 @@ def test_filter_resamples_until_the_step_has_enough_groups_with_signal(tmp_path)
     parts = _parts(table, calls)
     cfg = _cfg(filter_zero_std_groups=True, max_resample_batches=4)
     timer = PhaseTimer()
-    metrics, adapter, drawn, scored = grpo_step(
-        cfg, GRPORun("m", _samples(6), str(tmp_path), "r"), parts, 0, timer
-    )
+    metrics, adapter, drawn = grpo_step(cfg, GRPORun("m", _samples(6), str(tmp_path), "r"), parts, 0, timer)
 
     assert metrics["filter/resample_batches"] == 2 and metrics["filter/kept_groups"] == 2
     assert metrics["filter/skipped_update"] == 0
@@ -148,7 +148,7 @@ def test_filter_resamples_until_the_step_has_enough_groups_with_signal(tmp_path)
     assert metrics["reward/total"] == pytest.approx((3 * 0.5 * 2 + 3 * 0.5 * 2) / 12)
     # the update trains on the first two groups with signal (draws 2 and 4), contiguously per group
     assert parts.learner.batches == [(2 * N, [0.0, 1.0, 0.0, 1.0], N)]
-    assert drawn.prompt_idx == order and len(scored) == 12  # every drawn completion is logged
+    assert [g.sample for g in drawn] == order and len(records_of(drawn)) == 12  # every one is logged
     # generation and scoring repeat inside their phases, before the update's sleep/train/sync/wake/push
     assert calls == ["generate", "score"] * 3 + ["sleep", "learner.step", "export 1", "wake_up", "push 1"]
     assert adapter.version == 1 and parts.cursor.state()["epoch"] == 1 and parts.cursor.index == 0
@@ -205,7 +205,7 @@ def test_filtered_draws_resume_exactly_from_a_checkpoint(tmp_path):
     first = _parts(table, [])
     for step in range(2):
         grpo_step(cfg, run, first, step, PhaseTimer())
-    _save(cfg, run, first, 2)
+    save_run_checkpoint(cfg, run, first, 2)
     _, meta = load_checkpoint(latest_checkpoint(tmp_path / "a" / "checkpoints"))
     assert meta["cursor"] == first.cursor.state() and meta["step"] == 2
     resumed = _parts(table, [], cursor=PromptCursor.from_state(meta["cursor"], size=7))
@@ -268,8 +268,8 @@ def test_prefilter_writes_pass_rates_and_the_cursor_draws_only_kept_images(tmp_p
     parts.pool, parts.cursor = pool, PromptCursor(len(pool), seed=0)
     drawn = []
     for step in range(3):
-        _, _, rollouts, _ = grpo_step(cfg, run, parts, step, PhaseTimer())
-        drawn += rollouts.prompt_idx
+        _, _, groups = grpo_step(cfg, run, parts, step, PhaseTimer())
+        drawn += [g.sample for g in groups]
     assert sorted(drawn) == [1, 1, 2, 2, 4, 4]
 
 

@@ -17,6 +17,7 @@ from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.engine import RolloutEngine
 from tests.fixtures.rollout import png_bytes
 from trainer.loop import GRPORun, PhaseTimer, RunParts, grpo_step
+from trainer.records import records_of
 from trainer.sampler import PromptCursor
 
 
@@ -135,9 +136,10 @@ def test_step_phases_sleep_for_the_update_and_wake_once_before_the_push(weight_s
     )
     for step in range(2):
         timer = PhaseTimer()
-        metrics, adapter, rollouts, scored = grpo_step(cfg, run, parts, step, timer)
+        metrics, adapter, groups = grpo_step(cfg, run, parts, step, timer)
         assert adapter.version == step + 1 and engine.adapter_version == step + 1
-        assert len(rollouts.examples) == len(scored) == 4 and metrics["reward/total"] == 0.5
+        assert len(records_of(groups)) == 4 and all(r.scored is not None for r in records_of(groups))
+        assert metrics["reward/total"] == 0.5
         assert {
             "time/generation",
             "time/scoring",

@@ -14,82 +14,48 @@ callables that run inside its timed generation and scoring phases.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chexrl.core.scoring import ScoredCompletion
+from trainer.records import Group
 
 
 @dataclass
 class StepBatch:
-    """What a step drew and what it trains on. `drawn`/`scored`: every rollout batch of the step,
-    concatenated prompt-major (logged: completions.jsonl, the reward and zero-std metrics); `train`/
-    `train_rewards`: the groups the update uses (all of them with the filter off)."""
+    """What a step drew and what it trains on: `drawn`, every group of every rollout batch of the step
+    in draw order (logged: completions.jsonl, the reward and zero-std metrics); `train`, the groups the
+    update uses (all of them with the filter off)."""
 
-    drawn: object  # StepRollouts (trainer/loop.py): prompt_idx, items, examples
-    scored: list[ScoredCompletion]  # the evaluator's answers, one per completion
-    train: object
-    train_rewards: list[float]
+    drawn: list[Group]
+    train: list[Group]
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def has_signal(rewards: Sequence[float]) -> bool:
-    """A group teaches something only if its rewards differ (else every advantage is zero)."""
-    return len(set(rewards)) > 1
-
-
 def collect_groups(
-    draw: Callable[[int], object],
-    score: Callable[[object], list],
+    draw: Callable[[int], list[Group]],
+    score: Callable[[list[Group]], None],
     *,
-    group_size: int,
     wanted: int,
     max_resample_batches: int | None,
 ) -> StepBatch:
-    """Draw and score rollout batches (`draw(b)` for batch b = 0, 1, ...) until `wanted` groups have
-    signal or `max_resample_batches` extra batches are spent. `max_resample_batches` None: the filter is
-    off, one batch, every group trains (the paper's recipe, and no filter/* metrics)."""
+    """Draw and score rollout batches (`draw(b)` for batch b = 0, 1, ...; `score` completes the groups'
+    records) until `wanted` groups have signal or `max_resample_batches` extra batches are spent.
+    `max_resample_batches` None: the filter is off, one batch, every group trains (the paper's recipe,
+    and no filter/* metrics)."""
     drawn = draw(0)
-    scored = list(score(drawn))
+    score(drawn)
     if max_resample_batches is None:
-        return StepBatch(drawn, scored, drawn, [s.reward for s in scored])
+        return StepBatch(drawn, list(drawn))
     extra = 0
-    while _count_signal(scored, group_size) < wanted and extra < max_resample_batches:
+    while sum(g.has_signal for g in drawn) < wanted and extra < max_resample_batches:
         extra += 1
         more = draw(extra)
-        scored += score(more)
-        drawn = _concat(drawn, more)
-    keep = [g for g in range(len(drawn.prompt_idx)) if has_signal(_rewards(scored, g, group_size))][:wanted]
-    train = _groups(drawn, keep, group_size)
-    rows = [k for g in keep for k in range(g * group_size, (g + 1) * group_size)]
+        score(more)
+        drawn = drawn + more
+    keep = [g for g in drawn if g.has_signal][:wanted]
     metrics = {
         "filter/resample_batches": float(extra),  # rollout batches drawn beyond the step's first
         "filter/kept_groups": float(len(keep)),  # groups the update trains on
         "filter/skipped_update": float(not keep),  # no group with signal: the step updates nothing
     }
-    return StepBatch(drawn, scored, train, [scored[k].reward for k in rows], metrics)
-
-
-def _rewards(scored: list, group: int, group_size: int) -> list[float]:
-    return [s.reward for s in scored[group * group_size : (group + 1) * group_size]]
-
-
-def _count_signal(scored: list, group_size: int) -> int:
-    return sum(has_signal(_rewards(scored, g, group_size)) for g in range(len(scored) // group_size))
-
-
-def _concat(a, b):
-    return dataclasses.replace(
-        a, prompt_idx=a.prompt_idx + b.prompt_idx, items=a.items + b.items, examples=a.examples + b.examples
-    )
-
-
-def _groups(rollouts, groups: list[int], group_size: int):
-    rows = [k for g in groups for k in range(g * group_size, (g + 1) * group_size)]
-    return dataclasses.replace(
-        rollouts,
-        prompt_idx=[rollouts.prompt_idx[g] for g in groups],
-        items=[rollouts.items[k] for k in rows],
-        examples=[rollouts.examples[k] for k in rows],
-    )
+    return StepBatch(drawn, keep, metrics)

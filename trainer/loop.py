@@ -16,123 +16,38 @@ evaluator's nuanced-reward window for this run are checkpointed atomically (trai
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections import defaultdict
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
 from chexrl.config import ChexrlConfig, RolloutConfig
-from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
-from chexrl.core.samples import XraySample
-from chexrl.core.scoring import ScoredCompletion
+from chexrl.core.prompts import build_messages
 from chexrl.data.images import image_bytes
-from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
-from chexrl.run_files import atomic_write_text
+from chexrl.models.adapter_io import save_adapter_dir
 from rollout_worker.router import RolloutRouter
 from rollout_worker.types import RolloutPrompt
 from services.evaluator.client import EvaluatorClient
-from trainer.checkpoint import load_latest, save_checkpoint
-from trainer.filtering import collect_groups
-from trainer.grpo import GRPOLearner, TrainingExample
-from trainer.periodic_eval import PeriodicEvaluator, eval_scalars
+from trainer.checkpoint import load_latest
+from trainer.filtering import StepBatch, collect_groups
+from trainer.grpo import GRPOLearner
+from trainer.periodic_eval import log_eval, periodic_evaluator
 from trainer.prefilter import prefilter_pool
+from trainer.records import CompletionRecord, Group, records_of, reward_metrics, set_scores
+from trainer.run import (
+    GRPORun,
+    LearnerHandle,
+    PhaseTimer,
+    RunParts,
+    save_run_checkpoint,
+    write_run_config,
+)
 from trainer.run_log import RunLog
 from trainer.sampler import PromptCursor
 
+__all__ = ["GRPORun", "LearnerHandle", "PhaseTimer", "RunParts", "grpo_step", "run_grpo", "start_run"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GRPORun:
-    model_dir: str  # the policy's base: the merged SFT checkpoint (also the KL reference)
-    samples: list[XraySample]  # the RL set
-    run_dir: str
-    run_id: str  # names the run at the evaluator (its nuanced-reward window)
-    prompt_name: str = DEFAULT_PROMPT
-    evaluator_token: str | None = None
-    # (name, samples) of the held-out in-distribution and the out-of-distribution set: both or neither
-    id_eval: tuple[str, list[XraySample]] | None = None
-    ood_eval: tuple[str, list[XraySample]] | None = None
-
-    def __post_init__(self) -> None:
-        # the run-object twin of GRPOConfig's check on grpo.eval_id_data / eval_ood_data (the demo and
-        # tests build runs without a config file)
-        if (self.id_eval is None) != (self.ood_eval is None):
-            raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
-
-
-class LearnerHandle:
-    """The driver's view of the learner actor: one blocking verb per phase (`ray.get` only here)."""
-
-    def __init__(self, actor) -> None:
-        self.actor = actor
-
-    def step(self, examples: list[TrainingExample], rewards: list[float], group_size: int) -> dict:
-        return ray.get(self.actor.step.remote(examples, rewards, group_size))
-
-    def export(self, version: int) -> ray.ObjectRef:
-        """The adapter as a reference into Ray's object store: the weights go from the learner's process
-        to the rollout workers' without a copy through the driver (`RolloutRouter.push_adapter`)."""
-        return self.actor.export.remote(version)
-
-    def weights(self, adapter: ray.ObjectRef) -> AdapterWeights:
-        """The exported adapter's weights in the driver, for what writes them to disk."""
-        return ray.get(adapter)
-
-    def state(self) -> dict:
-        return ray.get(self.actor.state.remote())
-
-    def load_state(self, state: dict) -> None:
-        ray.get(self.actor.load_state.remote(state))
-
-    def close(self) -> None:
-        ray.kill(self.actor)
-
-
-@dataclass
-class RunParts:
-    """What a run holds besides its config: the actors and clients, and where it stands."""
-
-    router: RolloutRouter
-    learner: LearnerHandle
-    client: EvaluatorClient
-    cursor: PromptCursor
-    messages: list[dict]
-    images: list[bytes]  # the RL set's images as prompts carry them, by sample index
-    start: int = 0  # the step the run starts from (0, or the resumed checkpoint's)
-    # the sample indices the cursor draws (the prefilter's kept images, trainer/prefilter.py); None: all
-    pool: list[int] | None = None
-
-
-@dataclass
-class StepRollouts:
-    """One step's sampled completions, flattened prompt-major (a group's completions are contiguous)."""
-
-    prompt_idx: list[int]
-    items: list[dict]  # /score items: completion text, gold labels, token count
-    examples: list[TrainingExample]
-
-
-@dataclass
-class PhaseTimer:
-    """Wall time per named phase of a step (`time/<phase>`); a phase entered twice adds up."""
-
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    @contextmanager
-    def __call__(self, phase: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - t0
-
-    def metrics(self) -> dict[str, float]:
-        return {f"time/{k}": v for k, v in self.seconds.items()}
 
 
 def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress: bool = True) -> list[dict]:
@@ -143,24 +58,24 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
     try:
         resume_step = parts.start if resume else None
         runlog = RunLog(run.run_dir, resume_step=resume_step, completions=g.log_completions)
-        periodic = _periodic_evaluator(cfg, run, resume_step=resume_step)
+        periodic = periodic_evaluator(cfg, run, resume_step=resume_step)
         if periodic is not None and parts.start == 0:  # the starting (SFT) policy: the trade-off's baseline
-            _log_eval(periodic.evaluate(parts.router, 0, None), progress)
+            log_eval(periodic.evaluate(parts.router, 0, None), progress)
         for step in _progress(range(parts.start, g.max_steps), parts.start, g.max_steps, progress):
             timer = PhaseTimer()
             with timer("step"):
-                metrics, adapter, rollouts, scored = grpo_step(cfg, run, parts, step, timer)
+                metrics, adapter, groups = grpo_step(cfg, run, parts, step, timer)
             done = step + 1
             if periodic is not None and (done % g.eval_steps == 0 or done == g.max_steps):
                 with timer("eval"):
                     weights = parts.learner.weights(adapter)
-                    metrics.update(_log_eval(periodic.evaluate(parts.router, done, weights), progress))
+                    metrics.update(log_eval(periodic.evaluate(parts.router, done, weights), progress))
             if done % g.save_steps == 0 or done == g.max_steps:
                 with timer("checkpoint"):
-                    _save(cfg, run, parts, done)
+                    save_run_checkpoint(cfg, run, parts, done)
             metrics.update(timer.metrics())
             runlog.log(done, metrics)
-            runlog.log_completions(done, _completion_rows(rollouts, cfg.sampling.n, scored))
+            runlog.log_completions(done, [r.log_row() for r in records_of(groups)])
             history.append({"step": done, **metrics})
         final = parts.learner.weights(parts.learner.export(g.max_steps))
         save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
@@ -174,25 +89,25 @@ def run_grpo(cfg: ChexrlConfig, run: GRPORun, *, resume: bool = False, progress:
 
 
 def grpo_step(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int, timer: PhaseTimer):
-    """One GRPO step, phase by phase; returns (metrics, the new adapter, the rollouts, their scores). With
+    """One GRPO step, phase by phase; returns (metrics, the new adapter, every group drawn). With
     `grpo.filter_zero_std_groups` the generation and scoring phases repeat until enough groups have signal
-    (trainer/filtering.py); the rollouts returned are every one drawn, the update uses the kept groups."""
-    g, n = cfg.grpo, cfg.sampling.n
+    (trainer/filtering.py); the groups returned are every one drawn, the update uses the kept groups."""
+    g = cfg.grpo
 
-    def draw(batch: int) -> StepRollouts:
+    def draw(batch: int) -> list[Group]:
         with timer("generation"):
             return generate(parts, run, cfg, step, batch)
 
-    def score(rollouts: StepRollouts):
+    def score(groups: list[Group]) -> None:
         with timer("scoring"):
-            return parts.client.score(
-                g.reward, rollouts.items, run_id=run.run_id, request_id=uuid.uuid4().hex
+            items = [r.score_item() for r in records_of(groups)]
+            set_scores(
+                groups, parts.client.score(g.reward, items, run_id=run.run_id, request_id=uuid.uuid4().hex)
             )
 
     batch = collect_groups(
         draw,
         score,
-        group_size=n,
         wanted=g.prompts_per_step,
         max_resample_batches=g.max_resample_batches if g.filter_zero_std_groups else None,
     )
@@ -204,7 +119,7 @@ def grpo_step(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int, timer
         # token counts as much as in a full step of groups with signal. Unfiltered, the zero-std groups
         # (zero advantage) only enlarge the divisor and dilute the policy gradient by their share; the
         # filter removes that dilution, which is its point (DAPO), not a change of the loss's scale.
-        metrics = _train(parts, batch, n, step)
+        metrics = _train(parts, batch, cfg.sampling.n, step)
     with timer("weight_sync"):  # returns at once: the learner exports while the engine wakes
         adapter = parts.learner.export(step + 1)
     with timer("wake"):
@@ -212,14 +127,16 @@ def grpo_step(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int, timer
     with timer("weight_sync"):  # waits for the export, then every worker loads it
         parts.router.push_adapter(adapter, version=step + 1)
     # measured on every completion drawn, before filtering: the policy's reward and zero-std share
-    metrics.update(_reward_metrics(batch.scored, batch.drawn.examples, n))
+    metrics.update(reward_metrics(batch.drawn))
     metrics.update(batch.metrics)
-    return metrics, adapter, batch.drawn, batch.scored
+    return metrics, adapter, batch.drawn
 
 
-def _train(parts: RunParts, batch, group_size: int, step: int) -> dict:
-    if batch.train.examples:
-        return parts.learner.step(batch.train.examples, batch.train_rewards, group_size)
+def _train(parts: RunParts, batch: StepBatch, group_size: int, step: int) -> dict:
+    if batch.train:
+        records = records_of(batch.train)
+        examples = [r.training_example() for r in records]
+        return parts.learner.step(examples, [r.reward for r in records], group_size)
     # no group with signal (filter on, resample budget spent): no update, the step still counts, and the
     # unchanged adapter is exported and pushed as this step's version; the learning-rate schedule, which
     # the learner advances per update, does not advance
@@ -231,7 +148,7 @@ def _train(parts: RunParts, batch, group_size: int, step: int) -> dict:
     return {}
 
 
-def generate(parts: RunParts, run: GRPORun, cfg: ChexrlConfig, step: int, batch: int = 0) -> StepRollouts:
+def generate(parts: RunParts, run: GRPORun, cfg: ChexrlConfig, step: int, batch: int = 0) -> list[Group]:
     """Draw a rollout batch of prompts (the step's first, or a resample when filtering) and sample a group
     of completions for each. The cursor runs over `parts.pool` (the prefilter's kept images) when set."""
     idx = parts.cursor.take(cfg.grpo.prompts_per_step)
@@ -239,22 +156,26 @@ def generate(parts: RunParts, run: GRPORun, cfg: ChexrlConfig, step: int, batch:
         idx = [parts.pool[j] for j in idx]
     tag = f"{step}" if batch == 0 else f"{step}.{batch}"
     prompts = [RolloutPrompt(f"{tag}:{i}", parts.messages, [parts.images[i]]) for i in idx]
-    groups = parts.router.generate(prompts, cfg.sampling)  # retried by Ray if a worker dies
-    items, examples = [], []
-    for i, group, prompt in zip(idx, groups, prompts, strict=True):
-        if group.error:
-            raise RuntimeError(f"rollout failed for {group.prompt_id}: {group.error}")
-        for c in group.completions:
-            items.append(
-                {"completion": c.text, "labels": list(run.samples[i].labels), "num_tokens": len(c.token_ids)}
+    answers = parts.router.generate(prompts, cfg.sampling)  # retried by Ray if a worker dies
+    groups = []
+    for i, answer, prompt in zip(idx, answers, prompts, strict=True):
+        if answer.error:
+            raise RuntimeError(f"rollout failed for {answer.prompt_id}: {answer.error}")
+        records = [
+            CompletionRecord(
+                sample=i,
+                prompt_text=answer.prompt_text,
+                image=prompt.images[0],
+                labels=tuple(run.samples[i].labels),
+                text=c.text,
+                token_ids=c.token_ids,
+                sampling_logprobs=c.logprobs,
+                truncated=c.finish_reason == "length",  # cut off at max_tokens
             )
-            truncated = c.finish_reason == "length"  # cut off at max_tokens
-            examples.append(
-                TrainingExample(
-                    group.prompt_text, prompt.images[0], c.token_ids, c.logprobs, truncated=truncated
-                )
-            )
-    return StepRollouts(idx, items, examples)
+            for c in answer.completions
+        ]
+        groups.append(Group(i, records))
+    return groups
 
 
 def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
@@ -313,93 +234,9 @@ def colocated_gpu_share(cluster_gpus: float) -> float:
     return 0.5 if cluster_gpus >= 1 else 0.0
 
 
-def write_run_config(cfg: ChexrlConfig, run: GRPORun) -> None:
-    """`RUN_DIR/config.yaml`: the resolved configuration this run trains with (the report shows it)."""
-    import yaml
-
-    data = cfg.model_dump(mode="json")
-    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
-    data["grpo"].update(model=run.model_dir, run_dir=run.run_dir, run_id=run.run_id, prompt=run.prompt_name)
-    atomic_write_text(Path(run.run_dir) / "config.yaml", yaml.safe_dump(data, sort_keys=False))
-
-
-def _save(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int) -> None:
-    meta = {
-        "cursor": parts.cursor.state(),
-        "window": parts.client.get_window(run.run_id),
-        "run_id": run.run_id,
-    }
-    save_checkpoint(Path(run.run_dir) / "checkpoints", step, parts.learner.state(), meta)
-
-
 def _progress(steps, start: int, total: int, show: bool):
     if not show:
         return steps
     from tqdm import tqdm
 
     return tqdm(steps, desc="GRPO", initial=start, total=total)
-
-
-def _periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None):
-    if run.id_eval is None:
-        return None
-    g = cfg.grpo
-    return PeriodicEvaluator(
-        run.run_dir,
-        run.id_eval,
-        run.ood_eval,
-        prompt_name=run.prompt_name,
-        max_tokens=g.eval_max_tokens or cfg.sampling.max_tokens,
-        margin=g.tradeoff_margin,
-        resume_step=resume_step,
-        samples=g.eval_samples,
-        sampling=cfg.sampling,
-    )
-
-
-def _log_eval(record: dict, progress: bool) -> dict[str, float]:
-    """Scalars for the run log; the trade-off warning printed where the user is looking."""
-    for warning in record["warnings"]:
-        text = f"\033[1;31mWARNING step {record['step']}: {warning}\033[0m"
-        if progress:
-            from tqdm import tqdm
-
-            tqdm.write(text)
-        else:
-            log.warning(text)
-    return eval_scalars(record)
-
-
-def _completion_rows(rollouts: StepRollouts, group_size: int, scored: list[ScoredCompletion]) -> list[dict]:
-    """completions.jsonl rows: the RL sample's index, the text, gold labels, reward and its components."""
-    return [
-        {
-            "sample": rollouts.prompt_idx[k // group_size],
-            "completion": item["completion"],
-            "labels": item["labels"],
-            "reward": s.reward,
-            "components": s.components,
-            "valid": s.valid,
-            "truncated": e.truncated,
-        }
-        for k, (item, s, e) in enumerate(zip(rollouts.items, scored, rollouts.examples, strict=True))
-    ]
-
-
-def _reward_metrics(
-    scored: list[ScoredCompletion], examples: list[TrainingExample], group_size: int
-) -> dict[str, float]:
-    n = len(scored)
-    groups = [scored[i : i + group_size] for i in range(0, n, group_size)]
-    out = {
-        # groups whose samples all scored the same: zero advantages, nothing to learn from (TRL's
-        # frac_reward_zero_std); a high share says the reward cannot tell this policy's samples apart
-        "advantage/zero_std_fraction": sum(len({s.reward for s in g}) == 1 for g in groups) / len(groups),
-        "reward/total": sum(s.reward for s in scored) / n,
-        "reward/valid_fraction": sum(s.valid for s in scored) / n,
-        "completion/length": sum(len(e.completion_ids) for e in examples) / n,
-        "completion/truncated_fraction": sum(e.truncated for e in examples) / n,
-    }
-    for key in scored[0].components:
-        out[f"reward/{key}"] = sum(s.components[key] for s in scored) / n
-    return out

@@ -24,7 +24,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from chexrl.config import SamplingConfig
+from chexrl.config import ChexrlConfig, SamplingConfig
 from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.pass_at_k import pass_at_k_summary
 from chexrl.core.samples import XraySample
@@ -33,6 +33,7 @@ from chexrl.evaluation.rollouts import evaluate_samples, sample_completions
 from chexrl.evaluation.selection import select_checkpoints, tradeoff_warning
 from chexrl.models.adapter_io import AdapterWeights, save_adapter_dir
 from chexrl.run_files import atomic_write_text, read_jsonl
+from trainer.run import GRPORun
 
 log = logging.getLogger(__name__)
 EVALS = "evals.jsonl"
@@ -152,3 +153,34 @@ def _name(step: int) -> str:
 
 def _without_completions(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "completions"}
+
+
+def periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None) -> PeriodicEvaluator | None:
+    """The run's evaluator during training, or None when the run has no evaluation sets."""
+    if run.id_eval is None:
+        return None
+    g = cfg.grpo
+    return PeriodicEvaluator(
+        run.run_dir,
+        run.id_eval,
+        run.ood_eval,
+        prompt_name=run.prompt_name,
+        max_tokens=g.eval_max_tokens or cfg.sampling.max_tokens,
+        margin=g.tradeoff_margin,
+        resume_step=resume_step,
+        samples=g.eval_samples,
+        sampling=cfg.sampling,
+    )
+
+
+def log_eval(record: dict, progress: bool) -> dict[str, float]:
+    """Scalars for the run log; the trade-off warning printed where the user is looking."""
+    for warning in record["warnings"]:
+        text = f"\033[1;31mWARNING step {record['step']}: {warning}\033[0m"
+        if progress:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+        else:
+            log.warning(text)
+    return eval_scalars(record)

@@ -21,9 +21,10 @@ import os
 import time
 from pathlib import Path
 
-from chexrl.config import ChexrlConfig, PrefilterConfig
+from chexrl.config import ChexrlConfig, PrefilterConfig, SamplingConfig
 from chexrl.run_files import atomic_write_text, read_jsonl
 from rollout_worker.types import RolloutPrompt
+from trainer.run import GRPORun, RunParts
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ PARTIAL = "prefilter.partial.jsonl"
 BATCH_IMAGES = 32  # images per generate call (k completions each); the partial file grows a batch at a time
 
 
-def prefilter_pool(cfg: ChexrlConfig, run, parts, *, resume: bool) -> list[int]:
+def prefilter_pool(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -> list[int]:
     """The RL-set indices GRPO draws from: the images the prefilter kept, measured now or read back from
     RUN_DIR/prefilter.jsonl when resuming. `parts`: the run's router, client, messages and images."""
     p = cfg.grpo.prefilter
@@ -57,7 +58,7 @@ def prefilter_pool(cfg: ChexrlConfig, run, parts, *, resume: bool) -> list[int]:
     return kept
 
 
-def measure(cfg: ChexrlConfig, run, parts, *, resume: bool) -> list[dict]:
+def measure(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -> list[dict]:
     """Sample and grade every RL image not already in the partial file (kept only when resuming)."""
     p = cfg.grpo.prefilter
     run_dir = Path(run.run_dir)
@@ -82,7 +83,9 @@ def measure(cfg: ChexrlConfig, run, parts, *, resume: bool) -> list[dict]:
     return [done[i] for i in range(len(images))]
 
 
-def _measure_batch(indices: list[int], run, parts, sampling, p: PrefilterConfig) -> list[dict]:
+def _measure_batch(
+    indices: list[int], run: GRPORun, parts: RunParts, sampling: SamplingConfig, p: PrefilterConfig
+) -> list[dict]:
     prompts = [RolloutPrompt(f"prefilter:{i}", parts.messages, [parts.images[i]]) for i in indices]
     groups = parts.router.generate(prompts, sampling)
     items = []

@@ -108,20 +108,101 @@ def bench_step(
 ) -> dict:
     """Both sides on one fixed configuration; returns the figures (see the module docstring).
 
-    TRL runs `trl_rounds` times: with 2 (the default) once before and once after chexrl, so a drift in
-    the load of a shared machine hits both sides alike; with 1 after chexrl. Each TRL round runs in a fresh
-    process of its own (same start state every round; a colocated vLLM's GPU memory is freed on exit) and
-    has its own warm-up.
-    `model` / `data_dir` (a MIMIC-format directory) reuse existing files; `evaluator_url` a running evaluator.
-    `weight_sync` is the rollout engine's (`RolloutConfig.weight_sync`; None: the device's default).
-    `prompts`, `n` and `micro_batch` default to chexrl's grpo.prompts_per_step, sampling.n and
-    grpo.micro_batch_size.
-    """
+    TRL runs `trl_rounds` times (2: before and after chexrl, so a drift in a shared machine's load hits
+    both sides; 1: after), each round in a fresh process with its own warm-up. `model` / `data_dir` (a
+    MIMIC-format directory) reuse files; `weight_sync` None is the device's default; `prompts`, `n` and
+    `micro_batch` None are grpo.prompts_per_step, sampling.n and grpo.micro_batch_size."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    trl_generation, trl_rounds = _checked_options(
+        steps, warmup, trl_generation, trl_rounds, preset, model, cuda
+    )
+    sizes = _step_sizes(steps, warmup, prompts, n, max_tokens, micro_batch)
+    prompts, n = sizes["prompts"], sizes["n"]
+    rounds, measured, chexrl_wall, cfg = _run_both_sides(
+        sizes,
+        trl_generation=trl_generation,
+        trl_rounds=trl_rounds,
+        prepare_args=dict(preset=preset, model=model, data_dir=data_dir, image_size=image_size),
+        max_model_len=max_model_len,
+        weight_sync=weight_sync,
+        evaluator_url=evaluator_url,
+        work_dir=work_dir,
+    )
+    chexrl = summarize_chexrl([step_split(m) for m in measured])
+    chexrl["wall_s"] = chexrl_wall
+    chexrl["completion_tokens_mean"] = float(statistics.fmean(m["completion/length"] for m in measured))
+    _check_equal_work(chexrl, rounds, max_tokens)
+    trl = _trl_figures(trl_generation, rounds)
+    config = {
+        **sizes,
+        "completions_per_step": prompts * n,
+        "model": preset or model or "tiny-gemma3",
+        "image_size": image_size,
+        "max_model_len": max_model_len,
+        **_recipe_description(cfg, cuda, trl_generation, trl_rounds),
+    }
+    return _figures(config, chexrl, trl)
+
+
+def _step_sizes(
+    steps: int, warmup: int, prompts: int | None, n: int | None, max_tokens: int, micro_batch: int | None
+) -> dict:
+    """The benchmark's sizes, with chexrl's config defaults for those not given."""
+    defaults = GRPOConfig()
+    return dict(
+        steps=steps,
+        warmup=warmup,
+        prompts=defaults.prompts_per_step if prompts is None else prompts,
+        n=SamplingConfig().n if n is None else n,
+        max_tokens=max_tokens,
+        micro_batch=defaults.micro_batch_size if micro_batch is None else micro_batch,
+    )
+
+
+def _run_both_sides(
+    sizes: dict,
+    *,
+    trl_generation: str,
+    trl_rounds: int,
+    prepare_args: dict,
+    max_model_len: int,
+    weight_sync: str | None,
+    evaluator_url: str | None,
+    work_dir: str | Path | None,
+):
+    """(TRL rounds, chexrl's measured steps, chexrl's wall time, the config both ran)."""
+    with tempfile.TemporaryDirectory(prefix="chexrl-bench-step-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        # every step draws fresh images on both sides (no prompt repeats within a run)
+        images = sizes["prompts"] * (sizes["warmup"] + sizes["steps"])
+        model_dir, samples = prepare(work, images=images, **prepare_args)
+        cfg = bench_config(model_dir, max_model_len=max_model_len, weight_sync=weight_sync, **sizes)
+        trl_args = (cfg, model_dir, samples, work, sizes["warmup"], trl_generation)
+        rounds = []
+        if trl_rounds == 2:
+            rounds.append({"when": "before chexrl", **run_trl_isolated(*trl_args)})
+        measured, chexrl_wall = run_chexrl(
+            cfg, model_dir, samples, work, warmup=sizes["warmup"], evaluator_url=evaluator_url
+        )
+        rounds.append({"when": "after chexrl", **run_trl_isolated(*trl_args)})
+    return rounds, measured, chexrl_wall, cfg
+
+
+def _checked_options(
+    steps: int,
+    warmup: int,
+    trl_generation: str,
+    trl_rounds: int | None,
+    preset: str | None,
+    model: str | None,
+    cuda: bool,
+) -> tuple[str, int]:
+    """(trl_generation, trl_rounds) resolved, or a ValueError naming the option that is wrong."""
     if steps < 1 or warmup < 0:
         raise ValueError("need steps >= 1 and warmup >= 0")
-    cuda = torch.cuda.is_available()
     if trl_generation == "auto":
         trl_generation = "vllm-colocate" if cuda else "transformers"
     if trl_generation not in ("transformers", "vllm-colocate"):
@@ -133,39 +214,11 @@ def bench_step(
         raise ValueError("trl_rounds must be 1 (after chexrl) or 2 (before and after)")
     if preset is not None and model is not None:
         raise ValueError("give a preset or a model directory, not both")
-    defaults = GRPOConfig()
-    prompts = defaults.prompts_per_step if prompts is None else prompts
-    n = SamplingConfig().n if n is None else n
-    micro_batch = defaults.micro_batch_size if micro_batch is None else micro_batch
-    sizes = dict(
-        steps=steps, warmup=warmup, prompts=prompts, n=n, max_tokens=max_tokens, micro_batch=micro_batch
-    )
-    with tempfile.TemporaryDirectory(prefix="chexrl-bench-step-") as tmp:
-        work = Path(work_dir) if work_dir is not None else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        # every step draws fresh images on both sides (no prompt repeats within a run)
-        model_dir, samples = prepare(
-            work,
-            preset=preset,
-            model=model,
-            data_dir=data_dir,
-            images=prompts * (warmup + steps),
-            image_size=image_size,
-        )
-        cfg = bench_config(model_dir, max_model_len=max_model_len, weight_sync=weight_sync, **sizes)
-        trl_args = (cfg, model_dir, samples, work, warmup, trl_generation)
-        rounds = []
-        if trl_rounds == 2:
-            rounds.append({"when": "before chexrl", **run_trl_isolated(*trl_args)})
-        measured, chexrl_wall = run_chexrl(
-            cfg, model_dir, samples, work, warmup=warmup, evaluator_url=evaluator_url
-        )
-        rounds.append({"when": "after chexrl", **run_trl_isolated(*trl_args)})
+    return trl_generation, trl_rounds
 
-    chexrl = summarize_chexrl([step_split(m) for m in measured])
-    chexrl["wall_s"] = chexrl_wall
-    chexrl["completion_tokens_mean"] = float(statistics.fmean(m["completion/length"] for m in measured))
-    # equal work: every completion on both sides is exactly max_tokens long
+
+def _check_equal_work(chexrl: dict, rounds: list[dict], max_tokens: int) -> None:
+    """Equal work: every completion on both sides is exactly max_tokens long (EOS is ignored)."""
     for side, mean_len in [("chexrl", chexrl["completion_tokens_mean"])] + [
         (f"trl ({r['when']})", r["completion_tokens_mean"]) for r in rounds
     ]:
@@ -173,9 +226,13 @@ def bench_step(
             raise RuntimeError(
                 f"{side} completions average {mean_len} tokens, not {max_tokens}: unequal work"
             )
+
+
+def _trl_figures(trl_generation: str, rounds: list[dict]) -> dict:
+    """TRL's step and generation times over all its rounds, with medians and the mean."""
     trl_steps = [t for r in rounds for t in r["step_seconds"]]
     trl_gen = [t for r in rounds for t in r["generation_seconds"]]
-    trl = {
+    return {
         "generation": trl_generation,
         "step_seconds": trl_steps,
         "generation_seconds": trl_gen,
@@ -184,31 +241,35 @@ def bench_step(
         "median_generation": float(statistics.median(trl_gen)),
         "rounds": rounds,
     }
-    ratio = trl["median"] / chexrl["median"]["step"]
+
+
+def _recipe_description(cfg, cuda: bool, trl_generation: str, trl_rounds: int) -> dict:
+    """The recipe settings both sides ran, as written into the figures' `config`."""
     g, s = cfg.grpo, cfg.sampling
     return {
+        "ignore_eos": True,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "loss": "dr_grpo",
+        "beta": g.beta,
+        "epsilon": g.epsilon,
+        "epsilon_high": g.epsilon_high,
+        "learning_rate": g.learning_rate,
+        "lora": g.lora.model_dump(),
+        "reward": "hard",
+        "chexrl_generation": "vLLM in the Ray rollout actor",
+        "chexrl_weight_sync": cfg.rollout.resolved_weight_sync(cuda),
+        "trl_generation": trl_generation,
+        "trl_rounds": trl_rounds,
+    }
+
+
+def _figures(config: dict, chexrl: dict, trl: dict) -> dict:
+    """The command's JSON: both sides, their ratio and the targets met or not."""
+    ratio = trl["median"] / chexrl["median"]["step"]
+    return {
         "device": device_description(),
-        "config": {
-            **sizes,
-            "completions_per_step": prompts * n,
-            "model": preset or model or "tiny-gemma3",
-            "image_size": image_size,
-            "max_model_len": max_model_len,
-            "ignore_eos": True,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "loss": "dr_grpo",
-            "beta": g.beta,
-            "epsilon": g.epsilon,
-            "epsilon_high": g.epsilon_high,
-            "learning_rate": g.learning_rate,
-            "lora": g.lora.model_dump(),
-            "reward": "hard",
-            "chexrl_generation": "vLLM in the Ray rollout actor",
-            "chexrl_weight_sync": cfg.rollout.resolved_weight_sync(cuda),
-            "trl_generation": trl_generation,
-            "trl_rounds": trl_rounds,
-        },
+        "config": config,
         "chexrl": chexrl,
         "trl": trl,
         "trl_over_chexrl": ratio,

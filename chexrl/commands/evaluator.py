@@ -24,15 +24,17 @@ def serve_evaluator(
 ) -> None:
     """Serve /score, /evaluate, /runs/{run_id}/window, /healthz and /metrics with uvicorn. With
     CHEXRL_EVALUATOR_TOKEN set, every route but /healthz needs `Authorization: Bearer <token>`; without
-    it, only a loopback address is served (unless --insecure)."""
+    it, only a loopback address is served (unless --insecure). CHEXRL_EVALUATOR_TOKEN_FILE, when set,
+    names a file holding the token instead (read once at start)."""
     import os
 
     import uvicorn
 
     from services.evaluator.app import create_app
     from services.evaluator.security import InsecureBindError, check_exposure, read_token
+    from services.evaluator.server import server_config
     from services.evaluator.settings import load_settings
-    from services.evaluator.window_store import StateDirInUse
+    from services.evaluator.window_store import StateDirInUse, StateDirUnsafe
 
     try:
         settings = load_settings(
@@ -40,23 +42,21 @@ def serve_evaluator(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from exc
-    token = read_token(os.environ)
     try:
+        token = read_token(os.environ)
         check_exposure(settings.host, token, insecure)
         application = create_app(settings, token=token)
-    except (InsecureBindError, StateDirInUse) as exc:
+    except (
+        InsecureBindError,
+        ValueError,
+        StateDirInUse,
+        StateDirUnsafe,
+    ) as exc:  # ValueError: the token file
         typer.echo(f"chexrl serve-evaluator: {exc}", err=True)
         raise typer.Exit(2) from exc
     # One process: the nuanced windows are serialised per run in this process (SQLite is their durable
     # copy, and the state directory's lock keeps a second process off it).
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        access_log=False,
-        limit_concurrency=settings.max_concurrency,
-    )
+    uvicorn.Server(server_config(application, settings, log_level)).run()
 
 
 @bench_app.command("score")

@@ -41,10 +41,10 @@ def grpo_cmd(
     """GRPO on a LoRA adapter: rollouts through vLLM actors, rewards from the evaluator's /score."""
     from trainer.loop import GRPORun, run_grpo
 
-    cfg = checked_config(config, base_dir, evaluator_url)
+    cfg = _run_config(config, evaluator_url, base_dir)
     g = cfg.grpo
-    samples = rl_prompts(cfg)
-    eval_sets = periodic_eval_sets(g)
+    samples = _rl_samples(cfg)
+    eval_sets = _eval_sets(g)
     connect_ray()
     run = GRPORun(
         model_dir=g.model,
@@ -52,7 +52,7 @@ def grpo_cmd(
         run_dir=g.run_dir,
         run_id=g.run_id or Path(g.run_dir).name,
         prompt_name=g.prompt,
-        evaluator_token=os.environ.get("CHEXRL_EVALUATOR_TOKEN"),
+        evaluator_token=evaluator_token(),
         id_eval=eval_sets.get("eval_id_data"),
         ood_eval=eval_sets.get("eval_ood_data"),
     )
@@ -66,8 +66,9 @@ def grpo_cmd(
     )
 
 
-def checked_config(config: Path, base_dir: Path | None, evaluator_url: str | None):
-    """The run's config, its paths checked (before any actor starts) and made absolute."""
+def _run_config(config: Path, evaluator_url: str | None, base_dir: Path | None):
+    """The run configuration, checked, with every path absolute (actors resolve paths in their own
+    working directory, not this one)."""
     from chexrl.config import load_config
 
     uploaded = base_dir is None and in_uploaded_working_dir()  # cwd: Ray's copy, without ignored files
@@ -88,16 +89,17 @@ def checked_config(config: Path, base_dir: Path | None, evaluator_url: str | Non
         raise typer.BadParameter(str(exc), param_hint="--config") from exc
     if evaluator_url:
         cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url})})
-    missing = [name for name in ("model", "data") if getattr(cfg.grpo, name) is None]
+    g = cfg.grpo
+    missing = [name for name in ("model", "data") if getattr(g, name) is None]
     if missing:
         raise typer.BadParameter(f"{config} must set grpo.{', grpo.'.join(missing)}", param_hint="--config")
     problem = check_local_paths(cfg, uploaded)
     if problem:
         raise typer.BadParameter(f"{config}: {problem}", param_hint="--config")
-    return absolute_paths(cfg)  # actors resolve paths in their own working directory, not this one
+    return absolute_paths(cfg)
 
 
-def rl_prompts(cfg) -> list:
+def _rl_samples(cfg) -> list:
     """grpo.limit: a seeded, stratified draw with no SFT patient, not the first N rows of the file."""
     from chexrl.data.sampling import rl_samples
 
@@ -116,8 +118,8 @@ def rl_prompts(cfg) -> list:
     return samples
 
 
-def periodic_eval_sets(g) -> dict:
-    """grpo.eval_id_data and grpo.eval_ood_data (both or neither: GRPOConfig checks), first eval_limit each."""
+def _eval_sets(g) -> dict:
+    """The in- and out-of-distribution evaluation sets: both or neither (GRPOConfig checks)."""
     from chexrl.data.loaders import load_dataset
 
     eval_sets = {}
@@ -128,6 +130,16 @@ def periodic_eval_sets(g) -> dict:
             raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
         eval_sets[key] = (spec, eval_samples)
     return eval_sets
+
+
+def evaluator_token() -> str | None:
+    """The evaluator's bearer token: from CHEXRL_EVALUATOR_TOKEN_FILE, else CHEXRL_EVALUATOR_TOKEN."""
+    from services.evaluator.security import TOKEN_FILE_ENV, read_token
+
+    try:
+        return read_token(os.environ)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=TOKEN_FILE_ENV) from exc
 
 
 def connect_ray() -> None:

@@ -75,7 +75,7 @@ def generate(
     seed: int = typer.Option(0, help="Seed of the template teacher and of the back-off jitter."),
 ) -> None:
     """Write teacher traces for a data set; validated, retried, resumable. Prints a JSON summary."""
-    from chexrl.traces.generate import GenerateConfig, generate_traces, template_traces
+    from chexrl.traces.generate import GenerateConfig, template_traces
 
     jobs = _load_jobs(data, samples_jsonl, schema)
     if teacher == "template":
@@ -85,16 +85,11 @@ def generate(
         raise typer.BadParameter("--teacher must be 'endpoint' or 'template'")
     if not endpoint or not model:
         raise typer.BadParameter("--endpoint and --model are required for --teacher endpoint")
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise typer.BadParameter(f"environment variable {api_key_env} is not set")
     cfg = GenerateConfig(
         endpoint=endpoint,
         model=model,
         format=format,
-        api_key=api_key,
+        api_key=_api_key(api_key_env),
         concurrency=concurrency,
         max_retries=max_retries,
         backoff_base_s=backoff_base,
@@ -105,16 +100,30 @@ def generate(
         limit=limit,
         seed=seed,
     )
-    from chexrl.traces.generate import TeacherEndpointError
+    _report(_ask_endpoint(jobs, out, cfg), out)
+
+
+def _api_key(api_key_env: str | None) -> str | None:
+    """The API key from the named environment variable (None when no variable is named)."""
+    if not api_key_env:
+        return None
+    api_key = os.environ.get(api_key_env)
+    if not api_key:
+        raise typer.BadParameter(f"environment variable {api_key_env} is not set")
+    return api_key
+
+
+def _ask_endpoint(jobs: list, out: Path, cfg):
+    """The run's summary; a refused endpoint prints what was done and exits 1."""
+    from chexrl.traces.generate import TeacherEndpointError, generate_traces
 
     try:
-        summary = generate_traces(jobs, out, cfg, log=lambda m: typer.echo(m, err=True))
+        return generate_traces(jobs, out, cfg, log=lambda m: typer.echo(m, err=True))
     except TeacherEndpointError as err:
         if err.summary is not None:
             typer.echo(json.dumps(err.summary.as_dict(), indent=2))
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    _report(summary, out)
 
 
 @traces_app.command("template")

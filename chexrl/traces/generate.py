@@ -268,6 +268,64 @@ class TeacherClient:
         return _Outcome(job, None, reason, detail, attempts, requests, last)
 
 
+class _OutcomeRecorder:
+    """Writes each outcome where it belongs (accepted traces, final rejections) and counts it; transport
+    failures and cancellations stay pending for the next run."""
+
+    def __init__(self, cfg: GenerateConfig, summary: Summary, accepted, rejected, log) -> None:
+        self.cfg, self.summary, self.accepted, self.rejected, self.log = cfg, summary, accepted, rejected, log
+
+    def __call__(self, o: _Outcome) -> None:
+        summary = self.summary
+        summary.requests += o.requests
+        summary.retried += o.attempts > 1
+        if o.trace is not None:
+            job = o.job
+            record = TraceRecord(
+                job.sample_id,
+                job.image,
+                list(job.labels),
+                o.trace,
+                self.cfg.format,
+                self.cfg.model,
+                job.schema,
+            )
+            self.accepted.append(record.to_json())
+            summary.accepted += 1
+        elif o.reason in FINAL_REASONS:
+            self.rejected.append(self._rejection(o))
+            summary.rejected[o.reason] += 1
+        elif o.reason == REASON_CANCELLED:
+            summary.cancelled += 1
+        else:  # transport: left pending for the next run
+            summary.failed[o.reason] += 1
+        if self.log:
+            self.log(self._log_line(o))
+
+    def _rejection(self, o: _Outcome) -> dict:
+        return {
+            "sample_id": o.job.sample_id,
+            "image": o.job.image,
+            "labels": list(o.job.labels),
+            "format": self.cfg.format,
+            "teacher": self.cfg.model,
+            "reason": o.reason,
+            "attempts": o.attempts,
+            "detail": o.detail,
+            "last_trace": o.last_trace[:2000],
+        }
+
+    @staticmethod
+    def _log_line(o: _Outcome) -> str:
+        if o.trace:
+            state = "accepted"
+        elif o.reason in FINAL_REASONS:
+            state = o.reason
+        else:
+            state = f"{o.reason}, still pending"
+        return f"{o.job.sample_id}: {state} ({o.attempts} attempts){'' if o.trace else ': ' + o.detail[:200]}"
+
+
 def generate_traces(
     jobs: list[TraceJob],
     out: str | Path,
@@ -293,92 +351,51 @@ def generate_traces(
     summary.skipped = len(jobs) - len(pending)
     if not pending:
         return summary
-
     stop = threading.Event()
     client = TeacherClient(cfg, sleep=sleep, stop=stop)
     with JsonlAppender(out) as accepted_file, JsonlAppender(rej) as rejected_file:
-
-        def record(o: _Outcome) -> None:
-            summary.requests += o.requests
-            summary.retried += o.attempts > 1
-            if o.trace is not None:
-                record = TraceRecord(
-                    o.job.sample_id,
-                    o.job.image,
-                    list(o.job.labels),
-                    o.trace,
-                    cfg.format,
-                    cfg.model,
-                    o.job.schema,
-                )
-                accepted_file.append(record.to_json())
-                summary.accepted += 1
-            elif o.reason in FINAL_REASONS:
-                rejected_file.append(
-                    {
-                        "sample_id": o.job.sample_id,
-                        "image": o.job.image,
-                        "labels": list(o.job.labels),
-                        "format": cfg.format,
-                        "teacher": cfg.model,
-                        "reason": o.reason,
-                        "attempts": o.attempts,
-                        "detail": o.detail,
-                        "last_trace": o.last_trace[:2000],
-                    }
-                )
-                summary.rejected[o.reason] += 1
-            elif o.reason == REASON_CANCELLED:
-                summary.cancelled += 1
-            else:  # transport: left pending for the next run
-                summary.failed[o.reason] += 1
-            if log:
-                state = (
-                    "accepted"
-                    if o.trace
-                    else o.reason
-                    if o.reason in FINAL_REASONS
-                    else f"{o.reason}, still pending"
-                )
-                log(
-                    f"{o.job.sample_id}: {state} ({o.attempts} attempts){'' if o.trace else ': ' + o.detail[:200]}"
-                )
-
+        record = _OutcomeRecorder(cfg, summary, accepted_file, rejected_file, log)
         pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
         futures = [
             pool.submit(client.trace_for, job, random.Random(f"{cfg.seed}:{job.sample_id}"))
             for job in pending
         ]
-        handled: set = set()
         try:
-            for future in as_completed(futures):
-                o = future.result()
-                handled.add(future)
-                record(o)
-                if o.fatal:
-                    raise TeacherEndpointError(
-                        f"{cfg.endpoint} refused a request ({o.detail}); check the endpoint, --model and the "
-                        "API key. The run stopped and recorded nothing for the refused samples: rerun to ask again.",
-                        summary,
-                    )
-        except BaseException:
-            # Stop: queued requests are never sent; those in flight make no further attempt, and their
-            # answers (already paid for) are still recorded before the error goes on.
-            stop.set()
-            summary.cancelled += sum(f.cancel() for f in futures if f not in handled)
-            for future in futures:
-                if future in handled or future.cancelled():
-                    continue
-                try:
-                    o = future.result()
-                except Exception:  # the first error is the one re-raised
-                    continue
-                record(o)
-            raise
+            _record_as_completed(futures, record, cfg, summary, stop)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             client.close()
     return summary
+
+
+def _record_as_completed(futures: list, record: _OutcomeRecorder, cfg, summary: Summary, stop) -> None:
+    """Record each answer as it arrives; a refused request raises `TeacherEndpointError`."""
+    handled: set = set()
+    try:
+        for future in as_completed(futures):
+            o = future.result()
+            handled.add(future)
+            record(o)
+            if o.fatal:
+                raise TeacherEndpointError(
+                    f"{cfg.endpoint} refused a request ({o.detail}); check the endpoint, --model and the "
+                    "API key. The run stopped and recorded nothing for the refused samples: rerun to ask again.",
+                    summary,
+                )
+    except BaseException:
+        # Stop: queued requests are never sent; those in flight make no further attempt, and their
+        # answers (already paid for) are still recorded before the error goes on.
+        stop.set()
+        summary.cancelled += sum(f.cancel() for f in futures if f not in handled)
+        for future in futures:
+            if future in handled or future.cancelled():
+                continue
+            try:
+                o = future.result()
+            except Exception:  # the first error is the one re-raised
+                continue
+            record(o)
+        raise
 
 
 def template_traces(jobs: list[TraceJob], out: str | Path, fmt: str, *, seed: int = 0) -> Summary:

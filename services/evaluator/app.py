@@ -5,8 +5,9 @@ cannot disagree. Client input never causes a 5xx: the bearer token is checked be
 (401, security.py), bodies are size-limited before they are read (413), validated by pydantic models
 whose errors name the field (422, at most `max_validation_errors` listed, every string echoed as valid
 JSON), and gold labels are checked against the schema with the item index in the error. The run state
-(nuanced windows) is the only part that can fail on the server's side: a 503 naming the database, while
-the hard reward and /evaluate keep working.
+(nuanced windows) is the only part that can fail on the server's side: a 503 naming the database, or a
+507 when its disk is full, while the hard reward and /evaluate keep working. Past `max_concurrency`
+requests in flight a request gets 503 at once (/healthz excepted); connections.py bounds the rest.
 """
 
 import json
@@ -37,9 +38,10 @@ from chexrl.core.run_ids import RUN_ID_DESCRIPTION, RUN_ID_MAX_LENGTH, RUN_ID_PA
 from chexrl.core.schemas import SCHEMAS, get_schema
 from chexrl.core.scoring import ScoredCompletion, score_completion
 from services.evaluator.body_limit import BodySizeLimit
-from services.evaluator.security import BearerAuth
+from services.evaluator.connections import RequestLimit
+from services.evaluator.security import OPEN_PATHS, BearerAuth, bearer_matches
 from services.evaluator.settings import EvaluatorSettings
-from services.evaluator.window_store import StateUnavailable, WindowStore
+from services.evaluator.window_store import StateFull, StateUnavailable, WindowStore, disk_free_bytes
 
 
 def _valid_unicode(text: str) -> str:
@@ -252,15 +254,27 @@ def validation_error_body(errors: list[dict], limit: int) -> bytes:
     return json.dumps({"detail": shown}, allow_nan=False).encode()
 
 
+_ERRORS = {
+    400: {"description": "The body is not JSON, or Content-Length is invalid"},
+    401: {"description": "Missing or wrong bearer token (when the evaluator has one)"},
+    413: {"description": "Body over max_body_bytes (the connection is closed)"},
+    503: {"description": "All request slots busy (max_concurrency): retry shortly"},
+}
+_STATE_ERRORS = {
+    503: {"description": "The run-state database is unusable (the detail names it), or all slots busy"},
+    507: {"description": "No space for the run state (the detail says what is free); DELETE still works"},
+}
+
+
+def _json_error(status: int, detail) -> Response:
+    if isinstance(detail, str):  # valid UTF-8 whatever it quotes
+        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return Response(json.dumps({"detail": detail}), status_code=status, media_type="application/json")
+
+
 def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI:
     """The application; `token` (None: no auth) is the bearer token every route but /healthz requires."""
-    ScoreRequest, EvaluateRequest, WindowBody = _models(settings)
-    store = WindowStore(
-        settings.state_dir,
-        settings.reward.nuanced.window_size,
-        max_cached_runs=settings.max_cached_runs,
-        answers_per_run=settings.answers_per_run,
-    )
+    store = WindowStore.from_settings(settings)
     metrics = _Metrics()
     metrics.cached_runs.set_function(lambda: store.cached_runs)
 
@@ -276,19 +290,24 @@ def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI
         description="Rewards (the ChexReason paper's hard and nuanced) and multi-label metrics for chest X-ray completions.",
     )
     app.state.store = store
-    errors = {
-        400: {"description": "The body is not JSON, or Content-Length is invalid"},
-        401: {"description": "Missing or wrong bearer token (when the evaluator has one)"},
-        413: {"description": f"Body over {settings.max_body_bytes} bytes"},
-    }
-    state_errors = {503: {"description": "The run-state database is unusable (the detail names it)"}}
+    _add_middleware(app, settings, token, metrics)
+    _add_error_handlers(app, settings)
+    _add_health_routes(app, store, token, metrics)
+    _add_scoring_routes(app, settings, store, metrics)
+    _add_window_routes(app, store, _models(settings)[2])
+    return app
 
-    # The last added runs outermost: Instrument (counts every answer, 401 and 413 included), then the
-    # token check (before any body byte), then the body size limit.
+
+def _add_middleware(app: FastAPI, settings: EvaluatorSettings, token: str | None, metrics: _Metrics) -> None:
+    # The last added runs outermost: Instrument (counts every answer, 401, 413 and 503 included), then
+    # the request slots, then the token check (before any body byte), then the body size limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuth, token=token)
+    app.add_middleware(RequestLimit, max_requests=settings.max_concurrency, exempt=OPEN_PATHS)
     app.add_middleware(Instrument, metrics=metrics)
 
+
+def _add_error_handlers(app: FastAPI, settings: EvaluatorSettings) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         body = validation_error_body(list(exc.errors()), settings.max_validation_errors)
@@ -296,59 +315,98 @@ def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail
-        if isinstance(detail, str):  # valid UTF-8 whatever it quotes
-            detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
-        body = json.dumps({"detail": detail})
-        return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+        response = _json_error(exc.status_code, exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(StateUnavailable)
     async def _state_unavailable(request: Request, exc: StateUnavailable) -> Response:
-        return Response(json.dumps({"detail": str(exc)}), status_code=503, media_type="application/json")
+        return _json_error(503, str(exc))
+
+    @app.exception_handler(StateFull)
+    async def _state_full(request: Request, exc: StateFull) -> Response:
+        return _json_error(507, str(exc))
+
+
+def _add_health_routes(app: FastAPI, store: WindowStore, token: str | None, metrics: _Metrics) -> None:
+    expected = token.encode() if token else None
 
     @app.get("/healthz")
-    def healthz() -> dict:
-        # Liveness only: a broken state database is reported, not fatal (the hard reward still works).
-        return {"status": "ok", "state": "ok" if store.broken is None else store.broken}
+    async def healthz(request: Request) -> dict:  # on the event loop: no worker thread to wait for
+        """Liveness: 200 while the process serves. `state` says whether the run state can be written
+        ("ok", "full", "unavailable") with a short reason code and the headroom; the path and the error
+        text only for a caller with the token (or when the evaluator has none)."""
+        state, reason = store.health()
+        body = {
+            "status": "ok",
+            "state": state,
+            "reason": reason,
+            "headroom": {
+                "disk_free_bytes": disk_free_bytes(store.dir),
+                "reserve_bytes": store.reserve.size,
+                "state_bytes": store.state_bytes,
+                "max_state_bytes": store.max_state_bytes,
+                "runs": store.runs,
+                "max_runs": store.max_runs,
+            },
+        }
+        if expected is None or bearer_matches(request.scope["headers"], expected):
+            body["detail"] = store.broken or store.refused
+            body["state_dir"] = str(store.dir)
+        return body
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses={401: errors[401]})
+    @app.get("/metrics", response_class=PlainTextResponse, responses={401: _ERRORS[401]})
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/score", response_model=ScoreResponse, responses={**errors, **state_errors})
+
+def _score_items(body, golds, cfg, window) -> dict:
+    """Score a /score request's items in order (the nuanced ones against, and into, `window`)."""
+    out = []
+    for item, gold in zip(body.items, golds, strict=True):
+        try:
+            s = score_completion(item.completion, gold, body.reward, cfg, window, item.num_tokens)
+        except ValueError as exc:  # e.g. length_unit "tokens" without num_tokens
+            raise HTTPException(422, f"items[{len(out)}]: {exc}") from exc
+        out.append(
+            {
+                "reward": s.reward.total,
+                "valid": s.parsed.valid,
+                "predicted": list(s.parsed.labels),
+                "components": s.reward.components,
+            }
+        )
+    return {"rewards": [o["reward"] for o in out], "items": out}
+
+
+def _missing_run_id() -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "type": "missing",
+                "loc": ["body", "run_id"],
+                "msg": "the nuanced reward needs run_id",
+                "input": None,
+            }
+        ]
+    )
+
+
+def _add_scoring_routes(
+    app: FastAPI, settings: EvaluatorSettings, store: WindowStore, metrics: _Metrics
+) -> None:
+    ScoreRequest, EvaluateRequest, _ = _models(settings)
+
+    @app.post("/score", response_model=ScoreResponse, responses={**_ERRORS, **_STATE_ERRORS})
     async def score(body: ScoreRequest) -> Response:
         golds = _canonical_labels(body.items, "chexpert14")
-        cfg = settings.reward
 
         def run(window) -> dict:
-            out = []
-            for item, gold in zip(body.items, golds, strict=True):
-                try:
-                    s = score_completion(item.completion, gold, body.reward, cfg, window, item.num_tokens)
-                except ValueError as exc:  # e.g. length_unit "tokens" without num_tokens
-                    raise HTTPException(422, f"items[{len(out)}]: {exc}") from exc
-                out.append(
-                    {
-                        "reward": s.reward.total,
-                        "valid": s.parsed.valid,
-                        "predicted": list(s.parsed.labels),
-                        "components": s.reward.components,
-                    }
-                )
-            return {"rewards": [o["reward"] for o in out], "items": out}
+            return _score_items(body, golds, settings.reward, window)
 
         if body.reward == "nuanced":
             if body.run_id is None:
-                raise RequestValidationError(
-                    [
-                        {
-                            "type": "missing",
-                            "loc": ["body", "run_id"],
-                            "msg": "the nuanced reward needs run_id",
-                            "input": None,
-                        }
-                    ]
-                )
+                raise _missing_run_id()
             # In a worker thread: it waits on the run's lock and on SQLite's fsync.
             answer = await run_in_threadpool(store.apply, body.run_id, body.request_id, run)
         elif sum(len(item.completion) for item in body.items) > settings.offload_chars:
@@ -360,7 +418,7 @@ def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI
         # Serialised here, not re-validated against the response model (which documents the shape).
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    @app.post("/evaluate", response_model=DatasetMetrics, responses=errors)
+    @app.post("/evaluate", response_model=DatasetMetrics, responses=_ERRORS)
     async def evaluate(body: EvaluateRequest) -> Response:
         golds = _canonical_labels(body.items, body.schema_)
         completions = [i.completion for i in body.items]
@@ -371,37 +429,36 @@ def create_app(settings: EvaluatorSettings, token: str | None = None) -> FastAPI
             m = completion_metrics(completions, golds, schema)
         return Response(orjson.dumps(m.as_dict()), media_type="application/json")
 
-    @app.get(
-        "/runs/{run:any_text}/window", response_model=WindowOut, responses={401: errors[401], **state_errors}
+
+def _unknown_window_label(window: list[list[str]]) -> RequestValidationError | None:
+    cx = SCHEMAS["chexpert14"]
+    bad = [(i, lab) for i, labels in enumerate(window) for lab in labels if lab not in cx]
+    if not bad:
+        return None
+    i, lab = bad[0]
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ["body", "window", i], "msg": f"unknown label {lab!r}", "input": lab}]
     )
+
+
+def _add_window_routes(app: FastAPI, store: WindowStore, WindowBody) -> None:
+    route = "/runs/{run:any_text}/window"
+    read_errors = {401: _ERRORS[401], **_STATE_ERRORS}
+
+    @app.get(route, response_model=WindowOut, responses=read_errors)
     def get_window(run: RunIdPath) -> dict:
         return {"run_id": run, "window": store.get(run)}
 
-    @app.put("/runs/{run:any_text}/window", response_model=WindowOut, responses={**errors, **state_errors})
+    @app.put(route, response_model=WindowOut, responses={**_ERRORS, **_STATE_ERRORS})
     def put_window(run: RunIdPath, body: WindowBody) -> dict:
-        cx = SCHEMAS["chexpert14"]
-        bad = [(i, lab) for i, labels in enumerate(body.window) for lab in labels if lab not in cx]
-        if bad:
-            i, lab = bad[0]
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "value_error",
-                        "loc": ["body", "window", i],
-                        "msg": f"unknown label {lab!r}",
-                        "input": lab,
-                    }
-                ]
-            )
+        if (error := _unknown_window_label(body.window)) is not None:
+            raise error
         store.put(run, body.window)
         return {"run_id": run, "window": store.get(run)}
 
-    @app.delete(
-        "/runs/{run:any_text}/window", response_model=WindowOut, responses={401: errors[401], **state_errors}
-    )
+    @app.delete(route, response_model=WindowOut, responses=read_errors)
     def reset_window(run: RunIdPath) -> dict:
-        """Forget the run's window and stored answers: a fresh run of this name starts clean."""
+        """Forget the run's window and stored answers: a fresh run of this name starts clean. Works on a
+        full disk too (the state directory's reserve file makes room)."""
         store.reset(run)
         return {"run_id": run, "window": []}
-
-    return app

@@ -1,7 +1,7 @@
 """ASGI middleware: answer 413 to a request body over the limit, before the application reads it all.
 
 A declared Content-Length over the limit is refused at once; a chunked body is counted as it streams
-and refused as soon as it passes the limit.
+and refused as soon as it passes the limit. Either way the connection is closed after the answer.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ class BodySizeLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    # The rest of the body is never read: closing the connection stops the client from
+                    # streaming it on (the server would otherwise read and discard it all).
+                    (b"connection", b"close"),
                 ],
             }
         )

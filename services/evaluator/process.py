@@ -24,7 +24,8 @@ def free_port() -> int:
 
 class EvaluatorProcess:
     """`chexrl serve-evaluator` on a free port (bound to `host`, default the settings' loopback; reached over
-    loopback), with start / stop / kill; `args` are extra command-line options (e.g. `--insecure`)."""
+    loopback), with start / stop / kill; `args` are extra command-line options (e.g. `--insecure`), and
+    `launcher` a command that execs the rest (e.g. `unshare` with a private filesystem)."""
 
     def __init__(
         self,
@@ -35,9 +36,10 @@ class EvaluatorProcess:
         log: Path | None = None,
         host: str | None = None,
         args: tuple[str, ...] = (),
+        launcher: tuple[str, ...] = (),
     ) -> None:
         self.state_dir, self.token, self.config, self.log = Path(state_dir), token, config, log
-        self.host, self.args = host, tuple(args)
+        self.host, self.args, self.launcher = host, tuple(args), tuple(launcher)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"  # loopback reaches a 0.0.0.0 bind too
         self.proc: subprocess.Popen | None = None
@@ -46,7 +48,15 @@ class EvaluatorProcess:
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         if self.token:
             env[TOKEN_ENV] = self.token
-        cmd = [sys.executable, "-m", "chexrl.cli", "serve-evaluator", "--port", str(self.port)]
+        cmd = [
+            *self.launcher,
+            sys.executable,
+            "-m",
+            "chexrl.cli",
+            "serve-evaluator",
+            "--port",
+            str(self.port),
+        ]
         cmd += ["--state-dir", str(self.state_dir), *self.args]
         if self.host:
             cmd += ["--host", self.host]

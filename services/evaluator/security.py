@@ -14,11 +14,25 @@ import ipaddress
 import json
 
 TOKEN_ENV = "CHEXRL_EVALUATOR_TOKEN"
+TOKEN_FILE_ENV = "CHEXRL_EVALUATOR_TOKEN_FILE"
 OPEN_PATHS = frozenset({"/healthz"})
 
 
 def read_token(environ) -> str | None:
-    """The configured token, or None; a blank value counts as none (it would accept 'Bearer ')."""
+    """The configured token, or None; a blank value counts as none (it would accept 'Bearer ').
+
+    `CHEXRL_EVALUATOR_TOKEN_FILE` names a file holding it (the deployment's way: a secret file that only
+    the processes that read it see), else `CHEXRL_EVALUATOR_TOKEN` holds it. A named file that cannot be
+    read, or is blank, is an error: a service wired for a token must not run without one."""
+    path = (environ.get(TOKEN_FILE_ENV) or "").strip()
+    if path:
+        try:
+            token = open(path, encoding="utf-8").read().strip()  # noqa: SIM115 - read at once
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{TOKEN_FILE_ENV}={path} cannot be read: {exc}") from exc
+        if not token:
+            raise ValueError(f"{TOKEN_FILE_ENV}={path} is empty: it must hold the evaluator's token")
+        return token
     token = (environ.get(TOKEN_ENV) or "").strip()
     return token or None
 
@@ -45,6 +59,18 @@ def check_exposure(host: str, token: str | None, insecure: bool) -> None:
         )
 
 
+def bearer_matches(headers, expected: bytes) -> bool:
+    """Whether the ASGI `headers` carry `Authorization: Bearer <expected>` (constant-time compare)."""
+    presented = b""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credential = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                presented = credential.strip()
+            break
+    return hmac.compare_digest(presented, expected)
+
+
 class BearerAuth:
     """Pure ASGI middleware: 401 unless `Authorization: Bearer <token>` matches (constant-time compare)."""
 
@@ -55,14 +81,7 @@ class BearerAuth:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or self.expected is None or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        presented = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, credential = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    presented = credential.strip()
-                break
-        if hmac.compare_digest(presented, self.expected):
+        if bearer_matches(scope["headers"], self.expected):
             return await self.app(scope, receive, send)
         # Answered without calling `receive`: the body is never read. `connection: close` because the
         # unread body would otherwise be taken for the next request on this connection.

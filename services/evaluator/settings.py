@@ -21,7 +21,30 @@ class EvaluatorSettings(StrictModel):
     max_labels_per_item: int = Field(64, ge=1, description="Most gold labels one item may list.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     max_concurrency: int = Field(
-        64, ge=2, description="Open connections plus requests in flight; beyond it uvicorn answers 503."
+        64,
+        ge=2,
+        description="Requests in flight; beyond it a request gets 503 at once (/healthz is exempt, so "
+        "the liveness probe answers while the slots are full).",
+    )
+    max_connections: int = Field(
+        512,
+        ge=4,
+        description="Open connections; a new one beyond it closes the oldest connection that is still "
+        "waiting for its request headers (never one with a request in flight).",
+    )
+    header_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection has to complete its request headers (from opening, or from "
+        "its previous response); then it is closed.",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Seconds a request has to complete its body after its headers; then its connection "
+        "is closed. 10 s carries the largest body (max_body_bytes) at under 7 Mbit/s.",
     )
     offload_chars: int = Field(
         64 * 1024,
@@ -35,6 +58,28 @@ class EvaluatorSettings(StrictModel):
     )
     answers_per_run: int = Field(
         64, ge=1, description="Stored answers per run for retried request ids (the most recent ones)."
+    )
+    max_runs: int = Field(
+        4096, ge=1, description="Runs whose state is kept; past it the least recently used run is dropped."
+    )
+    run_idle_expiry_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="A run not scored or written for this many seconds is dropped (a resumed run "
+        "restores its window from its checkpoint).",
+    )
+    max_state_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of stored windows and (compressed) answers; past it the least recently used "
+        "runs are dropped. The database file stays within about twice this.",
+    )
+    reserve_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="A file of this size kept in the state directory and given up when the disk is "
+        "full, so that clearing a run (DELETE) still works; writes are refused (507) while the "
+        "filesystem has less free space than this.",
     )
     reward: RewardConfig = Field(default_factory=RewardConfig)
 
