@@ -9,7 +9,7 @@ install:
 	@bash scripts/install_env.sh
 
 demo: install
-	$(VENV)/bin/chexrl demo --out $(RUNS)/demo
+	$(VENV)/bin/chexrl run chexrl/configs/demo.yaml --out $(RUNS)/demo
 
 test: install lint
 	CHEXRL_TEST=1 $(VENV)/bin/pytest -q --durations=15

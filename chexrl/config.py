@@ -504,6 +504,140 @@ class PretrainConfig(StrictModel):
     seed: int = Field(0, description="Seed of the batch order.")
 
 
+class TinyModelConfig(StrictModel):
+    """Build a tiny random-weight checkpoint as the run's first stage (the demo; tests)."""
+
+    family: Literal["gemma3", "qwen2_5_vl"] = Field("gemma3", description="Architecture of the tiny model.")
+    seed: int = Field(0, description="Seed of the random weights.")
+
+
+class SyntheticDataConfig(StrictModel):
+    """Write synthetic X-rays in the three real layouts under RUN_DIR/data (the demo; tests): a MIMIC-CXR-JPG
+    training institution (data/mimic), a CheXpert test set (data/chexpert) and an NIH set from a shifted
+    site (data/nih-site-b). Data specs reach them as '{out}/data/...'."""
+
+    image_size: int = Field(64, ge=32, description="Image side in pixels.")
+    mimic_images: int = Field(1800, ge=10, description="Images of the synthetic MIMIC-CXR-JPG pool.")
+    chexpert_images: int = Field(200, ge=10, description="Images of the synthetic CheXpert set.")
+    nih_images: int = Field(200, ge=10, description="Images of the synthetic NIH set (shifted site).")
+    nih_shift: str = Field("site-b", description="The NIH set's site shift (chexrl synth-data --shift).")
+
+
+class RecipeDataConfig(StrictModel):
+    """The `data` stage: which sets, and how many images each draw takes (paper Sec. 3.1)."""
+
+    train: str | None = Field(
+        None,
+        description="Training pool, a dataset spec (docs/data.md), e.g. 'mimic:/data/mimic-cxr-jpg:train'.",
+    )
+    id_test: str | None = Field(
+        None, description="In-distribution test set, a dataset spec, e.g. 'chexpert:/data/chexpert:valid'."
+    )
+    ood_test: str | None = Field(
+        None, description="Out-of-distribution test set, a dataset spec, e.g. 'nih:/data/nih:test:nih9'."
+    )
+    id_val: str | None = Field(
+        None,
+        description="In-distribution set of GRPO's periodic evaluation (its first grpo.eval_limit images); "
+        "None: the last grpo.eval_limit images of id_test, kept out of the final test.",
+    )
+    ood_val: str | None = Field(
+        None,
+        description="Out-of-distribution set of GRPO's periodic evaluation; None: the last grpo.eval_limit "
+        "images of ood_test, kept out of the final test.",
+    )
+    id_name: str = Field("chexpert", description="Name of the in-distribution set in tables and reports.")
+    ood_name: str = Field("nih", description="Name of the out-of-distribution set in tables and reports.")
+    pretrain_images: int = Field(
+        0, ge=0, description="Images drawn for emulated pretraining (0: no pretraining draw)."
+    )
+    sft_images: int = Field(2000, ge=2, description="SFT images, validation share included (paper: 2,000).")
+    rl_images: int = Field(1000, ge=1, description="GRPO prompt images (paper: 1,000).")
+    eval_images: int | None = Field(
+        None,
+        ge=1,
+        description="Final test images per set: at most the first N of each (None: all), never any of the "
+        "last grpo.eval_limit, which GRPO's periodic evaluation uses when id_val / ood_val are not given.",
+    )
+    seed: int = Field(0, description="Seed of the patient-disjoint, label-stratified draw.")
+
+
+class TeacherConfig(StrictModel):
+    """The `traces` stage: who writes the SFT reasoning traces (docs/prompts_traces.md)."""
+
+    kind: Literal["endpoint", "template"] = Field(
+        "endpoint", description="'endpoint': an OpenAI-compatible teacher; 'template': deterministic traces."
+    )
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (kind endpoint)."
+    )
+    model: str | None = Field(None, description="Model name the endpoint serves (kind endpoint).")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the endpoint's API key (None: no key)."
+    )
+    format: str = Field("free_reasoning", description="SFT trace format (chexrl traces prompts).")
+    concurrency: int = Field(4, ge=1, description="Requests in flight.")
+    max_retries: int = Field(3, ge=0, description="Attempts after the first (HTTP errors, invalid traces).")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
+    temperature: float = Field(0.7, ge=0, description="Teacher sampling temperature.")
+    max_tokens: int = Field(1024, ge=1, description="Teacher completion budget.")
+    seed: int = Field(0, description="Seed of the template teacher and of the back-off jitter.")
+
+
+class RecipeConfig(StrictModel):
+    """`chexrl run`: the whole recipe as named stages (docs/recipe.md). The other sections configure the
+    stages themselves (sft, grpo, sampling, reward, rollout, pretrain)."""
+
+    model: str | None = Field(
+        None,
+        description="The base checkpoint: a local Hugging Face directory, or a Hugging Face id already in "
+        "the local cache. Not needed when tiny_model is set.",
+    )
+    preset: str | None = Field(
+        None,
+        description="Published dimensions the memory plan uses when `model` is not on disk yet "
+        "(medgemma-4b, qwen2.5-vl-3b).",
+    )
+    tiny_model: TinyModelConfig | None = Field(
+        None, description="Build a tiny random-weight model as the base (stage tiny_model; demo and tests)."
+    )
+    synthetic_data: SyntheticDataConfig | None = Field(
+        None, description="Write synthetic data sets first (stage synth_data; demo and tests)."
+    )
+    pretrain: bool = Field(
+        False,
+        description="Emulated medical pretraining of the tiny model on data.pretrain_images (stage pretrain).",
+    )
+    data: RecipeDataConfig = Field(default_factory=RecipeDataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    evaluator_url: str | None = Field(
+        None,
+        description="A running evaluator (/score, /healthz); None: the run starts one locally with this "
+        "config's reward section.",
+    )
+    pass_at_k: int | None = Field(
+        4,
+        ge=1,
+        description="K: the final evaluation also samples K completions per image and reports Acc@1 "
+        "against Pass@K (None: greedy only).",
+    )
+    eval_max_model_len: int = Field(
+        4096, ge=128, description="Engine context of the final evaluation when no rollout section is given."
+    )
+    ray_num_cpus: int = Field(4, ge=1, description="CPUs of the local Ray the run starts.")
+    gpu_gib: float | None = Field(
+        None, gt=0, description="GPU memory the preflight plans for (None: the detected GPU's)."
+    )
+
+    @model_validator(mode="after")
+    def _base_model_given(self) -> RecipeConfig:
+        if self.model and self.tiny_model:
+            raise ValueError("recipe: set model (a checkpoint) or tiny_model (build one), not both")
+        if self.pretrain and not self.data.pretrain_images:
+            raise ValueError("recipe.pretrain needs recipe.data.pretrain_images > 0")
+        return self
+
+
 class ChexrlConfig(StrictModel):
     """The root: one file configures a whole run."""
 
@@ -511,12 +645,15 @@ class ChexrlConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: RewardConfig = Field(
         default_factory=RewardConfig,
-        description="Reward settings for an evaluator this run starts itself (`chexrl demo`); a separately "
+        description="Reward settings for an evaluator this run starts itself (`chexrl run`); a separately "
         "served evaluator reads them from its own --config (services/evaluator/settings.py).",
     )
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    recipe: RecipeConfig | None = Field(
+        None, description="`chexrl run`'s stages: base model, data sets, teacher, evaluator (docs/recipe.md)."
+    )
 
     @model_validator(mode="after")
     def _engine_sized_to_the_step(self) -> ChexrlConfig:

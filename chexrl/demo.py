@@ -1,199 +1,50 @@
-"""`chexrl demo`: the paper's whole recipe at toy scale, with nothing to prepare.
-
-1. a tiny random-weight MedGemma-architecture model and synthetic X-rays: a MIMIC-format training
-   institution, a CheXpert-format in-distribution test set and an NIH-format test set from a shifted site;
-2. emulated medical pretraining (full fine-tuning on a disjoint pool) -> the demo's *base* model;
-3. template-teacher traces -> LoRA SFT -> adapter merged into the *SFT* checkpoint;
-4. GRPO on the SFT checkpoint through the rollout worker (vLLM in a Ray actor) and the evaluator (/score);
-5. base, SFT and GRPO evaluated in and out of distribution; results table and summary.json.
-"""
+"""The summary of a `chexrl run` (and of `make demo`, which runs the recipe on the embedded
+chexrl/configs/demo.yaml: a tiny random-weight model, synthetic X-rays in the three real layouts, emulated
+pretraining, template-teacher traces, LoRA SFT, GRPO through vLLM in Ray actors and the evaluator, and the
+evaluation in and out of distribution): GRPO's reward at the start and at the end with its standard error,
+the results tables and the trade-off warning."""
 
 from __future__ import annotations
 
-import json
 import statistics
-import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-import yaml
-from pydantic import Field
 
-from chexrl.config import ChexrlConfig
-from chexrl.core.config import StrictModel
-from chexrl.core.metrics import EvaluationRecord
-from chexrl.run_files import read_jsonl as read_log
+def demo_config_text() -> str:
+    """The embedded demo configuration (chexrl/configs/demo.yaml)."""
+    return resources.files("chexrl.configs").joinpath("demo.yaml").read_text()
 
 
-class DemoSizes(StrictModel):
-    image_size: int = Field(64, ge=32)
-    mimic_images: int = Field(1800, ge=10)
-    chexpert_images: int = Field(160, ge=10)
-    nih_images: int = Field(200, ge=10)
-    pretrain_images: int = Field(600, ge=1)
-    sft_images: int = Field(400, ge=2)
-    rl_images: int = Field(120, ge=1)
-    eval_images: int = Field(100, ge=1)
-    # Acc@1 against Pass@K in the final evaluation (K samples per image at the GRPO sampling settings;
-    # None: greedy only). K = the group size: what GRPO's groups can reach.
-    pass_at_k: int | None = Field(4, ge=1)
+def print_summary(summary: dict, out: Path, echo: Callable[..., None]) -> None:
+    """The results table, Acc@1 against Pass@K, GRPO's reward change and its verdict, and where the
+    report and summary.json are. `echo(text, **style)` prints (typer.secho)."""
+    from chexrl.evaluation.intervals import finding_lines, summary_lines
 
-
-def load_demo_config(path: str | Path | None = None) -> tuple[DemoSizes, ChexrlConfig]:
-    text = (
-        Path(path).read_text()
-        if path
-        else resources.files("chexrl.configs").joinpath("demo.yaml").read_text()
+    echo("\n" + results_table(summary))
+    if summary.get("comparison"):
+        echo("\nDifferences against the parent model, with 95% paired intervals:")
+        echo("\n".join(summary_lines(summary["comparison"])))
+    passes = pass_at_k_table(summary)
+    if passes:
+        echo("\nAcc@1 (greedy) against Pass@K (sampled at the GRPO settings), mean over images:\n" + passes)
+    n, window = summary["grpo_steps"], summary["grpo_reward_window"]
+    over = (
+        f"first and last pass over the same prompts, {window} steps each"
+        if summary["grpo_reward_basis"] == "pass"
+        else f"first and last quarter, {window} steps each"
     )
-    data = yaml.safe_load(text) or {}
-    return DemoSizes.model_validate(data.pop("demo", {})), ChexrlConfig.model_validate(data)
-
-
-def _stage(name: str) -> float:
-    print(f"\n== {name}", flush=True)
-    return time.perf_counter()
-
-
-def run_demo(out: Path, config: Path | None = None) -> dict:
-    import ray
-
-    from chexrl.data.loaders import load_dataset
-    from chexrl.data.sampling import stratified_budget_split
-    from chexrl.data.synth import synthesize
-    from chexrl.evaluation.intervals import comparison_summary
-    from chexrl.evaluation.report import write_report
-    from chexrl.evaluation.runner import TestSet, read_results
-    from chexrl.models.tiny import build_model_dir
-    from chexrl.traces.generate import template_traces
-    from chexrl.traces.store import jobs_from_samples, read_jsonl
-    from services.evaluator.process import EvaluatorProcess
-    from trainer.loop import GRPORun, run_grpo
-    from trainer.pretrain import run_pretrain
-    from trainer.sft import run_sft
-
-    sizes, cfg = load_demo_config(config)
-    clear_previous_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t = _stage("1/5 tiny model and synthetic data")
-    random_dir = build_model_dir("gemma3", out / "models" / "random-gemma3", seed=0).out
-    data = out / "data"
-    synthesize("mimic", data / "mimic", sizes.mimic_images, seed=1, size=sizes.image_size)
-    synthesize("chexpert", data / "chexpert", sizes.chexpert_images, seed=2, size=sizes.image_size)
-    synthesize("nih", data / "nih-site-b", sizes.nih_images, seed=3, shift="site-b", size=sizes.image_size)
-    pool = load_dataset(f"mimic:{data / 'mimic'}")
-    split = stratified_budget_split(
-        pool,
-        {
-            "pretrain": sizes.pretrain_images,
-            "sft": sizes.sft_images,
-            "rl": sizes.rl_images,
-        },
-        seed=0,
+    echo(
+        f"\nGRPO mean reward ({n} steps; {over}): "
+        f"first {summary['grpo_reward_first']:.3f} -> last {summary['grpo_reward_last']:.3f}"
     )
-    id_all = load_dataset(f"chexpert:{data / 'chexpert'}")
-    ood_all = load_dataset(f"nih:{data / 'nih-site-b'}")
-    id_test, ood_test = id_all[: sizes.eval_images], ood_all[: sizes.eval_images]
-    # evaluation during GRPO uses other images of the same two sets, so the final table stays held out
-    during = cfg.grpo.eval_limit or 0
-    if sizes.eval_images + during > min(len(id_all), len(ood_all)):
-        raise ValueError(
-            f"demo: eval_images ({sizes.eval_images}) + grpo.eval_limit ({during}) exceed the test sets "
-            f"({len(id_all)} CheXpert, {len(ood_all)} NIH images)"
-        )
-    id_during, ood_during = id_all[len(id_all) - during :], ood_all[len(ood_all) - during :]
-    print({k: len(v) for k, v in split.items()}, "id test", len(id_test), "ood test", len(ood_test))
-    timings["data"] = time.perf_counter() - t
-
-    t = _stage("2/5 emulated medical pretraining -> base model")
-    base_dir = run_pretrain(cfg.pretrain, split["pretrain"], random_dir, out / "models" / "base")
-    timings["pretrain"] = time.perf_counter() - t
-
-    t = _stage("3/5 template-teacher traces -> LoRA SFT -> merged SFT model")
-    traces = out / "traces" / "sft.jsonl"
-    traces.parent.mkdir(parents=True, exist_ok=True)
-    template_traces(jobs_from_samples(split["sft"]), traces, "free_reasoning", seed=0)
-    sft = run_sft(cfg.sft, read_jsonl(traces), None, base_dir, out / "sft")
-    timings["sft"] = time.perf_counter() - t
-
-    t = _stage("4/5 GRPO through the rollout worker and the evaluator")
-    # The evaluator owns the reward settings (a deployed one reads its own --config): hand it this config's
-    evaluator_config = out / "evaluator.yaml"
-    evaluator_config.write_text(yaml.safe_dump({"reward": cfg.reward.model_dump(mode="json")}))
-    evaluator = EvaluatorProcess(
-        out / "evaluator-state", config=evaluator_config, log=out / "evaluator.log"
-    ).start()
-    ray.init(num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False)
-    try:
-        grpo_cfg = cfg.model_copy(
-            update={"grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator.url})}
-        )
-        run = GRPORun(
-            str(sft.merged_dir),
-            split["rl"],
-            str(out / "grpo"),
-            run_id="demo-grpo",
-            id_eval=("chexpert (held out)", id_during) if during else None,
-            ood_eval=("nih site-b (held out)", ood_during) if during else None,
-        )
-        history = run_grpo(grpo_cfg, run)
-        timings["grpo"] = time.perf_counter() - t
-
-        t = _stage("5/5 evaluation in and out of distribution")
-        test_sets = [
-            TestSet("chexpert", f"chexpert:{data / 'chexpert'}", tuple(id_test)),
-            TestSet("nih-site-b", f"nih:{data / 'nih-site-b'}", tuple(ood_test)),
-        ]
-        results = evaluate_checkpoints(
-            base_dir, sft.merged_dir, out / "grpo", test_sets, cfg, pass_at_k=sizes.pass_at_k
-        )
-        timings["evaluation"] = time.perf_counter() - t
-    finally:
-        ray.shutdown()
-        evaluator.stop()
-    summary = {
-        **results,
-        "transfer_gap": {name: transfer_gap(r["id"], r["ood"]) for name, r in results.items()},
-        **reward_first_last(
-            history,
-            steps_per_pass(len(split["rl"]), cfg.grpo.prompts_per_step),
-            completions=read_log(out / "grpo" / "completions.jsonl"),
-        ),
-        "grpo_steps": len(history),
-        "comparison": comparison_summary(read_results(out / "grpo" / "evaluation")),
-        "report": str(write_report(out / "grpo")),
-        "seconds": timings,
-        "environment": environment(),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-# What run_demo writes under its --out folder; a rerun replaces all of it (and nothing else there).
-DEMO_OUTPUTS = (
-    "models",
-    "data",
-    "traces",
-    "sft",
-    "grpo",
-    "evaluator-state",
-    "evaluator.yaml",
-    "evaluator.log",
-    "summary.json",
-)
-
-
-def clear_previous_run(out: Path) -> None:
-    """Remove an earlier demo's outputs, so a rerun starts fresh: GRPO refuses a run folder that already
-    holds a run (that is what --resume is for), and the evaluator's stored window for the run id would
-    otherwise carry over into the nuanced reward."""
-    import shutil
-
-    stale = [out / name for name in DEMO_OUTPUTS if (out / name).exists()]
-    if stale:
-        print(f"replacing the previous demo run in {out}", flush=True)
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    verdict, raised = reward_verdict(summary)
+    echo(verdict, fg=None if raised else "yellow", bold=not raised)
+    for line, warning in finding_lines(summary.get("comparison") or {}):
+        echo(line, fg="red" if warning else "yellow", bold=warning)
+    echo(f"\nreport: {Path(summary['report']).resolve()}")
+    echo(f"summary: {(out / 'summary.json').resolve()}")
 
 
 def reward_first_last(
@@ -275,60 +126,6 @@ def reward_verdict(summary: dict) -> tuple[str, bool]:
 def steps_per_pass(n_prompts: int, prompts_per_step: int) -> int | None:
     """Steps in one pass over the GRPO prompts, when passes line up with steps (else None)."""
     return n_prompts // prompts_per_step if n_prompts % prompts_per_step == 0 else None
-
-
-def evaluate_checkpoints(
-    base_dir, sft_dir, grpo_run_dir: Path, test_sets, cfg: ChexrlConfig, pass_at_k: int | None = None
-) -> dict:
-    """Greedy evaluation of base, SFT and GRPO (the SFT checkpoint plus the final GRPO adapter) with
-    `chexrl evaluate`'s code; its files (results.json/.md/.csv, per-label table, chart) go to the GRPO
-    run's evaluation/ folder, where `chexrl report` finds them. Returns each model's headline figures.
-
-    `pass_at_k` K adds Acc@1 against Pass@K (K samples per image at `cfg.sampling`'s temperature, top-p
-    and seed) per model and test set, under "pass_at_k" ("id"/"ood" -> measure -> mean over images)."""
-    from chexrl.config import RolloutConfig
-    from chexrl.evaluation.runner import ModelSpec, evaluate_models, write_results
-
-    models = [
-        ModelSpec("base", str(base_dir)),
-        ModelSpec("sft", str(sft_dir), parent="base"),
-        ModelSpec("grpo", str(sft_dir), adapter=str(grpo_run_dir / "adapter-final"), parent="sft"),
-    ]
-    doc, completions = evaluate_models(
-        models,
-        test_sets,
-        max_tokens=cfg.sampling.max_tokens,
-        rollout=RolloutConfig(model=str(sft_dir), max_model_len=1024),
-        margin=cfg.grpo.tradeoff_margin,
-        samples=pass_at_k,
-        pass_sampling=cfg.sampling,
-    )
-    write_results(doc, grpo_run_dir / "evaluation", completions)
-    records = [EvaluationRecord.model_validate(e) for e in doc["entries"]]
-    metrics = {(r.model, r.dataset): r.metrics for r in records}
-    passes = {(e["model"], e["dataset"]): e.get("pass_at_k") for e in doc["entries"]}
-    id_name, ood_name = test_sets[0].name, test_sets[1].name
-    results = {}
-    for m in models:
-        id_m, ood_m = metrics[m.name, id_name], metrics[m.name, ood_name]
-        results[m.name] = {
-            "id": id_m.macro.f1,
-            "ood": ood_m.macro.f1,
-            "id_micro_f1": id_m.micro.f1,
-            "ood_micro_f1": ood_m.micro.f1,
-            "id_fail_rate": id_m.fail_rate,
-            "ood_fail_rate": ood_m.fail_rate,
-        }
-        if pass_at_k:
-            results[m.name]["pass_at_k"] = {
-                role: {"k": pass_at_k} | {key: passes[m.name, name][key]["mean"] for key in PASS_MEASURES}
-                for role, name in (("id", id_name), ("ood", ood_name))
-            }
-    return results
-
-
-# Acc@1 (greedy) and its sampled counterpart, exact label set and Jaccard (chexrl.core.pass_at_k).
-PASS_MEASURES = ("acc_at_1", "pass_at_k", "acc_at_1_jaccard", "pass_at_k_jaccard")
 
 
 def pass_at_k_table(summary: dict) -> str | None:

@@ -10,7 +10,7 @@ bottom to top:
     2  rollout_worker, services (the evaluator)
     3  chexrl.evaluation
     4  trainer
-    5  chexrl.bench, chexrl.demo, chexrl.commands, chexrl.cli, and the Python files in scripts/ and docker/
+    5  chexrl.bench, chexrl.demo, chexrl.pipeline, chexrl.commands, chexrl.cli, and the Python files in scripts/ and docker/
 
 Dynamic imports count too: `importlib.import_module("x")` and `__import__("x")` with a literal name (or an
 f-string whose literal head names a package) are imports of x; one whose name cannot be read from the
@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "trainer": 4,
     "chexrl.bench": 5,
     "chexrl.demo": 5,
+    "chexrl.pipeline": 5,
     "chexrl.commands": 5,
     "chexrl.cli": 5,
     "scripts": 5,

@@ -69,14 +69,21 @@ def test_demo_trains_the_tags_and_every_token_that_opens_a_label_answer(tiny_gem
     """The demo's `trainable_tokens` must stay single tokens of the tiny tokenizer and cover the first token
     of every CheXpert label written right after <solution> (the form the emulated pretraining never
     emitted, docs/sft.md), or SFT leaves that label unreachable when sampling."""
+    import yaml
+
+    from chexrl.config import ChexrlConfig
     from chexrl.core.parsing import SOLUTION_OPEN
     from chexrl.core.schemas import CHEXPERT14
-    from chexrl.demo import load_demo_config
+    from chexrl.demo import demo_config_text
     from chexrl.models.loading import load_processor
     from trainer.lora import single_token_ids
 
     tokenizer = load_processor(tiny_gemma3_dir).tokenizer
-    trained = set(single_token_ids(tokenizer, load_demo_config()[1].sft.trainable_tokens))
+    trained = set(
+        single_token_ids(
+            tokenizer, ChexrlConfig.model_validate(yaml.safe_load(demo_config_text())).sft.trainable_tokens
+        )
+    )
     tag = tokenizer.convert_tokens_to_ids(SOLUTION_OPEN)
     assert tag in trained
     for label in CHEXPERT14:
