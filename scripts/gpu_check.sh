@@ -3,7 +3,7 @@
 # chunked log-probs against full logits, TRL's GRPOTrainer on the same model and batch, and `chexrl plan`'s
 # prediction beside each measurement; JSON in OUT/gpu_check.json.
 #
-#   On the lent GPU machine (no network, no vLLM or Ray; torch, transformers, peft there), from this machine:
+#   On a GPU machine (no network, no vLLM or Ray; torch, transformers, peft there), from this machine:
 #     bash scripts/gpu_wheels.sh       # once: the small pure-Python wheels it lacks, into .whl/ (git-ignored)
 #     device run, carry [".whl"], timeout_s 540:  bash scripts/gpu_check.sh --out $OUT
 #   Here, end to end at the tiny preset's size (tests/test_gpu_check.py runs this):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The wheels scripts/gpu_check.sh needs on the lent GPU machine (Python 3.12, torch/transformers/peft/
+# The wheels scripts/gpu_check.sh needs on a GPU machine (Python 3.12, torch/transformers/peft/
 # accelerate/pyarrow/pandas/typer/pyyaml already there; see the device tool's KINDS.md), into .whl/.
 # `--print`: list the pinned specs it would fetch, and fetch nothing.
 # pydantic for chexrl's config; trl (and datasets, dill, multiprocess) for TRL's side of the check.

@@ -1,5 +1,5 @@
 """scripts/gpu_check.sh, the prepared GPU check, end to end on the CPU at the tiny preset's size (so the
-script a lent GPU runs cannot rot), and the promise it rests on: the learner's side imports no vLLM, Ray,
+script a GPU machine runs cannot rot), and the promise it rests on: the learner's side imports no vLLM, Ray,
 FastAPI or HTTP client, none of which the GPU machine has."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def without_vllm_and_ray(root: Path) -> dict[str, str]:
-    """Environment variables under which `vllm` and `ray` cannot be imported, as on the lent GPU machine:
+    """Environment variables under which `vllm` and `ray` cannot be imported, as on a GPU machine:
     a directory of links to everything in this virtualenv's site-packages except those two (and their
     metadata), put on PYTHONPATH, with a sitecustomize that drops the real site-packages from sys.path.
     Every child process (the learner's subprocesses, TRL's spawned one) inherits it."""

@@ -1,7 +1,7 @@
 """The prepared GPU check (`scripts/gpu_check.sh`): the GRPO learner at MedGemma-4B's full size on CUDA,
 TRL's GRPOTrainer on the same model and batch, and `chexrl plan`'s prediction beside each measurement.
 
-Written for the lent GPU machine, which has torch, transformers, peft and accelerate but no vLLM, Ray or
+Written for a GPU machine, which has torch, transformers, peft and accelerate but no vLLM, Ray or
 network: neither side imports vLLM or Ray (random bf16 weights, the paper's batch: 8 prompts x 4
 completions of 300 tokens, 256 image tokens). `--cpu` runs the same code end to end at the tiny preset's
 size, so a test keeps the script from rotting. Writes OUT/gpu_check.json after each side finishes:
@@ -150,7 +150,7 @@ def gpu_check(*, cpu: bool, out: Path, work: Path, steps: int, warmup: int, trl:
 
     cuda = torch.cuda.is_available() and not cpu
     if not cpu and not cuda:
-        raise SystemExit("gpu_check: no CUDA device here; run it on the lent GPU, or with --cpu")
+        raise SystemExit("gpu_check: no CUDA device here; run it on a GPU machine, or with --cpu")
     # GPU: MedGemma-4B as published (34 layers, 896-px SigLIP tower); CPU: the tiny Gemma3, tiny batch
     started = time.perf_counter()
     model_dir, spec = build_bench_model("tiny-gemma3" if cpu else "medgemma-4b", None, work)
