@@ -11,10 +11,9 @@ from chexrl.config import ChexrlConfig, RolloutConfig, SFTConfig
 from rollout_worker.engine import engine_kwargs
 
 
-def _config(**rollout) -> ChexrlConfig:
-    return ChexrlConfig.model_validate(
-        {"rollout": {"model": "m", **rollout}, "grpo": {"prompts_per_step": 5}, "sampling": {"n": 4}}
-    )
+def _config(grpo: dict | None = None, **rollout) -> ChexrlConfig:
+    grpo = {"prompts_per_step": 5, **(grpo or {})}
+    return ChexrlConfig.model_validate({"rollout": {"model": "m", **rollout}, "grpo": grpo, "sampling": {"n": 4}})
 
 
 def test_cuda_graphs_on_cuda_and_eager_on_the_cpu_unless_set():
@@ -29,7 +28,7 @@ def test_the_engine_schedules_one_workers_share_of_a_step_on_cuda():
     assert _config().rollout.step_sequences == 5 * 4
     assert engine_kwargs(_config().rollout, cuda=True, sleep=True)["max_num_seqs"] == 20
     # two workers split 5 prompts 3 + 2: each engine holds at most 3 x 4 sequences
-    assert _config(num_workers=2).rollout.resolved_max_num_seqs(cuda=True) == 3 * 4
+    assert _config({"layout": "split"}, num_workers=2).rollout.resolved_max_num_seqs(cuda=True) == 3 * 4
     # on the CPU vLLM's own default stays (evaluation batches keep their concurrency) unless set
     assert "max_num_seqs" not in engine_kwargs(_config().rollout, cuda=False, sleep=False)
     assert engine_kwargs(_config(max_num_seqs=7).rollout, cuda=False, sleep=False)["max_num_seqs"] == 7

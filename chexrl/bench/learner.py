@@ -19,7 +19,6 @@ import io
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -69,12 +68,24 @@ def step_examples(processor, *, prompts: int, n: int, completion_tokens: int, se
     return examples
 
 
-def _rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _rss_bytes() -> int:
+    return _status_bytes("VmRSS")
+
+
+def _reset_peak_rss() -> None:
+    """Start the process's peak resident memory (VmHWM) afresh at its current size (Linux >= 4.0): the
+    peak then measured is the steps', not loading's (a bf16 checkpoint converted to the CPU learner's
+    fp32 holds both copies for a moment)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def measure_learner(
@@ -113,13 +124,15 @@ def measure_learner(
         learner.processor, prompts=prompts, n=n, completion_tokens=completion_tokens, seed=seed
     )
     out = {"chunk_tokens": chunk_tokens, "rss_start_bytes": rss_start, "rss_loaded_bytes": _rss_bytes()}
+    out["dtype"] = str(next(learner.model.parameters()).dtype).removeprefix("torch.")
+    _reset_peak_rss()
     if cuda:
         torch.cuda.synchronize()
         out["gpu_loaded_bytes"] = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     out |= _timed_steps(learner, examples, n, warmup=warmup, steps=steps, seed=seed)
     out |= {
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": _status_bytes("VmHWM"),  # since the model loaded
         "trainable_params": sum(p.numel() for p in learner.model.parameters() if p.requires_grad),
         "device": "cuda" if cuda else "cpu",
     }

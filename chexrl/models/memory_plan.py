@@ -86,7 +86,7 @@ class PlanSettings:
     gradient_checkpointing: bool = GRPOConfig.model_fields["gradient_checkpointing"].default
     logprob_chunk_tokens: int | None = GRPOConfig.model_fields["logprob_chunk_tokens"].default
     lora_rank: int = GRPOConfig().lora.rank
-    weight_bytes: int = 2  # bf16 weights in the engine and the learner
+    weight_bytes: int = 2  # bf16 weights (and activations) in the engine and the learner; 4: fp32
     device: str = "cuda"  # "cpu": no CUDA contexts (how `chexrl bench learner` measures on the CPU)
     max_num_seqs: int = VLLM_MAX_NUM_SEQS  # the engine's (RolloutConfig.max_num_seqs)
     max_num_batched_tokens: int = VLLM_MAX_NUM_BATCHED_TOKENS
@@ -139,17 +139,18 @@ def lora_parameters(shape: ModelShape, rank: int) -> int:
     return rank * per_layer * shape.layers
 
 
-def layer_activation_bytes_per_token(shape: ModelShape) -> int:
-    """Tensors one decoder layer keeps for its backward, per token: bf16 hidden-size tensors (input, two
+def layer_activation_bytes_per_token(shape: ModelShape, element_bytes: int = 2) -> int:
+    """Tensors one decoder layer keeps for its backward, per token, in the weights' dtype
+    (`element_bytes`: 2 for bf16): hidden-size tensors (input, two
     norms' outputs, attention output, residuals, post-norms: ~10), the MLP's intermediate-size tensors
     (gate, up, activation, product: 4), q and the attention output (heads x head_dim each), k and v after
     RoPE (kv_heads x head_dim, twice: projected and rotated); and PEFT's fp32 copies of each LoRA input
     (q/k/v/gate/up take the hidden state, o the attention output, down the intermediate)."""
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    bf16 = 2 * (10 * h + 4 * i + 2 * q + 4 * kv)
+    in_weights_dtype = element_bytes * (10 * h + 4 * i + 2 * q + 4 * kv)
     lora_fp32 = 4 * (5 * h + q + i)
-    return bf16 + lora_fp32
+    return in_weights_dtype + lora_fp32
 
 
 def kv_cache_bytes_per_token(shape: ModelShape, weight_bytes: int = 2) -> int:
@@ -163,9 +164,9 @@ def learner_terms(shape: ModelShape, step: StepShape, s: PlanSettings) -> dict[s
     lora = lora_parameters(shape, s.lora_rank)
     m, seq = step.micro_batch, step.sequence_tokens
     tokens = m * seq
-    layer = layer_activation_bytes_per_token(shape)
+    layer = layer_activation_bytes_per_token(shape, s.weight_bytes)
     if s.gradient_checkpointing:  # each layer's input kept; one layer's activations rebuilt at a time
-        activations = shape.layers * tokens * shape.hidden * 2 + tokens * layer
+        activations = shape.layers * tokens * shape.hidden * s.weight_bytes + tokens * layer
     else:
         activations = shape.layers * tokens * layer
     completion = m * step.completion_tokens
@@ -179,7 +180,7 @@ def learner_terms(shape: ModelShape, step: StepShape, s: PlanSettings) -> dict[s
         "adapter_fp32": lora * 4,
         "adamw_state": lora * 8,
         "gradients": lora * 4,
-        "activations": activations + tokens * shape.hidden * 2,  # + the final hidden states
+        "activations": activations + tokens * shape.hidden * s.weight_bytes,  # + the final hidden states
         "logits": logits,
     }
 
