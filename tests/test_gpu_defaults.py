@@ -13,7 +13,9 @@ from rollout_worker.engine import engine_kwargs
 
 def _config(grpo: dict | None = None, **rollout) -> ChexrlConfig:
     grpo = {"prompts_per_step": 5, **(grpo or {})}
-    return ChexrlConfig.model_validate({"rollout": {"model": "m", **rollout}, "grpo": grpo, "sampling": {"n": 4}})
+    return ChexrlConfig.model_validate(
+        {"rollout": {"model": "m", **rollout}, "grpo": grpo, "sampling": {"n": 4}}
+    )
 
 
 def test_cuda_graphs_on_cuda_and_eager_on_the_cpu_unless_set():

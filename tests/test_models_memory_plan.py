@@ -127,7 +127,10 @@ def test_plan_learner_estimate_within_25_percent_of_bench_learner(tmp_path_facto
     assert predicted == pytest.approx(measured, rel=0.25), (predicted / GIB, measured / GIB)
     full_predicted = plan(shape, step, replace(cpu, logprob_chunk_tokens=None))["learner_peak"]
     full_measured = full["peak_rss_bytes"] - full["rss_start_bytes"]
-    assert full_predicted == pytest.approx(full_measured, rel=0.25), (full_predicted / GIB, full_measured / GIB)
+    assert full_predicted == pytest.approx(full_measured, rel=0.25), (
+        full_predicted / GIB,
+        full_measured / GIB,
+    )
 
 
 def _qwen():
