@@ -228,9 +228,8 @@ def test_config_takes_one_ood_spec_or_a_list():
 def test_the_shipped_configs_load():
     from pathlib import Path
 
-    from chexrl.demo import load_demo_config
-
-    _, demo = load_demo_config()  # the demo keeps its one shifted site, set in code
-    assert demo.grpo.eval_ood_data is None
-    multi = load_config(Path(__file__).resolve().parent.parent / "chexrl" / "configs" / "multisite.yaml")
+    configs = Path(__file__).resolve().parent.parent / "chexrl" / "configs"
+    demo = load_config(configs / "demo.yaml")  # the demo keeps its one shifted site, the recipe's ood_test
+    assert demo.grpo.eval_ood_data is None and demo.recipe.data.ood_test.startswith("nih:")
+    multi = load_config(configs / "multisite.yaml")
     assert [s.split(":")[0] for s in multi.grpo.eval_ood_specs] == ["nih", "vindr", "padchest", "nih-expert"]

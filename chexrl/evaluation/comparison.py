@@ -33,8 +33,7 @@ from chexrl.core.paired import (
     paired_differences,
 )
 from chexrl.core.schemas import get_schema
-from chexrl.evaluation.selection import tradeoff_finding
-from chexrl.evaluation.sites import reach_warnings, site_tradeoffs
+from chexrl.evaluation.sites import child_findings, reach_warnings, site_tradeoffs
 
 
 def transfer_gap(id_f1: float, ood_f1: float) -> float | None:
@@ -216,24 +215,10 @@ def tradeoff_findings(
 ) -> tuple[list[str], list[str]]:
     """(warnings, notes): the trade-off of each child against its parent per OOD set
     (selection.tradeoff_finding), a warning only when the OOD drop's interval excludes 0."""
-    by_key = {(c["system"], c["dataset"]): c for c in changes}
     warnings, notes = [], []
-    for s in systems:
-        if s["parent"] is None:
-            continue
-        for ood in ood_sets:
-            records = [
-                {"name": name, "id": metrics[name, id_set], "ood": metrics[name, ood], "id_name": id_set}
-                | {"ood_name": ood, "n_id": metrics[name, id_set].n, "n_ood": metrics[name, ood].n}
-                for name in (s["parent"], s["label"])
-            ]
-            intervals = {
-                side: by_key[s["label"], ds]["macro_f1"].get("interval")
-                for side, ds in (("id", id_set), ("ood", ood))
-            }
-            finding = tradeoff_finding(*records, margin, relative=relative, intervals=intervals)
-            if finding is not None:
-                (warnings if finding.warning else notes).append(finding.text)
+    for _, _, finding in child_findings(systems, changes, metrics, id_set, ood_sets, margin, relative):
+        if finding is not None:
+            (warnings if finding.warning else notes).append(finding.text)
     return warnings, notes
 
 

@@ -10,8 +10,9 @@ benchmark-versus-transfer trade-off holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from chexrl.evaluation.selection import macro_f1, tradeoff_finding
 
@@ -85,6 +86,34 @@ def reach_text(who: str, held: Sequence[str], sites: Sequence[str], noise: Seque
     return text + (f"; not on {', '.join(rest)}" if rest else "")
 
 
+def child_findings(
+    systems: Sequence[Mapping],
+    changes: Sequence[Mapping],
+    metrics: Mapping,
+    id_set: str,
+    ood_sets,
+    margin,
+    relative,
+) -> Iterator[tuple[Mapping, str, Any]]:
+    """(child system, OOD set, its trade-off finding against its parent or None) for every child and OOD
+    set: selection.tradeoff_finding with the paired intervals of the child's change on both sets."""
+    by_key = {(c["system"], c["dataset"]): c for c in changes}
+    for s in systems:
+        if s["parent"] is None:
+            continue
+        for ood in ood_sets:
+            records = [
+                {"name": name, "id": metrics[name, id_set], "ood": metrics[name, ood], "id_name": id_set}
+                | {"ood_name": ood, "n_id": metrics[name, id_set].n, "n_ood": metrics[name, ood].n}
+                for name in (s["parent"], s["label"])
+            ]
+            intervals = {
+                side: by_key[s["label"], ds]["macro_f1"].get("interval")
+                for side, ds in (("id", id_set), ("ood", ood))
+            }
+            yield s, ood, tradeoff_finding(*records, margin, relative=relative, intervals=intervals)
+
+
 def site_tradeoffs(
     systems: Sequence[Mapping],
     changes: Sequence[Mapping],
@@ -96,24 +125,13 @@ def site_tradeoffs(
 ) -> list[dict]:
     """Per child and parent: the OOD sites the trade-off holds on (a warning: the OOD drop's interval
     excludes 0, or no interval to judge), those where it is within resampling noise (a note), the rest."""
-    by_key = {(c["system"], c["dataset"]): c for c in changes}
+    found: dict[str, tuple[Mapping, list[str], list[str]]] = {}
+    for s, ood, finding in child_findings(systems, changes, metrics, id_set, ood_sets, margin, relative):
+        _, held, noise = found.setdefault(s["label"], (s, [], []))
+        if finding is not None:
+            (held if finding.warning else noise).append(ood)
     out = []
-    for s in systems:
-        if s["parent"] is None:
-            continue
-        held, noise = [], []
-        for ood in ood_sets:
-            records = [
-                {"name": name, "id": metrics[name, id_set], "ood": metrics[name, ood], "ood_name": ood}
-                for name in (s["parent"], s["label"])
-            ]
-            intervals = {
-                side: by_key[s["label"], ds]["macro_f1"].get("interval")
-                for side, ds in (("id", id_set), ("ood", ood))
-            }
-            finding = tradeoff_finding(*records, margin, relative=relative, intervals=intervals)
-            if finding is not None:
-                (held if finding.warning else noise).append(ood)
+    for s, held, noise in found.values():
         out.append(
             {"system": s["label"], "parent": s["parent"], "id_dataset": id_set, "held_on": held}
             | {"within_noise_on": noise, "not_on": [o for o in ood_sets if o not in held and o not in noise]}
