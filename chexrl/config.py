@@ -12,9 +12,13 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from chexrl.core.config import RewardConfig, StrictModel
+from chexrl.core.config import RewardConfig, ScoringClientConfig, StrictModel
 from chexrl.core.layout import layout_problem
 from chexrl.core.run_ids import RUN_ID_DESCRIPTION, check_run_id
+
+# Images per generate call when evaluating (each with its pass@k samples), everywhere the CLI, the recipe
+# and the trainer evaluate or prefilter: 32 keeps vLLM's batch full without holding a set's images at once.
+EVAL_BATCH_IMAGES = 32
 
 
 class SamplingConfig(StrictModel):
@@ -234,6 +238,9 @@ class GRPOConfig(StrictModel):
         "hard", description="Which of the paper's rewards /score computes."
     )
     evaluator_url: str = Field("http://127.0.0.1:8000", description="Base URL of the evaluator service.")
+    scoring_client: ScoringClientConfig = Field(
+        default_factory=ScoringClientConfig, description="Timeouts and retries of the calls to the evaluator."
+    )
     max_steps: int = Field(
         250, ge=1, description="GRPO steps (paper: 1,000 RL samples; steps x prompts_per_step)."
     )

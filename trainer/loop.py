@@ -211,7 +211,7 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     parts = RunParts(
         router=router,
         learner=learner,
-        client=EvaluatorClient(g.evaluator_url, token=run.evaluator_token),
+        client=EvaluatorClient(g.evaluator_url, token=run.evaluator_token, **g.scoring_client.model_dump()),
         cursor=PromptCursor(len(run.samples), seed=g.seed),
         messages=build_messages(run.prompt_name),
         images=[image_bytes(s.image_path) for s in run.samples],

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from chexrl.config import ChexrlConfig, PrefilterConfig, SamplingConfig
+from chexrl.config import EVAL_BATCH_IMAGES, ChexrlConfig, PrefilterConfig, SamplingConfig
 from chexrl.run_files import atomic_write_text, read_jsonl
 from rollout_worker.types import RolloutPrompt
 from trainer.run import GRPORun, RunParts
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PREFILTER = "prefilter.jsonl"
 PARTIAL = "prefilter.partial.jsonl"
-BATCH_IMAGES = 32  # images per generate call (k completions each); the partial file grows a batch at a time
+BATCH_IMAGES = EVAL_BATCH_IMAGES  # k completions each; the partial file grows a batch at a time
 
 
 def prefilter_pool(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -> list[int]:

@@ -33,6 +33,7 @@ import torch
 
 from chexrl.config import SFTConfig
 from chexrl.core.prompts import build_messages
+from chexrl.core.schemas import TRAINING_SCHEMA
 from chexrl.data.images import open_image
 from chexrl.models.loading import detect_family, load_model, load_processor
 from trainer.collate import SFTExample, collate_rows, encode_sft_example, sft_loss
@@ -109,7 +110,9 @@ def records_to_examples(records: Sequence[dict], prompt: str) -> list[SFTExample
     """Trace records ({"image", "labels", "trace", "schema"}) -> SFT examples with images opened."""
     return [
         SFTExample(
-            build_messages(prompt, schema=r.get("schema", "chexpert14")), open_image(r["image"]), r["trace"]
+            build_messages(prompt, schema=r.get("schema", TRAINING_SCHEMA)),
+            open_image(r["image"]),
+            r["trace"],
         )
         for r in records
     ]

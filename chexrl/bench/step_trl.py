@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+from chexrl.core.schemas import TRAINING_SCHEMA
+
 
 def trl_dataset(samples: list, prompt_name: str):
     """The RL samples as a TRL conversational dataset: the same chat messages as chexrl's rollouts, the
@@ -72,7 +74,7 @@ def hard_reward_fn(reward_cfg):
     from chexrl.core.schemas import SCHEMAS
     from chexrl.core.scoring import score_completion
 
-    schema = SCHEMAS["chexpert14"]
+    schema = SCHEMAS[TRAINING_SCHEMA]
 
     def reward(prompts, completions, completion_ids, labels, **_) -> list[float]:
         out = []

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from chexrl.cli import app
+from chexrl.config import EVAL_BATCH_IMAGES
 
 
 def _models(models: list[str], adapter: Path | None, run: Path | None, parents: list[str]):
@@ -134,7 +135,7 @@ OPT_SEED = typer.Option(None, "--seed", help="Per-request sampling seed (with --
 OPT_MAX_MODEL_LEN = typer.Option(
     None, "--max-model-len", min=128, help="Engine context length (default: rollout.max_model_len)."
 )
-OPT_BATCH_SIZE = typer.Option(32, "--batch-size", min=1, help="Images per generate call.")
+OPT_BATCH_SIZE = typer.Option(EVAL_BATCH_IMAGES, "--batch-size", min=1, help="Images per generate call.")
 OPT_MARGIN = typer.Option(
     None,
     "--margin",

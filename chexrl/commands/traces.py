@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from chexrl.cli import traces_app
+from chexrl.core.schemas import TRAINING_SCHEMA
 
 _DATA_HELP = "Data set spec NAME:DIR[:SPLIT][:SCHEMA], e.g. mimic:runs/synth/mimic:train."
 _SAMPLES_HELP = 'Samples JSONL: one {"image", "labels", "sample_id"} per line.'
@@ -56,7 +57,7 @@ def generate(
     model: str = typer.Option("", help="Model name served by the endpoint."),
     data: str | None = typer.Option(None, help=_DATA_HELP),
     samples_jsonl: Path | None = typer.Option(None, help=_SAMPLES_HELP),
-    schema: str = typer.Option("chexpert14", help="Label schema of --samples-jsonl records."),
+    schema: str = typer.Option(TRAINING_SCHEMA, help="Label schema of --samples-jsonl records."),
     teacher: str = typer.Option("endpoint", help="'endpoint' (ask the model) or 'template' (deterministic)."),
     format: str = typer.Option(
         "free_reasoning", help="SFT format: only_label|free_reasoning|reasoning_narrative|reasoning_a."
@@ -131,7 +132,7 @@ def template(
     out: Path = typer.Option(..., help="Output JSONL (appended; resumes)."),
     data: str | None = typer.Option(None, help=_DATA_HELP),
     samples_jsonl: Path | None = typer.Option(None, help=_SAMPLES_HELP),
-    schema: str = typer.Option("chexpert14", help="Label schema of --samples-jsonl records."),
+    schema: str = typer.Option(TRAINING_SCHEMA, help="Label schema of --samples-jsonl records."),
     format: str = typer.Option("free_reasoning", help="SFT format."),
     limit: int | None = typer.Option(None, help="Use only the first N samples."),
     seed: int = typer.Option(0),
@@ -146,7 +147,7 @@ def template(
 @traces_app.command("prompts")
 def prompts(
     name: str | None = typer.Argument(None, help="Print this prompt's full text."),
-    schema: str = typer.Option("chexpert14"),
+    schema: str = typer.Option(TRAINING_SCHEMA),
 ) -> None:
     """List the prompt variants and SFT formats, or print one prompt."""
     from chexrl.core import prompts as p

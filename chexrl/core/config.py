@@ -113,6 +113,18 @@ class NuancedRewardConfig(StrictModel):
         return self
 
 
+class ScoringClientConfig(StrictModel):
+    """How the trainer's client calls the evaluator's /score and /evaluate."""
+
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one HTTP request may take.")
+    retries: int = Field(
+        8, ge=0, description="Retries of a request after a connection error, a timeout or a 5xx answer."
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="First wait between retries, doubled each time (exponential backoff)."
+    )
+
+
 class RewardConfig(StrictModel):
     hard: HardRewardConfig = Field(default_factory=HardRewardConfig)
     nuanced: NuancedRewardConfig = Field(default_factory=NuancedRewardConfig)

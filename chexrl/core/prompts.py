@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chexrl.core.schemas import NO_FINDING, get_schema
+from chexrl.core.schemas import NO_FINDING, TRAINING_SCHEMA, get_schema
 
 SYSTEM_RADIOLOGIST = (
     "You are an expert thoracic radiologist reading a single frontal or lateral chest radiograph. "
@@ -294,7 +294,7 @@ def output_contract(labels: tuple[str, ...]) -> str:
     return "\n".join(rules)
 
 
-def instruction_text(prompt_name: str, *, schema: str = "chexpert14") -> str:
+def instruction_text(prompt_name: str, *, schema: str = TRAINING_SCHEMA) -> str:
     """The full user instruction of a prompt: its reasoning strategy plus the output contract."""
     prompt = get_prompt(prompt_name)
     labels = get_schema(schema).labels
@@ -305,7 +305,7 @@ def instruction_text(prompt_name: str, *, schema: str = "chexpert14") -> str:
     return f"Classify this chest X-ray.\n\n{body}\n\n{output_contract(labels)}"
 
 
-def build_messages(prompt_name: str = DEFAULT_PROMPT, *, schema: str = "chexpert14") -> list[dict]:
+def build_messages(prompt_name: str = DEFAULT_PROMPT, *, schema: str = TRAINING_SCHEMA) -> list[dict]:
     """HF-style chat messages for one image: a system turn and a user turn whose first part is the image.
 
     >>> m = build_messages("reasoning_a")
@@ -343,7 +343,7 @@ def to_openai_messages(messages: list[dict], image_url: str) -> list[dict]:
     return out
 
 
-def teacher_instruction(labels: tuple[str, ...], format_name: str, *, schema: str = "chexpert14") -> str:
+def teacher_instruction(labels: tuple[str, ...], format_name: str, *, schema: str = TRAINING_SCHEMA) -> str:
     """The teacher's user text: the gold labels, the trace style, and 'reason as if you had not seen them'.
 
     The paper's teacher (Gemini 2.5) was 'provided with ground-truth labels but instructed to produce

@@ -105,8 +105,12 @@ class LabelSchema:
         return self.labels.index(label)
 
 
+# The schema the policy is prompted, trained and rewarded on (the paper's: CheXpert's 14 labels); the other
+# schemas are test sites' own, scored after mapping (chexrl/core/label_mapping.py).
+TRAINING_SCHEMA = "chexpert14"
+
 SCHEMAS: dict[str, LabelSchema] = {
-    "chexpert14": LabelSchema("chexpert14", CHEXPERT14),
+    TRAINING_SCHEMA: LabelSchema(TRAINING_SCHEMA, CHEXPERT14),
     "nih9": LabelSchema("nih9", NIH9),
     "nih10": LabelSchema("nih10", NIH10),
     "nih-expert4": LabelSchema("nih-expert4", NIH_EXPERT4),

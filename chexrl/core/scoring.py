@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from chexrl.core.config import RewardConfig
 from chexrl.core.parsing import ParsedCompletion, parse_completion
 from chexrl.core.rewards import PredictionWindow, Reward, completion_length, hard_reward, nuanced_reward
-from chexrl.core.schemas import SCHEMAS
+from chexrl.core.schemas import SCHEMAS, TRAINING_SCHEMA
 
 RewardKind = Literal["hard", "nuanced"]
 
@@ -47,7 +47,7 @@ def score_completion(
     """Reward one completion. For the nuanced reward, `window` is read and then updated with this
     prediction, so call it in the run's order. Labels are always parsed against CheXpert's 14 (the
     paper filters predictions to them before scoring)."""
-    parsed = parse_completion(text, SCHEMAS["chexpert14"])
+    parsed = parse_completion(text, SCHEMAS[TRAINING_SCHEMA])
     if kind == "hard":
         length = completion_length(text, num_tokens, cfg.hard.length_unit)
         return Scoring(parsed, hard_reward(parsed, gold, length, cfg.hard))

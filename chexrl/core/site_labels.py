@@ -15,7 +15,7 @@ import ast
 import re
 from collections.abc import Iterable
 
-from chexrl.core.schemas import get_schema, normalize_label_text
+from chexrl.core.schemas import TRAINING_SCHEMA, get_schema, normalize_label_text
 
 # ---- NIH expert relabels: column name -> CheXpert name.
 NIH_EXPERT_FINDINGS: tuple[str, ...] = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
@@ -134,7 +134,7 @@ def parse_padchest_terms(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in terms if t))
 
 
-def padchest_labels(terms: Iterable[str], schema: str = "chexpert14") -> tuple[tuple[str, ...], str]:
+def padchest_labels(terms: Iterable[str], schema: str = TRAINING_SCHEMA) -> tuple[tuple[str, ...], str]:
     """Terms -> (labels of `schema`, what kind of row it was). Kinds: "finding" (a mapped label other than
     No Finding), "normal" ("normal" with no mapped pathology: No Finding, plus Support Devices when a
     device term is there), "conflict" ("normal" next to a mapped pathology: the pathology wins),

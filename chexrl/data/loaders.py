@@ -35,7 +35,7 @@ from chexrl.core.label_mapping import (
     normalize_uncertain_policy,
 )
 from chexrl.core.samples import XraySample
-from chexrl.core.schemas import CHEXPERT14, NO_FINDING, SCHEMAS, get_schema
+from chexrl.core.schemas import CHEXPERT14, NO_FINDING, SCHEMAS, TRAINING_SCHEMA, get_schema
 from chexrl.data import formats as F
 from chexrl.data.frames import DataFormatError, FrameLabels, find_file, pd_frame
 from chexrl.data.frames import filter_splits as _filter_splits
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DATASETS = ("mimic", "chexpert", "nih", "nih-expert", "vindr", "padchest")  # the last three: loaders_external
-DEFAULT_SCHEMA = {"mimic": "chexpert14", "chexpert": "chexpert14", "nih": "nih9", "nih-expert": "nih-expert4",
-                  "vindr": "vindr9", "padchest": "chexpert14"}  # fmt: skip
+DEFAULT_SCHEMA = {"mimic": TRAINING_SCHEMA, "chexpert": TRAINING_SCHEMA, "nih": "nih9", "nih-expert": "nih-expert4",
+                  "vindr": "vindr9", "padchest": TRAINING_SCHEMA}  # fmt: skip
 SPLIT_ALIASES = {
     "mimic": {"val": "validate", "valid": "validate", "validation": "validate"},
     "chexpert": {"val": "valid", "validate": "valid", "validation": "valid"},
@@ -581,7 +581,7 @@ def frame_to_samples(
     ]
 
 
-def load_mimic(root, split=None, schema="chexpert14", uncertain=DEFAULT_UNCERTAIN, labeler="chexpert",
+def load_mimic(root, split=None, schema=TRAINING_SCHEMA, uncertain=DEFAULT_UNCERTAIN, labeler="chexpert",
                frontal_only=True, uncertain_only=DEFAULT_UNCERTAIN_ONLY,
                out_of_schema=DEFAULT_OUT_OF_SCHEMA) -> list[XraySample]:  # fmt: skip
     splits = (split,) if isinstance(split, str) else split
@@ -589,7 +589,7 @@ def load_mimic(root, split=None, schema="chexpert14", uncertain=DEFAULT_UNCERTAI
     return frame_to_samples(frame, "mimic", schema, uncertain, out_of_schema, uncertain_only)
 
 
-def load_chexpert(root, split=None, schema="chexpert14", uncertain=DEFAULT_UNCERTAIN, frontal_only=True,
+def load_chexpert(root, split=None, schema=TRAINING_SCHEMA, uncertain=DEFAULT_UNCERTAIN, frontal_only=True,
                   uncertain_only=DEFAULT_UNCERTAIN_ONLY, out_of_schema=DEFAULT_OUT_OF_SCHEMA):  # fmt: skip
     splits = (split,) if isinstance(split, str) else split
     frame = read_chexpert_frame(root, splits, frontal_only)

@@ -4,11 +4,11 @@ rollouts per image for Pass@K (chexrl.core.pass_at_k)."""
 
 from __future__ import annotations
 
-from chexrl.config import SamplingConfig
+from chexrl.config import EVAL_BATCH_IMAGES, SamplingConfig
 from chexrl.core.metrics import completion_metrics
 from chexrl.core.prompts import DEFAULT_PROMPT, build_messages
 from chexrl.core.samples import XraySample
-from chexrl.core.schemas import get_schema
+from chexrl.core.schemas import TRAINING_SCHEMA, get_schema
 from chexrl.data.images import image_bytes
 from rollout_worker.types import RolloutPrompt
 
@@ -19,7 +19,7 @@ def evaluate_samples(
     *,
     prompt_name: str = DEFAULT_PROMPT,
     max_tokens: int,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_IMAGES,
 ) -> dict:
     """Greedy completions for every sample with the router's live adapter; returns /evaluate's JSON shape
     plus the completions. All samples must share one label schema."""
@@ -41,7 +41,7 @@ def sample_completions(
     n: int,
     prompt_name: str = DEFAULT_PROMPT,
     max_tokens: int,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_IMAGES,
 ) -> list[list[str]]:
     """`n` completions per sample at `sampling`'s temperature, top-p and seed (its own n, max_tokens and
     greedy flag are replaced), with the router's live adapter; one list of n texts per sample. A sample
@@ -70,7 +70,7 @@ def _schema(samples: list[XraySample]) -> str:
 def _generate(router, samples: list[XraySample], prompt_name: str, sampling: SamplingConfig, batch_size: int):
     """(chunk of samples, their rollout groups in order), one generate call per `batch_size` images."""
     messages = build_messages(
-        prompt_name, schema="chexpert14"
+        prompt_name, schema=TRAINING_SCHEMA
     )  # the policy always answers in CheXpert labels
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]

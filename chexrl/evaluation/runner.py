@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from chexrl.config import GRPOConfig, RolloutConfig, SamplingConfig
+from chexrl.config import EVAL_BATCH_IMAGES, GRPOConfig, RolloutConfig, SamplingConfig
 from chexrl.core.metrics import DatasetMetrics, completion_metrics
 from chexrl.core.paired import per_image_answers
 from chexrl.core.pass_at_k import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, pass_at_k_summary
@@ -211,7 +211,7 @@ def evaluate_models(
     prompts: Sequence[str] = (DEFAULT_PROMPT,),
     sampling: SamplingConfig | None = None,
     max_tokens: int,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_IMAGES,
     rollout: RolloutConfig | None = None,
     margin: float,
     relative: bool = False,

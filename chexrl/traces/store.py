@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chexrl.core.schemas import TRAINING_SCHEMA
+
 
 @dataclass(frozen=True)
 class TraceJob:
@@ -28,7 +30,7 @@ class TraceJob:
     sample_id: str
     image: str
     labels: tuple[str, ...]
-    schema: str = "chexpert14"
+    schema: str = TRAINING_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class TraceRecord:
     trace: str
     format: str
     teacher: str
-    schema: str = "chexpert14"
+    schema: str = TRAINING_SCHEMA
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -136,7 +138,7 @@ class JsonlAppender:
         self.close()
 
 
-def load_samples_jsonl(path: str | Path, schema: str = "chexpert14") -> list[TraceJob]:
+def load_samples_jsonl(path: str | Path, schema: str = TRAINING_SCHEMA) -> list[TraceJob]:
     """Jobs from a simple samples file: one {"image", "labels", "sample_id"?, "schema"?} per line."""
     jobs = []
     for rec in iter_jsonl(path):

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chexrl.core.metrics import DatasetMetrics, completion_metrics
 from chexrl.core.run_ids import RUN_ID_DESCRIPTION, RUN_ID_MAX_LENGTH, RUN_ID_PATTERN
-from chexrl.core.schemas import SCHEMAS, get_schema
+from chexrl.core.schemas import SCHEMAS, TRAINING_SCHEMA, get_schema
 from chexrl.core.scoring import ScoredCompletion, score_completion
 from services.evaluator.body_limit import BodySizeLimit
 from services.evaluator.connections import RequestLimit
@@ -399,7 +399,7 @@ def _add_scoring_routes(
 
     @app.post("/score", response_model=ScoreResponse, responses={**_ERRORS, **_STATE_ERRORS})
     async def score(body: ScoreRequest) -> Response:
-        golds = _canonical_labels(body.items, "chexpert14")
+        golds = _canonical_labels(body.items, TRAINING_SCHEMA)
 
         def run(window) -> dict:
             return _score_items(body, golds, settings.reward, window)
@@ -431,7 +431,7 @@ def _add_scoring_routes(
 
 
 def _unknown_window_label(window: list[list[str]]) -> RequestValidationError | None:
-    cx = SCHEMAS["chexpert14"]
+    cx = SCHEMAS[TRAINING_SCHEMA]
     bad = [(i, lab) for i, labels in enumerate(window) for lab in labels if lab not in cx]
     if not bad:
         return None

@@ -18,11 +18,13 @@ from urllib.parse import quote
 
 import httpx
 
+from chexrl.core.config import ScoringClientConfig
 from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.run_ids import check_run_id
 from chexrl.core.scoring import ScoredCompletion
 
 log = logging.getLogger(__name__)
+_DEFAULTS = ScoringClientConfig()  # grpo.scoring_client's defaults
 
 
 class ScoringError(RuntimeError):
@@ -35,9 +37,9 @@ class EvaluatorClient:
         base_url: str,
         *,
         token: str | None = None,
-        timeout_s: float = 60.0,
-        retries: int = 8,
-        backoff_s: float = 0.5,
+        timeout_s: float = _DEFAULTS.timeout_s,
+        retries: int = _DEFAULTS.retries,
+        backoff_s: float = _DEFAULTS.backoff_s,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
