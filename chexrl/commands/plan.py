@@ -51,8 +51,8 @@ def plan_inputs(cfg, shape, pixels: dict, *, gpu_gib: float, image_px: int, over
     o = {k: v for k, v in overrides.items() if v is not None}
     prompts, n = o.get("prompts", g.prompts_per_step), o.get("n", cfg.sampling.n)
     image = o.get("image_tokens") or image_tokens(shape, image_px, {**pixels, **rollout.mm_processor_kwargs})
-    # the engine's: the config's (ChexrlConfig sizes it from grpo/sampling), or the same rule on overrides
-    # the engine's on CUDA: the config's own, else one worker's share of the (planned) step
+    # the engine's on CUDA: the config's own, else one worker's share of the planned step (overrides
+    # included: RolloutConfig.resolved_max_num_seqs's rule on the planned prompts and n)
     max_num_seqs = rollout.max_num_seqs or -(-prompts // rollout.num_workers) * n
     step = StepShape(
         prompts=prompts,
