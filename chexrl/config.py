@@ -415,6 +415,11 @@ class GRPOConfig(StrictModel):
         return value
 
     @property
+    def resolved_run_id(self) -> str:
+        """The run's name at the evaluator: grpo.run_id, or run_dir's last component."""
+        return self.run_id or Path(self.run_dir).name
+
+    @property
     def eval_ood_specs(self) -> list[str]:
         """grpo.eval_ood_data as a list (one spec given alone is a list of one)."""
         value = self.eval_ood_data

@@ -102,17 +102,17 @@ def test_grpo_command_draws_its_rl_set(cx, split, tmp_path, monkeypatch):
 
     seen = {}
 
-    class Run:
-        def __init__(self, model_dir, samples, *args, **kwargs):
-            seen["samples"] = samples
-
     import chexrl.commands.grpo as grpo_command
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: None)
     # no Ray here, and none of the local-Ray set-up (environment, auth config) leaks into other tests
     monkeypatch.setattr(grpo_command, "connect_ray", lambda *a, **k: None, raising=False)
-    monkeypatch.setattr(trainer.loop, "GRPORun", Run)
-    monkeypatch.setattr(trainer.loop, "run_grpo", lambda cfg, run, resume=False: [{"reward/total": 0.0}])
+
+    def run_grpo(cfg, data, resume=False, evaluator_token=None):
+        seen["samples"] = data.samples
+        return [{"reward/total": 0.0}]
+
+    monkeypatch.setattr(trainer.loop, "run_grpo", run_grpo)
     spec = f"chexpert:{cx}:train"
     config = tmp_path / "grpo.yaml"
     grpo = {"model": str(tmp_path), "data": spec, "limit": 50, "seed": 3, "run_dir": str(tmp_path / "run")}

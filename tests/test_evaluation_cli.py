@@ -240,16 +240,20 @@ def test_report_on_a_real_grpo_run(
 ):
     """The training loop writes the run directory (on the session's engine), `chexrl evaluate --run` adds
     the final comparison under RUN/evaluation, and `chexrl report` states the numbers of all three."""
-    import trainer.loop
+    import trainer.start
     from chexrl.config import ChexrlConfig
     from chexrl.data.loaders import load_dataset
-    from trainer.loop import GRPORun, run_grpo
+    from trainer.loop import HeldOutSets, RunData, run_grpo
 
-    monkeypatch.setattr(trainer.loop, "RolloutRouter", lambda cfg, **kw: engine)
+    monkeypatch.setattr(trainer.start, "RolloutRouter", lambda cfg, **kw: engine)
+    run_dir = tmp_path / "run"
     cfg = ChexrlConfig.model_validate(
         {
             "sampling": {"n": 2, "max_tokens": 8},
             "grpo": {
+                "model": str(tiny_gemma3_dir),
+                "run_dir": str(run_dir),
+                "run_id": "report-test",
                 "evaluator_url": evaluator.url,
                 "max_steps": 2,
                 "prompts_per_step": 2,
@@ -263,18 +267,11 @@ def test_report_on_a_real_grpo_run(
             },
         }
     )
-    run_dir = tmp_path / "run"
     cx, nih = f"chexpert:{synth_chexpert_dir}", f"nih:{synth_nih_shift_dir}"
-    run = GRPORun(
-        str(tiny_gemma3_dir),
-        load_dataset(f"mimic:{synth_mimic_dir}")[:4],
-        str(run_dir),
-        "report-test",
-        id_eval=("cx-held", load_dataset(cx)[-2:]),
-        ood_eval=("nih-held", load_dataset(nih)[-2:]),
-    )
+    held_out = HeldOutSets(("cx-held", load_dataset(cx)[-2:]), [("nih-held", load_dataset(nih)[-2:])])
+    data = RunData(load_dataset(f"mimic:{synth_mimic_dir}")[:4], held_out)
     engine.to_base()  # step 0 evaluates the start: the engine must serve the base model
-    history = run_grpo(cfg, run, progress=False)
+    history = run_grpo(cfg, data, progress=False)
     assert [h["step"] for h in history] == [1, 2]
 
     evaluate = ["evaluate", "--run", str(run_dir), "--data", f"cx={cx}", "--data", f"nih={nih}"]
@@ -331,10 +328,10 @@ def test_report_on_a_real_grpo_run(
         assert cell == f"{e['metrics']['macro']['f1']:.3f}"
     warnings = [line for line in md.splitlines() if line.startswith("- **WARNING**")]
     assert len(warnings) == sum(len(e["warnings"]) for e in evals) + len(doc["warnings"])
-    assert_stops_when_ood_drops(cfg, run, evals)
+    assert_stops_when_ood_drops(cfg, data, evals)
 
 
-def assert_stops_when_ood_drops(cfg, run, evals) -> None:
+def assert_stops_when_ood_drops(cfg, data, evals) -> None:
     """grpo.stop_when_ood_drops with a margin that must trigger: the start's record is rewritten as if it
     had answered every OOD image right, so the tiny random model (which fails the answer format) is below it
     beyond noise at its next evaluation. Resumed for 2 more steps, the run stops after one, says why and
@@ -345,7 +342,7 @@ def assert_stops_when_ood_drops(cfg, run, evals) -> None:
     from chexrl.models.adapter_io import load_adapter_dir
     from trainer.loop import run_grpo
 
-    run_dir = Path(run.run_dir)
+    run_dir = Path(cfg.grpo.run_dir)
     ood = evals[0]["per_image"]["ood"]
     perfect = ood | {"predicted": ood["gold"], "invalid": [False] * len(ood["gold"])}
     metrics = label_set_metrics(ood["gold"], ood["gold"], get_schema(ood["schema"])).as_dict()
@@ -353,7 +350,7 @@ def assert_stops_when_ood_drops(cfg, run, evals) -> None:
     (run_dir / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [start, *evals[1:]]))
     stop = StopWhenOODDrops(margin=0.05, evaluations=1)
     grpo = cfg.grpo.model_copy(update={"max_steps": 4, "stop_when_ood_drops": stop})
-    history = run_grpo(cfg.model_copy(update={"grpo": grpo}), run, resume=True, progress=False)
+    history = run_grpo(cfg.model_copy(update={"grpo": grpo}), data, resume=True, progress=False)
     assert [h["step"] for h in history] == [3]  # stopped after the first evaluation past the start
     last = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()][-1]
     assert last["step"] == 3 and last["vs_start"]["ood"]["high"] < -0.05

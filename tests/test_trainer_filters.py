@@ -19,7 +19,7 @@ from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.types import Completion, RolloutGroup
 from trainer import prefilter as prefilter_mod
 from trainer.checkpoint import latest_checkpoint, load_checkpoint
-from trainer.loop import GRPORun, PhaseTimer, RunParts, grpo_step
+from trainer.loop import PhaseTimer, Run, RunData, grpo_step
 from trainer.prefilter import PARTIAL, PREFILTER, prefilter_pool
 from trainer.records import records_of
 from trainer.run import save_run_checkpoint
@@ -110,9 +110,15 @@ def _cfg(**grpo) -> ChexrlConfig:
     return ChexrlConfig.model_validate({"sampling": {"n": N}, "grpo": {"prompts_per_step": 2, **grpo}})
 
 
-def _parts(table, calls, cursor=None, pool=None, router=None) -> RunParts:
+def _run(cfg, samples, run_dir, table, calls, cursor=None, pool=None, router=None) -> Run:
+    """A run of fake actors over `samples`, writing to `run_dir` (grpo.model 'm', run id 'r')."""
     size = len(pool) if pool is not None else len(table)
-    return RunParts(
+    cfg = cfg.model_copy(
+        update={"grpo": cfg.grpo.model_copy(update={"model": "m", "run_dir": str(run_dir), "run_id": "r"})}
+    )
+    return Run(
+        cfg,
+        RunData(samples),
         router=router or FakeRouter(calls),
         learner=FakeLearner(calls),
         client=FakeClient(calls, table),
@@ -137,57 +143,51 @@ def test_filter_resamples_until_the_step_has_enough_groups_with_signal(tmp_path)
     kinds = [FLAT, FLAT, SIGNAL, FLAT, SIGNAL, SIGNAL]
     table, calls = _table_by_draw_order(kinds), []
     order = PromptCursor(6, seed=0).take(6)
-    parts = _parts(table, calls)
     cfg = _cfg(filter_zero_std_groups=True, max_resample_batches=4)
+    run = _run(cfg, _samples(6), tmp_path, table, calls)
     timer = PhaseTimer()
-    metrics, adapter, drawn = grpo_step(cfg, GRPORun("m", _samples(6), str(tmp_path), "r"), parts, 0, timer)
+    metrics, adapter, drawn = grpo_step(run, 0, timer)
 
     assert metrics["filter/resample_batches"] == 2 and metrics["filter/kept_groups"] == 2
     assert metrics["filter/skipped_update"] == 0
     assert metrics["advantage/zero_std_fraction"] == pytest.approx(3 / 6)  # before filtering: all drawn
     assert metrics["reward/total"] == pytest.approx((3 * 0.5 * 2 + 3 * 0.5 * 2) / 12)
     # the update trains on the first two groups with signal (draws 2 and 4), contiguously per group
-    assert parts.learner.batches == [(2 * N, [0.0, 1.0, 0.0, 1.0], N)]
+    assert run.learner.batches == [(2 * N, [0.0, 1.0, 0.0, 1.0], N)]
     assert [g.sample for g in drawn] == order and len(records_of(drawn)) == 12  # every one is logged
     # generation and scoring repeat inside their phases, before the update's sleep/train/sync/wake/push
     assert calls == ["generate", "score"] * 3 + ["sleep", "learner.step", "export 1", "wake_up", "push 1"]
-    assert adapter.version == 1 and parts.cursor.state()["epoch"] == 1 and parts.cursor.index == 0
+    assert adapter.version == 1 and run.cursor.state()["epoch"] == 1 and run.cursor.index == 0
     assert {"time/generation", "time/scoring", "time/training"} <= set(timer.metrics())
 
 
 def test_filter_trains_on_what_it_has_when_the_budget_runs_out(tmp_path):
     table, calls = _table_by_draw_order([FLAT, FLAT, SIGNAL, FLAT, SIGNAL, SIGNAL]), []
-    parts = _parts(table, calls)
-    cfg = _cfg(filter_zero_std_groups=True, max_resample_batches=1)
-    metrics, *_ = grpo_step(cfg, GRPORun("m", _samples(6), str(tmp_path), "r"), parts, 0, PhaseTimer())
+    run = _run(_cfg(filter_zero_std_groups=True, max_resample_batches=1), _samples(6), tmp_path, table, calls)
+    metrics, *_ = grpo_step(run, 0, PhaseTimer())
     assert (metrics["filter/resample_batches"], metrics["filter/kept_groups"]) == (1, 1)
     assert metrics["advantage/zero_std_fraction"] == pytest.approx(3 / 4)
-    assert parts.learner.batches == [(N, [0.0, 1.0], N)]
-    assert parts.cursor.index == 4
+    assert run.learner.batches == [(N, [0.0, 1.0], N)]
+    assert run.cursor.index == 4
 
 
 def test_no_group_with_signal_skips_the_update_but_keeps_the_step(tmp_path):
     table, calls = {i: FLAT for i in range(6)}, []
-    parts = _parts(table, calls)
-    cfg = _cfg(filter_zero_std_groups=True, max_resample_batches=2)
-    metrics, adapter, *_ = grpo_step(
-        cfg, GRPORun("m", _samples(6), str(tmp_path), "r"), parts, 4, PhaseTimer()
-    )
+    run = _run(_cfg(filter_zero_std_groups=True, max_resample_batches=2), _samples(6), tmp_path, table, calls)
+    metrics, adapter, *_ = grpo_step(run, 4, PhaseTimer())
     assert metrics["filter/skipped_update"] == 1 and metrics["filter/kept_groups"] == 0
     assert metrics["filter/resample_batches"] == 2 and metrics["advantage/zero_std_fraction"] == 1
-    assert "loss/total" not in metrics and parts.learner.batches == []
+    assert "loss/total" not in metrics and run.learner.batches == []
     # the step still exports and pushes its (unchanged) adapter as version step + 1
     assert calls[-4:] == ["sleep", "export 5", "wake_up", "push 5"] and adapter.version == 5
 
 
 def test_filter_off_is_one_batch_and_every_group_trains(tmp_path):
     table, calls = {i: FLAT for i in range(6)}, []
-    parts = _parts(table, calls)
-    metrics, *_ = grpo_step(
-        _cfg(max_resample_batches=3), GRPORun("m", _samples(6), str(tmp_path), "r"), parts, 0, PhaseTimer()
-    )
+    run = _run(_cfg(max_resample_batches=3), _samples(6), tmp_path, table, calls)
+    metrics, *_ = grpo_step(run, 0, PhaseTimer())
     assert calls[:2] == ["generate", "score"] and calls.count("generate") == 1
-    assert parts.learner.batches == [(2 * N, [0.5] * 4, N)] and metrics["advantage/zero_std_fraction"] == 1
+    assert run.learner.batches == [(2 * N, [0.5] * 4, N)] and metrics["advantage/zero_std_fraction"] == 1
     assert not any(k.startswith("filter/") for k in metrics)
 
 
@@ -196,20 +196,20 @@ def test_filtered_draws_resume_exactly_from_a_checkpoint(tmp_path):
     kinds = [FLAT, SIGNAL, FLAT, FLAT, SIGNAL, SIGNAL, FLAT]
     table = _table_by_draw_order(kinds)
     cfg = _cfg(filter_zero_std_groups=True, max_resample_batches=3, seed=0)
-    run = GRPORun("m", _samples(7), str(tmp_path / "a"), "r")
+    samples, run_dir = _samples(7), tmp_path / "a"
 
-    whole = _parts(table, [])
+    whole = _run(cfg, samples, run_dir, table, [])
     for step in range(3):
-        grpo_step(cfg, run, whole, step, PhaseTimer())
+        grpo_step(whole, step, PhaseTimer())
 
-    first = _parts(table, [])
+    first = _run(cfg, samples, run_dir, table, [])
     for step in range(2):
-        grpo_step(cfg, run, first, step, PhaseTimer())
-    save_run_checkpoint(cfg, run, first, 2)
+        grpo_step(first, step, PhaseTimer())
+    save_run_checkpoint(first, 2)
     _, meta = load_checkpoint(latest_checkpoint(tmp_path / "a" / "checkpoints"))
     assert meta["cursor"] == first.cursor.state() and meta["step"] == 2
-    resumed = _parts(table, [], cursor=PromptCursor.from_state(meta["cursor"], size=7))
-    grpo_step(cfg, run, resumed, 2, PhaseTimer())
+    resumed = _run(cfg, samples, run_dir, table, [], cursor=PromptCursor.from_state(meta["cursor"], size=7))
+    grpo_step(resumed, 2, PhaseTimer())
 
     assert resumed.router.generated == whole.router.generated[len(first.router.generated) :]
     assert resumed.learner.batches == whole.learner.batches[2:]
@@ -245,10 +245,8 @@ PREFILTER_TABLE = {
 
 def test_prefilter_writes_pass_rates_and_the_cursor_draws_only_kept_images(tmp_path):
     calls = []
-    parts = _parts(PREFILTER_TABLE, calls)
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
-    cfg = _prefilter_cfg()
-    pool = prefilter_pool(cfg, run, parts, resume=False)
+    run = _run(_prefilter_cfg(), _samples(5), tmp_path, PREFILTER_TABLE, calls)
+    pool = prefilter_pool(run, resume=False)
 
     assert pool == [1, 2, 4]
     rows = [json.loads(line) for line in (tmp_path / PREFILTER).read_text().splitlines()]
@@ -262,34 +260,33 @@ def test_prefilter_writes_pass_rates_and_the_cursor_draws_only_kept_images(tmp_p
     assert {(r["k"], r["measure"]) for r in rows} == {(4, "exact")}
     assert not (tmp_path / PARTIAL).exists()
     # sampled k per image with the run's other sampling settings, graded by the hard reward, no run id
-    assert parts.client.requests == [("hard", None, 20)]
+    assert run.client.requests == [("hard", None, 20)]
 
     # GRPO's cursor then runs over the kept images only
-    parts.pool, parts.cursor = pool, PromptCursor(len(pool), seed=0)
+    run.pool, run.cursor = pool, PromptCursor(len(pool), seed=0)
     drawn = []
     for step in range(3):
-        _, _, groups = grpo_step(cfg, run, parts, step, PhaseTimer())
+        _, _, groups = grpo_step(run, step, PhaseTimer())
         drawn += [g.sample for g in groups]
     assert sorted(drawn) == [1, 1, 2, 2, 4, 4]
 
 
 def test_prefilter_jaccard_measure(tmp_path):
-    parts = _parts(PREFILTER_TABLE, [])
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
-    pool = prefilter_pool(_prefilter_cfg(measure="jaccard>=0.5", max_pass=0.8), run, parts, resume=False)
+    cfg = _prefilter_cfg(measure="jaccard>=0.5", max_pass=0.8)
+    pool = prefilter_pool(_run(cfg, _samples(5), tmp_path, PREFILTER_TABLE, []), resume=False)
     rows = [json.loads(line) for line in (tmp_path / PREFILTER).read_text().splitlines()]
     assert [r["passes"] for r in rows] == [4, 1, 2, 4, 3] and pool == [1, 2, 4]
 
 
 def test_a_resumed_run_reads_the_prefilter_and_samples_nothing(tmp_path):
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
-    assert prefilter_pool(_prefilter_cfg(), run, _parts(PREFILTER_TABLE, []), resume=False) == [1, 2, 4]
+    cfg, samples = _prefilter_cfg(), _samples(5)
+    assert prefilter_pool(_run(cfg, samples, tmp_path, PREFILTER_TABLE, []), resume=False) == [1, 2, 4]
     calls = []
-    parts = _parts(PREFILTER_TABLE, calls)
-    assert prefilter_pool(_prefilter_cfg(), run, parts, resume=True) == [1, 2, 4]
+    run = _run(cfg, samples, tmp_path, PREFILTER_TABLE, calls)
+    assert prefilter_pool(run, resume=True) == [1, 2, 4]
     assert calls == []
     # a fresh (not resumed) run in the same folder measures again
-    assert prefilter_pool(_prefilter_cfg(), run, parts, resume=False) == [1, 2, 4] and calls == [
+    assert prefilter_pool(run, resume=False) == [1, 2, 4] and calls == [
         "generate",
         "score",
     ]
@@ -297,17 +294,19 @@ def test_a_resumed_run_reads_the_prefilter_and_samples_nothing(tmp_path):
 
 def test_a_prefilter_killed_mid_sampling_resumes_with_the_images_left(tmp_path, monkeypatch):
     monkeypatch.setattr(prefilter_mod, "BATCH_IMAGES", 2)
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
+    cfg, samples = _prefilter_cfg(), _samples(5)
     killed = FakeRouter([], fail_after=1)  # the second generate call dies
     with pytest.raises(RuntimeError, match="worker killed"):
-        prefilter_pool(_prefilter_cfg(), run, _parts(PREFILTER_TABLE, [], router=killed), resume=False)
+        prefilter_pool(_run(cfg, samples, tmp_path, PREFILTER_TABLE, [], router=killed), resume=False)
     assert not (tmp_path / PREFILTER).exists()
     with open(tmp_path / PARTIAL, "a") as f:
         f.write('{"index": 2, "ima')  # a line torn by the kill
     resumed = FakeRouter([])
-    assert prefilter_pool(
-        _prefilter_cfg(), run, _parts(PREFILTER_TABLE, [], router=resumed), resume=True
-    ) == [1, 2, 4]
+    assert prefilter_pool(_run(cfg, samples, tmp_path, PREFILTER_TABLE, [], router=resumed), resume=True) == [
+        1,
+        2,
+        4,
+    ]
     assert killed.generated == [[0, 1]] and resumed.generated == [[2, 3], [4]]
     rows = [json.loads(line) for line in (tmp_path / PREFILTER).read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and not (tmp_path / PARTIAL).exists()
@@ -322,37 +321,25 @@ def test_a_prefilter_killed_mid_sampling_resumes_with_the_images_left(tmp_path, 
     ],
 )
 def test_a_stored_prefilter_from_other_settings_is_refused(tmp_path, change, message):
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
-    prefilter_pool(_prefilter_cfg(), run, _parts(PREFILTER_TABLE, []), resume=False)
+    prefilter_pool(_run(_prefilter_cfg(), _samples(5), tmp_path, PREFILTER_TABLE, []), resume=False)
+    changed = _run(_prefilter_cfg(**change), _samples(5), tmp_path, PREFILTER_TABLE, [])
     with pytest.raises(ValueError, match=message):
-        prefilter_pool(_prefilter_cfg(**change), run, _parts(PREFILTER_TABLE, []), resume=True)
+        prefilter_pool(changed, resume=True)
 
 
 def test_a_stored_prefilter_of_another_rl_set_is_refused(tmp_path):
-    prefilter_pool(
-        _prefilter_cfg(),
-        GRPORun("m", _samples(5), str(tmp_path), "r"),
-        _parts(PREFILTER_TABLE, []),
-        resume=False,
-    )
+    prefilter_pool(_run(_prefilter_cfg(), _samples(5), tmp_path, PREFILTER_TABLE, []), resume=False)
     other = [dataclasses.replace(s, image_path=f"/other{i}.png") for i, s in enumerate(_samples(5))]
     with pytest.raises(
         ValueError, match=r"prefilter.jsonl row 1: index 0, image '/img0.png' is not this run's RL set"
     ):
-        prefilter_pool(
-            _prefilter_cfg(),
-            GRPORun("m", other, str(tmp_path), "r"),
-            _parts(PREFILTER_TABLE, []),
-            resume=True,
-        )
+        prefilter_pool(_run(_prefilter_cfg(), other, tmp_path, PREFILTER_TABLE, []), resume=True)
 
 
 def test_a_prefilter_that_keeps_nothing_says_so(tmp_path):
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
+    run = _run(_prefilter_cfg(min_pass=0.9, max_pass=0.95), _samples(5), tmp_path, PREFILTER_TABLE, [])
     with pytest.raises(ValueError, match="kept none of 5 RL images"):
-        prefilter_pool(
-            _prefilter_cfg(min_pass=0.9, max_pass=0.95), run, _parts(PREFILTER_TABLE, []), resume=False
-        )
+        prefilter_pool(run, resume=False)
 
 
 @pytest.mark.parametrize(
@@ -378,8 +365,7 @@ def test_filters_are_off_by_default():
 def test_report_summarises_the_prefilter(tmp_path):
     from chexrl.evaluation.report import write_report
 
-    run = GRPORun("m", _samples(5), str(tmp_path), "r")
-    prefilter_pool(_prefilter_cfg(), run, _parts(PREFILTER_TABLE, []), resume=False)
+    prefilter_pool(_run(_prefilter_cfg(), _samples(5), tmp_path, PREFILTER_TABLE, []), resume=False)
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/total": 0.5}) + "\n")
     write_report(tmp_path)
     page = (tmp_path / "report" / "report.md").read_text()
@@ -399,13 +385,16 @@ def test_grpo_with_both_filters_through_the_real_parts(
     learner actor. The random tiny model writes no valid answer, so its groups mostly score alike: the
     logs must say what was drawn, what was kept, and the checkpoint's cursor must count every draw."""
     from chexrl.data.loaders import load_dataset
-    from trainer.loop import run_grpo
+    from trainer.loop import RunData, run_grpo
 
     samples = load_dataset(f"mimic:{synth_mimic_dir}")[:6]
     cfg = ChexrlConfig.model_validate(
         {
             "sampling": {"n": 4, "max_tokens": 16},
             "grpo": {
+                "model": str(tiny_gemma3_dir),
+                "run_dir": str(tmp_path / "run"),
+                "run_id": "grpo-filters",
                 "evaluator_url": evaluator.url,
                 "max_steps": 2,
                 "prompts_per_step": 2,
@@ -419,8 +408,7 @@ def test_grpo_with_both_filters_through_the_real_parts(
             },
         }
     )
-    run = GRPORun(str(tiny_gemma3_dir), samples, str(tmp_path / "run"), "grpo-filters")
-    history = run_grpo(cfg, run, progress=False)
+    history = run_grpo(cfg, RunData(samples), progress=False)
 
     rows = [json.loads(line) for line in (tmp_path / "run" / PREFILTER).read_text().splitlines()]
     assert [r["image"] for r in rows] == [s.image_path for s in samples]

@@ -11,18 +11,23 @@ from chexrl.config import ChexrlConfig
 from chexrl.core.schemas import get_schema
 from chexrl.data.loaders import load_dataset
 from trainer.checkpoint import latest_checkpoint
-from trainer.loop import GRPORun, run_grpo
+from trainer.loop import HeldOutSets, RunData, run_grpo
 from trainer.periodic_eval import read_evals
 from trainer.run_log import read_metrics
 
 pytestmark = pytest.mark.slow
 
 
-def _config(evaluator_url: str, max_steps: int, reward: str = "nuanced") -> ChexrlConfig:
+def _config(
+    evaluator_url: str, max_steps: int, model: Path, run_dir: Path, run_id: str, reward: str = "nuanced"
+) -> ChexrlConfig:
     return ChexrlConfig.model_validate(
         {
             "sampling": {"n": 4, "max_tokens": 16},
             "grpo": {
+                "model": str(model),
+                "run_dir": str(run_dir),
+                "run_id": run_id,
                 "evaluator_url": evaluator_url,
                 "max_steps": max_steps,
                 "prompts_per_step": 2,
@@ -45,12 +50,11 @@ def test_grpo_steps_checkpoint_and_resume(
     tmp_path,
 ):
     samples = load_dataset(f"mimic:{synth_mimic_dir}")[:12]
-    id_eval = ("chexpert", load_dataset(f"chexpert:{synth_chexpert_dir}")[:3])
-    ood_eval = ("nih", load_dataset(f"nih:{synth_nih_shift_dir}")[:3])
-    run = GRPORun(
-        str(tiny_gemma3_dir), samples, str(tmp_path / "run"), "grpo-test", id_eval=id_eval, ood_eval=ood_eval
-    )
-    history = run_grpo(_config(evaluator.url, 3), run, progress=False)
+    id_set = ("chexpert", load_dataset(f"chexpert:{synth_chexpert_dir}")[:3])
+    ood_set = ("nih", load_dataset(f"nih:{synth_nih_shift_dir}")[:3])
+    data = RunData(samples, HeldOutSets(id_set, [ood_set]))
+    cfg = _config(evaluator.url, 3, tiny_gemma3_dir, tmp_path / "run", "grpo-test")
+    history = run_grpo(cfg, data, progress=False)
 
     assert [h["step"] for h in history] == [1, 2, 3]
     lr = ChexrlConfig().grpo.learning_rate  # linear decay to 0 over max_steps, one step of it per GRPO step
@@ -89,7 +93,7 @@ def test_grpo_steps_checkpoint_and_resume(
     evals = read_evals(tmp_path / "run")
     assert [e["step"] for e in evals] == [0, 2, 3]
     assert {e["id_name"] for e in evals} == {"chexpert"} and evals[0]["ood"]["n"] == 3
-    assert set(evals[0]["ood"]["per_label"]) == set(get_schema(ood_eval[1][0].schema).labels)
+    assert set(evals[0]["ood"]["per_label"]) == set(get_schema(ood_set[1][0].schema).labels)
     assert (
         history[1]["eval/id_macro_f1"] == evals[1]["id"]["macro"]["f1"]
         and "eval/id_macro_f1" not in history[0]
@@ -102,7 +106,12 @@ def test_grpo_steps_checkpoint_and_resume(
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["grpo"]["run_id"] == "grpo-test"
 
     # resume from step 3 to 5: numbering continues, the log holds each step once
-    resumed = run_grpo(_config(evaluator.url, 5), run, resume=True, progress=False)
+    resumed = run_grpo(
+        _config(evaluator.url, 5, tiny_gemma3_dir, tmp_path / "run", "grpo-test"),
+        data,
+        resume=True,
+        progress=False,
+    )
     assert [h["step"] for h in resumed] == [4, 5]
     # the schedule resumes from the checkpoint's step (now over the new max_steps), not from its start
     assert [h["optim/learning_rate"] for h in resumed] == pytest.approx([lr * 2 / 5, lr / 5])
@@ -114,7 +123,15 @@ def test_grpo_steps_checkpoint_and_resume(
     assert [e["step"] for e in read_evals(tmp_path / "run")] == [0, 2, 3, 4, 5]
 
     # resuming a finished run does nothing: no step, no evaluation, no error
-    assert run_grpo(_config(evaluator.url, 5), run, resume=True, progress=False) == []
+    assert (
+        run_grpo(
+            _config(evaluator.url, 5, tiny_gemma3_dir, tmp_path / "run", "grpo-test"),
+            data,
+            resume=True,
+            progress=False,
+        )
+        == []
+    )
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
     assert [e["step"] for e in read_evals(tmp_path / "run")] == [0, 2, 3, 4, 5]
 
@@ -156,8 +173,8 @@ def test_evaluator_killed_mid_run_delays_the_step(ray_session, tiny_gemma3_dir, 
     watcher.start()
     try:
         samples = load_dataset(f"mimic:{synth_mimic_dir}")[:12]
-        run = GRPORun(str(tiny_gemma3_dir), samples, str(run_dir), run_id="evaluator-crash")
-        history = run_grpo(_config(server.url, 3), run, progress=False)
+        cfg = _config(server.url, 3, tiny_gemma3_dir, run_dir, "evaluator-crash")
+        history = run_grpo(cfg, RunData(samples), progress=False)
         watcher.join(timeout=60)
         assert not problems, problems
         assert failed.is_set()

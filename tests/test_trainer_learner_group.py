@@ -162,19 +162,19 @@ def test_a_failed_rank_resumes_the_run_from_its_checkpoint(monkeypatch):
 
     calls = []
 
-    def attempt(cfg, run, history, *, resume, progress):
+    def attempt(cfg, data, history, *, resume, progress, token):
         calls.append(resume)
         if len(calls) == 1:
             raise LearnerRankError("learner rank 1 failed in step")
         return history
 
     monkeypatch.setattr(loop, "_run_attempt", attempt)
-    run = loop.GRPORun(model_dir="m", samples=[], run_dir="r", run_id="r")
-    assert loop.run_grpo(ChexrlConfig(), run, progress=False) == []
+    data = loop.RunData(samples=[])
+    assert loop.run_grpo(ChexrlConfig(grpo={"model": "m"}), data, progress=False) == []
     assert calls == [False, True]
     calls.clear()
     with pytest.raises(LearnerRankError):
-        loop.run_grpo(ChexrlConfig(grpo={"learner_restarts": 0}), run, progress=False)
+        loop.run_grpo(ChexrlConfig(grpo={"model": "m", "learner_restarts": 0}), data, progress=False)
     assert calls == [False]
 
 

@@ -16,7 +16,7 @@ from chexrl.core.samples import XraySample
 from chexrl.models.adapter_io import AdapterWeights
 from rollout_worker.engine import RolloutEngine
 from tests.fixtures.rollout import png_bytes
-from trainer.loop import GRPORun, PhaseTimer, RunParts, grpo_step
+from trainer.loop import PhaseTimer, Run, RunData, grpo_step
 from trainer.records import records_of
 from trainer.sampler import PromptCursor
 
@@ -125,8 +125,9 @@ def test_step_phases_sleep_for_the_update_and_wake_once_before_the_push(weight_s
         XraySample(f"/img{i}.png", ("Edema",), f"p{i}", f"s{i}", "mimic", "train", "chexpert14")
         for i in range(2)
     ]
-    run = GRPORun("unused", samples, "unused", "run")
-    parts = RunParts(
+    run = Run(
+        cfg,
+        RunData(samples),
         router=OneEngineRouter(engine),
         learner=RecordingLearner(calls),
         client=RecordingClient(calls),
@@ -136,7 +137,7 @@ def test_step_phases_sleep_for_the_update_and_wake_once_before_the_push(weight_s
     )
     for step in range(2):
         timer = PhaseTimer()
-        metrics, adapter, groups = grpo_step(cfg, run, parts, step, timer)
+        metrics, adapter, groups = grpo_step(run, step, timer)
         assert adapter.version == step + 1 and engine.adapter_version == step + 1
         assert len(records_of(groups)) == 4 and all(r.scored is not None for r in records_of(groups))
         assert metrics["reward/total"] == 0.5
@@ -190,8 +191,3 @@ def test_sleep_is_a_no_op_where_it_is_off():
     assert engine.sleep() is False
     engine.wake_up()
     assert calls == []
-
-
-def test_a_run_with_one_evaluation_set_is_refused():
-    with pytest.raises(ValueError, match="both an in- and an out-of-distribution set"):
-        GRPORun("model", [], "run", "r", id_eval=("chexpert", []))

@@ -74,15 +74,14 @@ def test_a_placement_that_does_not_happen_times_out_with_what_is_free(ray_sessio
 
 
 def test_split_engines_stay_awake_unless_asked_to_sleep():
-    from trainer.loop import GRPORun, rollout_config
+    from trainer.start import rollout_config
 
-    run = GRPORun(model_dir="base", samples=[], run_dir="r", run_id="r")
-    colocated = ChexrlConfig()
-    assert rollout_config(colocated, run).sleep_between_phases is None  # on with a GPU, as on one GPU
-    split = ChexrlConfig.model_validate({"grpo": {"layout": "split"}})
-    assert rollout_config(split, run).sleep_between_phases is False
+    colocated = ChexrlConfig.model_validate({"grpo": {"model": "base"}})
+    assert rollout_config(colocated).sleep_between_phases is None  # on with a GPU, as on one GPU
+    split = ChexrlConfig.model_validate({"grpo": {"model": "base", "layout": "split"}})
+    assert rollout_config(split).sleep_between_phases is False
     asked = ChexrlConfig.model_validate(
         {"rollout": {"model": "m", "sleep_between_phases": True}, "grpo": {"layout": "split"}}
     )
-    assert rollout_config(asked, run).sleep_between_phases is True
-    assert rollout_config(split, run).model == "base"
+    assert rollout_config(asked).sleep_between_phases is True
+    assert rollout_config(split).model == "base"

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from chexrl.config import ChexrlConfig, SamplingConfig, StopWhenOODDrops
+from chexrl.config import SamplingConfig, StopWhenOODDrops
 from chexrl.core.metrics import DatasetMetrics
 from chexrl.core.paired import per_image_answers
 from chexrl.core.pass_at_k import pass_at_k_summary
@@ -49,7 +49,7 @@ from chexrl.evaluation.selection import intervals_vs_start, select_checkpoints, 
 from chexrl.evaluation.sites import site_findings, site_scalars
 from chexrl.models.adapter_io import AdapterWeights, load_adapter_dir, save_adapter_dir
 from chexrl.run_files import atomic_write_text, read_jsonl
-from trainer.run import GRPORun
+from trainer.run import Run
 
 log = logging.getLogger(__name__)
 EVALS = "evals.jsonl"
@@ -238,10 +238,11 @@ def _without_completions(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "completions"}
 
 
-def periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None) -> PeriodicEvaluator | None:
-    """The run's evaluator during training, or None when the run has no evaluation sets."""
+def periodic_evaluator(run: Run, resume_step: int | None) -> PeriodicEvaluator | None:
+    """The run's evaluator during training, or None when the run has no held-out sets."""
+    cfg, held_out = run.cfg, run.data.held_out
     g = cfg.grpo
-    if run.id_eval is None:
+    if held_out is None:
         if g.stop_when_ood_drops is not None:
             raise ValueError(
                 "grpo.stop_when_ood_drops needs evaluation during training (an ID and an OOD set)"
@@ -249,9 +250,9 @@ def periodic_evaluator(cfg: ChexrlConfig, run: GRPORun, resume_step: int | None)
         return None
     return PeriodicEvaluator(
         run.run_dir,
-        run.id_eval,
-        run.ood_eval,
-        prompt_name=run.prompt_name,
+        held_out.id_set,
+        held_out.ood_sets,
+        prompt_name=g.prompt,
         max_tokens=g.eval_max_tokens or cfg.sampling.max_tokens,
         margin=g.tradeoff_margin,
         resume_step=resume_step,

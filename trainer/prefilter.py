@@ -21,10 +21,10 @@ import os
 import time
 from pathlib import Path
 
-from chexrl.config import EVAL_BATCH_IMAGES, ChexrlConfig, PrefilterConfig, SamplingConfig
+from chexrl.config import EVAL_BATCH_IMAGES, PrefilterConfig, SamplingConfig
 from chexrl.run_files import atomic_write_text, read_jsonl
 from rollout_worker.types import RolloutPrompt
-from trainer.run import GRPORun, RunParts
+from trainer.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +33,20 @@ PARTIAL = "prefilter.partial.jsonl"
 BATCH_IMAGES = EVAL_BATCH_IMAGES  # k completions each; the partial file grows a batch at a time
 
 
-def prefilter_pool(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -> list[int]:
-    """The RL-set indices GRPO draws from: the images the prefilter kept, measured now or read back from
-    RUN_DIR/prefilter.jsonl when resuming. `parts`: the run's router, client, messages and images."""
-    p = cfg.grpo.prefilter
-    path = Path(run.run_dir) / PREFILTER
+def prefilter_pool(run: Run, *, resume: bool) -> list[int]:
+    """The RL-set indices GRPO draws from: the images the prefilter kept, measured now (through the run's
+    router and evaluator client) or read back from RUN_DIR/prefilter.jsonl when resuming."""
+    p = run.cfg.grpo.prefilter
+    path = run.run_dir / PREFILTER
     if resume and path.is_file():
         rows = read_jsonl(path)
         check_rows(rows, [s.image_path for s in run.samples], p, path)
         log.info("prefilter: read %s (%d images), nothing resampled", path, len(rows))
     else:
         t0 = time.perf_counter()
-        rows = measure(cfg, run, parts, resume=resume)
+        rows = measure(run, resume=resume)
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-        (Path(run.run_dir) / PARTIAL).unlink(missing_ok=True)
+        (run.run_dir / PARTIAL).unlink(missing_ok=True)
         log.info("prefilter: %d images in %.1fs", len(rows), time.perf_counter() - t0)
     kept = [r["index"] for r in rows if r["kept"]]
     if not kept:
@@ -58,10 +58,10 @@ def prefilter_pool(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: 
     return kept
 
 
-def measure(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -> list[dict]:
+def measure(run: Run, *, resume: bool) -> list[dict]:
     """Sample and grade every RL image not already in the partial file (kept only when resuming)."""
-    p = cfg.grpo.prefilter
-    run_dir = Path(run.run_dir)
+    p = run.cfg.grpo.prefilter
+    run_dir = run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     partial = run_dir / PARTIAL
     images = [s.image_path for s in run.samples]
@@ -72,10 +72,10 @@ def measure(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -
     # rewrite the partial file with whole rows only (a kill can tear its last line), then append to it
     atomic_write_text(partial, "".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
     todo = [i for i in range(len(images)) if i not in done]
-    sampling = cfg.sampling.model_copy(update={"n": p.k, "greedy": False})
+    sampling = run.cfg.sampling.model_copy(update={"n": p.k, "greedy": False})
     with open(partial, "a") as f:
         for start in range(0, len(todo), BATCH_IMAGES):
-            rows = _measure_batch(todo[start : start + BATCH_IMAGES], run, parts, sampling, p)
+            rows = _measure_batch(todo[start : start + BATCH_IMAGES], run, sampling, p)
             f.write("".join(json.dumps(r) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
@@ -83,11 +83,9 @@ def measure(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, *, resume: bool) -
     return [done[i] for i in range(len(images))]
 
 
-def _measure_batch(
-    indices: list[int], run: GRPORun, parts: RunParts, sampling: SamplingConfig, p: PrefilterConfig
-) -> list[dict]:
-    prompts = [RolloutPrompt(f"prefilter:{i}", parts.messages, [parts.images[i]]) for i in indices]
-    groups = parts.router.generate(prompts, sampling)
+def _measure_batch(indices: list[int], run: Run, sampling: SamplingConfig, p: PrefilterConfig) -> list[dict]:
+    prompts = [RolloutPrompt(f"prefilter:{i}", run.messages, [run.images[i]]) for i in indices]
+    groups = run.router.generate(prompts, sampling)
     items = []
     for i, group in zip(indices, groups, strict=True):
         if group.error or len(group.completions) != p.k:
@@ -100,7 +98,7 @@ def _measure_batch(
             {"completion": c.text, "labels": labels, "num_tokens": len(c.token_ids)}
             for c in group.completions
         ]
-    scored = parts.client.score("hard", items)  # no run_id: the run's nuanced-reward window stays as it is
+    scored = run.client.score("hard", items)  # no run_id: the run's nuanced-reward window stays as it is
     threshold = PrefilterConfig.threshold_of(p.measure)
     rows = []
     for j, i in enumerate(indices):

@@ -1,6 +1,9 @@
-"""What a GRPO run is made of besides its config, as typed carriers the controller (trainer/loop.py) and
-the modules of its step (filtering, prefilter) share: the run's data (`GRPORun`), its actors and where it
-stands (`RunParts`), the phase timer, and the run's files written at its start and at each checkpoint.
+"""One GRPO run as the controller (trainer/loop.py) and the modules of its step (filtering, prefilter,
+periodic evaluation) share it: `Run` holds the config, the data (`RunData`) and the actors, and where the
+run stands; beside it the phase timer and the run's files written at its start and at each checkpoint.
+
+The config is the run's own: `grpo.model` (the policy's base, also the KL reference), `grpo.run_dir` and
+`grpo.run_id` are read from it, never copied.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chexrl.config import ChexrlConfig
-from chexrl.core.prompts import DEFAULT_PROMPT
 from chexrl.core.samples import XraySample
 from chexrl.run_files import atomic_write_text
 from rollout_worker.router import RolloutRouter
@@ -22,31 +24,34 @@ from trainer.learner_group import LearnerGroup
 from trainer.placement import Placement
 from trainer.sampler import PromptCursor
 
+NamedSamples = tuple[str, list[XraySample]]  # (the set's name in logs and reports, its samples)
+
 
 @dataclass(frozen=True)
-class GRPORun:
-    model_dir: str  # the policy's base: the merged SFT checkpoint (also the KL reference)
-    samples: list[XraySample]  # the RL set
-    run_dir: str
-    run_id: str  # names the run at the evaluator (its nuanced-reward window)
-    prompt_name: str = DEFAULT_PROMPT
-    evaluator_token: str | None = None
-    # (name, samples) of the held-out in-distribution and the out-of-distribution set(s, a list for several
-    # sites): both or neither
-    id_eval: tuple[str, list[XraySample]] | None = None
-    ood_eval: tuple[str, list[XraySample]] | list[tuple[str, list[XraySample]]] | None = None
+class HeldOutSets:
+    """What is evaluated during training (`grpo.eval_steps`): the held-out in-distribution set and one
+    out-of-distribution set per other site. Both or neither, by construction."""
 
-    def __post_init__(self) -> None:
-        # the run-object twin of GRPOConfig's check on grpo.eval_id_data / eval_ood_data (the demo and
-        # tests build runs without a config file)
-        if (self.id_eval is None) != (self.ood_eval is None):
-            raise ValueError("evaluation during training needs both an in- and an out-of-distribution set")
+    id_set: NamedSamples
+    ood_sets: list[NamedSamples]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run's samples: the RL set the prompts are drawn from (by index) and, optionally, the held-out
+    sets evaluated during training."""
+
+    samples: list[XraySample]
+    held_out: HeldOutSets | None = None
 
 
 @dataclass
-class RunParts:
-    """What a run holds besides its config: the actors and clients, and where it stands."""
+class Run:
+    """A started GRPO run: config, data, actors and clients, and where it stands. `start_run`
+    (trainer/loop.py) builds it; every phase of a step takes it."""
 
+    cfg: ChexrlConfig
+    data: RunData
     router: RolloutRouter
     learner: LearnerGroup  # one learner actor, or grpo.learners ranks (trainer/learner_group.py)
     client: EvaluatorClient
@@ -57,6 +62,18 @@ class RunParts:
     # the sample indices the cursor draws (the prefilter's kept images, trainer/prefilter.py); None: all
     pool: list[int] | None = None
     placement: Placement | None = None  # the bundles the actors run in (trainer/placement.py)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.grpo.run_dir)
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.grpo.resolved_run_id
+
+    @property
+    def samples(self) -> list[XraySample]:
+        return self.data.samples
 
     def close(self) -> None:
         self.client.close()
@@ -84,20 +101,17 @@ class PhaseTimer:
         return {f"time/{k}": v for k, v in self.seconds.items()}
 
 
-def write_run_config(cfg: ChexrlConfig, run: GRPORun) -> None:
+def write_run_config(cfg: ChexrlConfig) -> None:
     """`RUN_DIR/config.yaml`: the resolved configuration this run trains with (the report shows it)."""
     import yaml
 
     data = cfg.model_dump(mode="json")
-    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
-    data["grpo"].update(model=run.model_dir, run_dir=run.run_dir, run_id=run.run_id, prompt=run.prompt_name)
-    atomic_write_text(Path(run.run_dir) / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+    data["grpo"]["run_id"] = cfg.grpo.resolved_run_id
+    run_dir = Path(cfg.grpo.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
-def save_run_checkpoint(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int) -> None:
-    meta = {
-        "cursor": parts.cursor.state(),
-        "window": parts.client.get_window(run.run_id),
-        "run_id": run.run_id,
-    }
-    save_checkpoint(Path(run.run_dir) / "checkpoints", step, parts.learner.state(), meta)
+def save_run_checkpoint(run: Run, step: int) -> None:
+    meta = {"cursor": run.cursor.state(), "window": run.client.get_window(run.run_id), "run_id": run.run_id}
+    save_checkpoint(run.run_dir / "checkpoints", step, run.learner.state(), meta)

@@ -90,7 +90,7 @@ def run_chexrl(
 
     from chexrl.core.prompts import DEFAULT_PROMPT
     from services.evaluator.process import EvaluatorProcess
-    from trainer.loop import GRPORun, run_grpo
+    from trainer.loop import RunData, run_grpo
 
     work.mkdir(parents=True, exist_ok=True)
     evaluator = None
@@ -100,7 +100,15 @@ def run_chexrl(
     scratch = tempfile.mkdtemp(prefix="chexrl-bench-step-", dir=_scratch())  # node-local adapter files
     cfg = cfg.model_copy(
         update={
-            "grpo": cfg.grpo.model_copy(update={"evaluator_url": evaluator_url}),
+            "grpo": cfg.grpo.model_copy(
+                update={
+                    "evaluator_url": evaluator_url,
+                    "model": model_dir,
+                    "run_dir": str(work / "chexrl-run"),
+                    "run_id": "bench-step",
+                    "prompt": DEFAULT_PROMPT,
+                }
+            ),
             "rollout": cfg.rollout.model_copy(update={"adapter_dir": scratch}),
         }
     )
@@ -112,10 +120,7 @@ def run_chexrl(
                 num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False, log_to_driver=False
             )
         try:
-            run = GRPORun(
-                model_dir, samples, str(work / "chexrl-run"), run_id="bench-step", prompt_name=DEFAULT_PROMPT
-            )
-            history = run_grpo(cfg, run, progress=False)
+            history = run_grpo(cfg, RunData(samples), progress=False)
         finally:
             if own_ray:
                 ray.shutdown()

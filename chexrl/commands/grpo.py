@@ -39,24 +39,13 @@ def grpo_cmd(
     ),
 ) -> None:
     """GRPO on a LoRA adapter: rollouts through vLLM actors, rewards from the evaluator's /score."""
-    from trainer.loop import GRPORun, run_grpo
+    from trainer.loop import RunData, run_grpo
 
     cfg = _checked_config(config, base_dir, evaluator_url)
     g = cfg.grpo
-    samples = _rl_set(cfg)
-    id_eval, ood_eval = _eval_sets(g)
+    data = RunData(_rl_set(cfg), held_out=_held_out_sets(g))
     connect_ray()
-    run = GRPORun(
-        model_dir=g.model,
-        samples=samples,
-        run_dir=g.run_dir,
-        run_id=g.run_id or Path(g.run_dir).name,
-        prompt_name=g.prompt,
-        evaluator_token=evaluator_token(),
-        id_eval=id_eval,
-        ood_eval=ood_eval,
-    )
-    history = run_grpo(cfg, run, resume=resume)
+    history = run_grpo(cfg, data, resume=resume, evaluator_token=evaluator_token())
     if not history:  # resumed a run whose last checkpoint is already its final step
         typer.echo(f"GRPO: {g.run_dir} already finished all {g.max_steps} steps; nothing to do")
         return
@@ -116,13 +105,14 @@ def _rl_set(cfg) -> list:
     return samples
 
 
-def _eval_sets(g) -> tuple[tuple | None, list[tuple] | None]:
-    """(ID set, [OOD set per site]) for evaluation during training, each (spec, its first eval_limit
-    samples); (None, None) when off (GRPOConfig checks both or neither)."""
+def _held_out_sets(g):
+    """The ID set and the OOD set per site evaluated during training, each (spec, its first eval_limit
+    samples); None when off (GRPOConfig checks both or neither)."""
     from chexrl.data.loaders import load_dataset
+    from trainer.run import HeldOutSets
 
     if not g.eval_id_data:
-        return None, None
+        return None
     named = [("eval_id_data", g.eval_id_data)] + [("eval_ood_data", spec) for spec in g.eval_ood_specs]
     sets = []
     for key, spec in named:
@@ -133,7 +123,7 @@ def _eval_sets(g) -> tuple[tuple | None, list[tuple] | None]:
         if not eval_samples:
             raise typer.BadParameter(f"grpo.{key} {spec!r} has no samples", param_hint="--config")
         sets.append((spec, eval_samples))
-    return sets[0], sets[1:]
+    return HeldOutSets(sets[0], sets[1:])
 
 
 def evaluator_token() -> str | None:

@@ -305,7 +305,7 @@ def sft_stage(ctx: RunContext, resume: bool) -> dict:
 
 def grpo_stage(ctx: RunContext, resume: bool) -> dict:
     """GRPO on the merged SFT checkpoint; resumes from the run's latest checkpoint after a kill."""
-    from trainer.loop import GRPORun, run_grpo
+    from trainer.loop import HeldOutSets, RunData, run_grpo
 
     run_dir = ctx.paths.grpo
     resume = resume and (run_dir / "checkpoints").is_dir()
@@ -317,22 +317,19 @@ def grpo_stage(ctx: RunContext, resume: bool) -> dict:
     url = ctx.services.evaluator_url()
     ctx.services.ray()
     g, merged = ctx.cfg.grpo, str(ctx.paths.sft / "merged")
-    update = {"grpo": g.model_copy(update={"evaluator_url": url})}
+    update = {"grpo": g.model_copy(update={"evaluator_url": url, "model": merged, "run_dir": str(run_dir)})}
     if (
         ctx.cfg.rollout is not None
     ):  # the engine serves the merged SFT checkpoint, whatever rollout.model says
         update["rollout"] = ctx.cfg.rollout.model_copy(update={"model": merged})
     cfg = ctx.cfg.model_copy(update=update)
-    d, during = ctx.recipe.data, bool(g.eval_limit)
-    run = GRPORun(
-        merged,
-        ctx.samples("rl"),
-        str(run_dir),
-        run_id=g.run_id or run_dir.name,
-        id_eval=(f"{d.id_name} (held out)", ctx.samples("id_during")) if during else None,
-        ood_eval=(f"{d.ood_name} (held out)", ctx.samples("ood_during")) if during else None,
-    )
-    history = run_grpo(cfg, run, resume=resume)
+    d, held_out = ctx.recipe.data, None
+    if g.eval_limit:  # evaluation during training on the recipe's held-out ID and OOD sets
+        held_out = HeldOutSets(
+            (f"{d.id_name} (held out)", ctx.samples("id_during")),
+            [(f"{d.ood_name} (held out)", ctx.samples("ood_during"))],
+        )
+    history = run_grpo(cfg, RunData(ctx.samples("rl"), held_out), resume=resume)
     return {"steps_run": len(history), "resumed": resume}
 
 
@@ -373,6 +370,7 @@ def evaluate_checkpoints(ctx: RunContext, test_sets: list, out: Path) -> dict:
     doc, completions = evaluate_models(
         models,
         test_sets,
+        prompts=(cfg.grpo.prompt,),  # the policy's prompt, for all three models alike
         max_tokens=cfg.sampling.max_tokens,
         rollout=rollout,
         margin=cfg.grpo.tradeoff_margin,
