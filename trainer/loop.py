@@ -39,6 +39,7 @@ from trainer.run import (
     PhaseTimer,
     RunParts,
     save_run_checkpoint,
+    write_placement,
     write_run_config,
 )
 from trainer.run_log import RunLog
@@ -106,6 +107,7 @@ def _run_attempt(
             periodic.keep_best_ood(Path(run.run_dir) / "adapter-final", final)
         else:
             save_adapter_dir(final, Path(run.run_dir) / "adapter-final")
+        write_placement(run, parts)  # what each worker serves at the end: the last pushed version
     finally:
         if runlog is not None:
             runlog.close()
@@ -234,6 +236,7 @@ def start_run(cfg: ChexrlConfig, run: GRPORun, *, resume: bool) -> RunParts:
     if parts.start > 0:
         router.push_adapter(parts.learner.export(parts.start), version=parts.start)
     write_run_config(cfg, run)
+    write_placement(run, parts)
     return parts
 
 
@@ -243,7 +246,14 @@ def start_actors(cfg: ChexrlConfig, run: GRPORun) -> tuple[RolloutRouter, Learne
     says otherwise."""
     g, sampling = cfg.grpo, cfg.sampling
     rollout_cfg = rollout_config(cfg, run)
-    placement = reserve(g.layout, rollout_cfg.num_workers, g.learners, timeout_s=g.placement_timeout_s)
+    placement = reserve(
+        g.layout,
+        rollout_cfg.num_workers,
+        g.learners,
+        timeout_s=g.placement_timeout_s,
+        rollout_resource=g.rollout_resource,
+        learner_resource=g.learner_resource,
+    )
     router = None
     try:
         router = RolloutRouter(rollout_cfg, worker_options=placement.worker_options())

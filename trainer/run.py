@@ -5,6 +5,7 @@ stands (`RunParts`), the phase timer, and the run's files written at its start a
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from rollout_worker.router import RolloutRouter
 from services.evaluator.client import EvaluatorClient
 from trainer.checkpoint import save_checkpoint
 from trainer.learner_group import LearnerGroup
-from trainer.placement import Placement
+from trainer.placement import Placement, placement_record
 from trainer.sampler import PromptCursor
 
 
@@ -92,6 +93,23 @@ def write_run_config(cfg: ChexrlConfig, run: GRPORun) -> None:
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     data["grpo"].update(model=run.model_dir, run_dir=run.run_dir, run_id=run.run_id, prompt=run.prompt_name)
     atomic_write_text(Path(run.run_dir) / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+# what placement.json keeps of a rollout worker's info()
+WORKER_PLACEMENT_KEYS = (
+    "node_id", "node_ip", "pid", "weight_sync", "adapter_version", "adapter_scratch", "adapter_path",
+)  # fmt: skip
+
+
+def write_placement(run: GRPORun, parts: RunParts) -> None:
+    """`RUN_DIR/placement.json`: where each rollout worker and learner rank runs (node id and IP, process
+    id, bundle) and, for each worker, the adapter version it serves and the node-local folder it was
+    loaded from. Written when the actors are up and again when the run ends."""
+    workers = [{k: info[k] for k in WORKER_PLACEMENT_KEYS} for info in parts.router.info()]
+    plan = parts.placement.plan if parts.placement is not None else None
+    record = placement_record(plan, workers, parts.learner.nodes())
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run.run_dir) / "placement.json", json.dumps(record, indent=1) + "\n")
 
 
 def save_run_checkpoint(cfg: ChexrlConfig, run: GRPORun, parts: RunParts, step: int) -> None:
