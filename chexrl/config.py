@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from chexrl.core.config import RewardConfig, ScoringClientConfig, StrictModel
-from chexrl.core.layout import layout_problem
+from chexrl.core.layout import layout_problem, resource_name_problem
 from chexrl.core.run_ids import RUN_ID_DESCRIPTION, check_run_id
 
 # Images per generate call when evaluating (each with its pass@k samples), everywhere the CLI, the recipe
@@ -366,6 +366,20 @@ class GRPOConfig(StrictModel):
         "(rollout.num_workers == learners GPUs); split: rollout workers and learner ranks on GPUs of their "
         "own (rollout.num_workers + learners GPUs).",
     )
+    rollout_resource: str | None = Field(
+        None,
+        description="Pin the rollout workers to nodes: a Ray custom resource that every placement bundle "
+        "holding a rollout worker asks one unit of, so Ray places them only on nodes started with it "
+        "(`ray start --resources '{\"chexrl_rollout\": 4}'`). With layout colocated a bundle holds a worker "
+        "and a learner rank and asks for this and learner_resource, each that is set. Ray's own names (CPU, "
+        "GPU, memory, ...) are refused. None: any node.",
+    )
+    learner_resource: str | None = Field(
+        None,
+        description="Pin the learner ranks to nodes: a Ray custom resource that every placement bundle "
+        "holding a learner rank asks one unit of (`ray start --resources '{\"chexrl_learner\": 2}'` on "
+        "the nodes meant for them). Ray's own names are refused. None: any node.",
+    )
     placement_timeout_s: float = Field(
         300.0,
         gt=0,
@@ -395,6 +409,14 @@ class GRPOConfig(StrictModel):
     @classmethod
     def _one_path_is_a_list(cls, value):
         return [value] if isinstance(value, str) else value
+
+    @field_validator("rollout_resource", "learner_resource")
+    @classmethod
+    def _custom_resource_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else resource_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("run_id")
     @classmethod

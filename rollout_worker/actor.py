@@ -18,6 +18,15 @@ from chexrl.models.vllm_env import actor_env
 from rollout_worker.types import RolloutError, RolloutGroup, RolloutPrompt
 
 
+def node_of_this_process() -> dict:
+    """Where the calling Ray worker process runs: its node's id and IP address, and its process id."""
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "pid": os.getpid(),
+    }
+
+
 @ray.remote(num_cpus=0)
 class AdapterRegistry:
     """The latest adapter version and a reference to its weights in Ray's object store."""
@@ -80,8 +89,11 @@ class RolloutWorker:
 
     def info(self) -> dict:
         return {
-            "pid": os.getpid(),
+            **node_of_this_process(),
             "adapter_version": self.engine.adapter_version,
+            # this node's scratch folder and the live adapter's folder in it (None: weight_sync merged)
+            "adapter_scratch": self.engine.adapter_scratch,
+            "adapter_path": self.engine.adapter_path,
             "restored_version": self.restored_version,
             "engine_start_seconds": self.engine.start_seconds,
             "sleep_enabled": self.engine.sleep_enabled,

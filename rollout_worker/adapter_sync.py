@@ -127,6 +127,14 @@ class AdapterSlot:
         self.version = 0
         self.request: LoRARequest | None = None
 
+    @property
+    def folder(self) -> str:
+        return str(self._dir)
+
+    @property
+    def live_path(self) -> str | None:
+        return None if self.request is None else self.request.lora_path
+
     def install(self, adapter: AdapterWeights) -> None:
         """Make `adapter` the live version; returns only once vLLM has loaded it.
 

@@ -119,6 +119,16 @@ class RolloutEngine:
     def adapter_version(self) -> int:
         return self.adapter.version
 
+    @property
+    def adapter_scratch(self) -> str | None:
+        """This engine's folder in the node-local `rollout.adapter_dir` (None: merged weights, no files)."""
+        return getattr(self.adapter, "folder", None)
+
+    @property
+    def adapter_path(self) -> str | None:
+        """The folder vLLM loaded the live adapter version from (None: merged, or none pushed yet)."""
+        return getattr(self.adapter, "live_path", None)
+
     def load_adapter(self, adapter: AdapterWeights) -> int:
         if self.weight_sync == "merged" and self.asleep:
             self.wake_up()  # asleep, the weights are offloaded: a reload must write into the live ones

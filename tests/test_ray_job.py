@@ -1,5 +1,7 @@
 """`ray job submit --working-dir . -- chexrl grpo --config FILE` against a real token-authenticated head,
-as the README writes it; and the private local Ray `chexrl grpo` starts without a cluster."""
+as the README writes it; the same on a two-node cluster (a second node joined on loopback) with the
+rollout worker and the learner ranks pinned to different nodes; and the private local Ray `chexrl grpo`
+starts without a cluster."""
 
 import json
 import os
@@ -55,26 +57,27 @@ def readme_run():
     config.unlink(missing_ok=True)
 
 
-def _readme_config(config: Path, rel: Path, evaluator_url: str) -> None:
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "sampling": {"n": 4, "max_tokens": 16},
-                "grpo": {
-                    "model": str(rel / "sft" / "merged"),
-                    "data": f"mimic:{rel / 'data' / 'mimic'}",
-                    "limit": 8,
-                    "run_dir": str(rel / "grpo"),
-                    "run_id": "ray-job-test",
-                    "evaluator_url": evaluator_url,
-                    "max_steps": 2,
-                    "prompts_per_step": 2,
-                    "save_steps": 1,
-                    "reward": "nuanced",
-                },
-            }
-        )
-    )
+def _readme_config(config: Path, rel: Path, evaluator_url: str, rollout: dict | None = None, **grpo) -> None:
+    """A two-step run's grpo.yaml; `rollout` and `grpo` add to (or replace) its sections' keys."""
+    data = {
+        "sampling": {"n": 4, "max_tokens": 16},
+        "grpo": {
+            "model": str(rel / "sft" / "merged"),
+            "data": f"mimic:{rel / 'data' / 'mimic'}",
+            "limit": 8,
+            "run_dir": str(rel / "grpo"),
+            "run_id": "ray-job-test",
+            "evaluator_url": evaluator_url,
+            "max_steps": 2,
+            "prompts_per_step": 2,
+            "save_steps": 1,
+            "reward": "nuanced",
+            **grpo,
+        },
+    }
+    if rollout is not None:
+        data["rollout"] = rollout
+    config.write_text(yaml.safe_dump(data))
 
 
 def test_readme_recipe_without_base_dir_names_the_missing_path_and_the_fix(ray_head, readme_run):
@@ -123,3 +126,61 @@ def test_readme_recipe_runs_grpo_as_a_ray_job(
     window = httpx.get(f"{evaluator.url}/runs/ray-job-test/window").json()["window"]
     assert len(window) == sum(round(s["reward/valid_fraction"] * 8) for s in steps)
     assert (run_dir / "adapter-final" / "adapter_model.safetensors").exists()
+
+
+@pytest.fixture
+def learner_node(ray_head, tmp_path):
+    """A second node joined to the module's head: 2 CPUs and 2 units of chexrl_learner (the head has the
+    one unit of chexrl_rollout), its own raylet, object store and temp dir on this machine."""
+    node = ray_head.add_node(tmp_path, num_cpus=2, resources={"chexrl_learner": 2})
+    yield node
+    node.stop()
+
+
+def test_pinned_split_layout_runs_the_worker_on_the_head_and_the_ranks_on_the_other_node(
+    ray_head, learner_node, evaluator, tiny_gemma3_dir, synth_mimic_dir, readme_run
+):
+    """grpo.layout split with grpo.rollout_resource / grpo.learner_resource on a two-node cluster: the
+    rollout worker's bundle can only go to the head and the two learner ranks' bundles only to the other
+    node, so the adapter rank 0 exports crosses between nodes by object reference, and the worker writes
+    each version into its own node's adapter scratch (weight_sync lora) before vLLM loads it."""
+    rel, config = readme_run
+    shutil.copytree(tiny_gemma3_dir, REPO / rel / "sft" / "merged")
+    shutil.copytree(synth_mimic_dir, REPO / rel / "data" / "mimic")
+    rollout = {"model": str(rel / "sft" / "merged"), "num_workers": 1, "weight_sync": "lora"}
+    pins = {"rollout_resource": "chexrl_rollout", "learner_resource": "chexrl_learner"}
+    _readme_config(
+        config, rel, evaluator.url, rollout, run_id="two-node-test", layout="split", learners=2, **pins
+    )
+    run_dir = REPO / rel / "grpo"
+    result = ray_head.submit(
+        "--working-dir", ".", "--", "chexrl", "grpo", "--config", config.name, "--base-dir", str(REPO)
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "succeeded" in result.stdout + result.stderr
+    assert [s["step"] for s in read_metrics(run_dir)] == [1, 2]
+    placement = json.loads((run_dir / "placement.json").read_text())  # as the run ended
+    assert placement["bundles"] == [
+        {"CPU": 1, "chexrl_rollout": 1},
+        {"CPU": 1, "chexrl_learner": 1},
+        {"CPU": 1, "chexrl_learner": 1},
+    ]
+    (worker,) = [a for a in placement["actors"] if a["role"] == "rollout_worker"]
+    ranks = [a for a in placement["actors"] if a["role"] == "learner_rank"]
+    assert worker["node_id"] == ray_head.node_id != learner_node.node_id
+    assert [(r["index"], r["node_id"]) for r in ranks] == [
+        (0, learner_node.node_id),
+        (1, learner_node.node_id),
+    ]
+    assert len({r["pid"] for r in ranks}) == 2
+    # the last push reached the worker: it served v2 from its own folder in its node's /dev/shm scratch,
+    # and removed that folder when the run closed it
+    scratch = Path(worker["adapter_scratch"])
+    assert worker["weight_sync"] == "lora" and worker["adapter_version"] == 2
+    assert scratch.parent == Path("/dev/shm/chexrl-adapters") and scratch.name.startswith(
+        f"worker-{worker['pid']}-"
+    )
+    assert worker["adapter_path"] == str(scratch / "v2") and not scratch.exists()
+    # over Ray's 100 KiB inline limit (266 kB): each export lies in the learner node's object store and
+    # the worker's node pulls it from there, not from a copy inlined through the driver
+    assert (run_dir / "adapter-final" / "adapter_model.safetensors").stat().st_size > 100 * 1024

@@ -32,6 +32,85 @@ def test_cpu_cluster_asks_for_no_gpu():
     assert plan.gpus == 0 and all(s.num_gpus == 0 for s in plan.workers + plan.learners)
 
 
+PINS = {"rollout_resource": "chexrl_rollout", "learner_resource": "chexrl_learner"}
+
+
+def test_split_bundles_ask_for_the_custom_resource_of_the_actor_they_hold():
+    plan = plan_layout("split", 1, 2, gpus=True, **PINS)
+    assert plan.bundles == [
+        {"CPU": 1, "GPU": 1, "chexrl_rollout": 1},
+        {"CPU": 1, "GPU": 1, "chexrl_learner": 1},
+        {"CPU": 1, "GPU": 1, "chexrl_learner": 1},
+    ]
+    assert plan.custom_resources == ["chexrl_rollout", "chexrl_learner"]
+    only_learners = plan_layout("split", 1, 1, gpus=False, learner_resource="chexrl_learner")
+    assert only_learners.bundles == [{"CPU": 1}, {"CPU": 1, "chexrl_learner": 1}]
+
+
+def test_colocated_bundles_ask_for_both_resources_one_unit_per_actor():
+    assert (
+        plan_layout("colocated", 2, 2, gpus=True, **PINS).bundles
+        == [{"CPU": 2, "GPU": 1, "chexrl_rollout": 1, "chexrl_learner": 1}] * 2
+    )
+    # one name for both roles: the bundle holds two actors that each ask one unit
+    same = plan_layout(
+        "colocated", 1, 1, gpus=False, rollout_resource="gpu_node", learner_resource="gpu_node"
+    )
+    assert same.bundles == [{"CPU": 2, "gpu_node": 2}]
+    assert plan_layout("colocated", 1, 1, gpus=False).custom_resources == []
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("GPU", "Ray's own"),
+        ("cpu", "Ray's own"),
+        ("object_store_memory", "Ray's own"),
+        ("CPU_group_0_abc", "Ray's own"),
+        ("node:127.0.0.1", "not a custom resource name"),
+        ("", "not a custom resource name"),
+        ("chexrl rollout", "not a custom resource name"),
+    ],
+)
+def test_ray_resource_names_cannot_pin_actors(name, why):
+    with pytest.raises(ValueError, match=rf"grpo.learner_resource[\s\S]*{why}"):
+        ChexrlConfig.model_validate({"grpo": {"learner_resource": name}})
+
+
+def test_custom_resource_names_load():
+    cfg = ChexrlConfig.model_validate({"grpo": {"layout": "split", **PINS}})
+    assert (cfg.grpo.rollout_resource, cfg.grpo.learner_resource) == ("chexrl_rollout", "chexrl_learner")
+    assert ChexrlConfig().grpo.rollout_resource is None
+
+
+def test_a_cluster_without_the_custom_resource_is_told_how_to_start_its_nodes():
+    from trainer.placement import _describe, _shortfall
+
+    plan = plan_layout("split", 1, 2, gpus=False, **PINS)
+    short = _shortfall(plan, {"CPU": 8.0, "chexrl_rollout": 1.0})
+    assert "need 2 of the custom resource 'chexrl_learner' in all; the cluster's nodes have 0" in short
+    assert """ray start --resources '{"chexrl_learner": 2}'""" in short
+    assert _shortfall(plan, {"CPU": 8.0, "chexrl_rollout": 1.0, "chexrl_learner": 2.0}) is None
+    assert _describe(plan).endswith(
+        "1 bundle(s) of {CPU: 1, chexrl_rollout: 1} and 2 bundle(s) of {CPU: 1, chexrl_learner: 1}"
+    )
+
+
+def test_placement_record_names_each_actor_role_index_and_bundle():
+    from trainer.placement import placement_record
+
+    plan = plan_layout("split", 1, 2, gpus=False, **PINS)
+    where = [{"node_id": f"n{i}", "node_ip": "127.0.0.1", "pid": i} for i in range(3)]
+    record = placement_record(plan, where[:1], where[1:])
+    assert record["layout"] == "split" and record["bundles"] == plan.bundles
+    assert [(a["role"], a["index"], a["bundle"], a["node_id"]) for a in record["actors"]] == [
+        ("rollout_worker", 0, 0, "n0"),
+        ("learner_rank", 0, 1, "n1"),
+        ("learner_rank", 1, 2, "n2"),
+    ]
+    assert placement_record(None, where[:1], where[1:2])["actors"][1]["bundle"] is None
+
+
 def test_two_workers_beside_one_learner_on_one_gpu_are_refused_at_config_time():
     """Half a GPU each for two engines left no room for the learner: its step waited forever. Now the
     config names the layouts that work instead."""

@@ -34,6 +34,12 @@ class LearnerRank(GRPOLearner):
 
         return free_address()
 
+    def node(self) -> dict:
+        """Where this rank runs (RUN_DIR/placement.json)."""
+        from rollout_worker.actor import node_of_this_process
+
+        return node_of_this_process()
+
 
 class LearnerGroup:
     """One blocking verb per phase (`ray.get` only here); `export` returns an object reference."""
@@ -98,6 +104,10 @@ class LearnerGroup:
     def weights(self, adapter: ray.ObjectRef) -> AdapterWeights:
         """The exported adapter's weights in the driver, for what writes them to disk."""
         return ray.get(adapter)
+
+    def nodes(self) -> list[dict]:
+        """Each rank's node id, node IP and process id, in rank order."""
+        return self._call([a.node.remote() for a in self.actors], "node")
 
     def state(self) -> dict:
         return self._call([self.actors[0].state.remote()], "state")[0]

@@ -26,7 +26,7 @@ from trainer.filtering import StepBatch, collect_groups
 from trainer.learner_group import LearnerRankError
 from trainer.periodic_eval import log_eval, periodic_evaluator
 from trainer.records import CompletionRecord, Group, records_of, reward_metrics, set_scores
-from trainer.run import HeldOutSets, PhaseTimer, Run, RunData, save_run_checkpoint
+from trainer.run import HeldOutSets, PhaseTimer, Run, RunData, save_run_checkpoint, write_placement
 from trainer.run_log import RunLog
 from trainer.start import start_run
 
@@ -102,6 +102,7 @@ def _run_attempt(
             periodic.keep_best_ood(run.run_dir / "adapter-final", final)
         else:
             save_adapter_dir(final, run.run_dir / "adapter-final")
+        write_placement(run)  # what each worker serves at the end: the last pushed version
     finally:
         if runlog is not None:
             runlog.close()

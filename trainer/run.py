@@ -8,6 +8,7 @@ The config is the run's own: `grpo.model` (the policy's base, also the KL refere
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from rollout_worker.router import RolloutRouter
 from services.evaluator.client import EvaluatorClient
 from trainer.checkpoint import save_checkpoint
 from trainer.learner_group import LearnerGroup
-from trainer.placement import Placement
+from trainer.placement import Placement, placement_record
 from trainer.sampler import PromptCursor
 
 NamedSamples = tuple[str, list[XraySample]]  # (the set's name in logs and reports, its samples)
@@ -110,6 +111,23 @@ def write_run_config(cfg: ChexrlConfig) -> None:
     run_dir = Path(cfg.grpo.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+# what placement.json keeps of a rollout worker's info()
+WORKER_PLACEMENT_KEYS = (
+    "node_id", "node_ip", "pid", "weight_sync", "adapter_version", "adapter_scratch", "adapter_path",
+)  # fmt: skip
+
+
+def write_placement(run: Run) -> None:
+    """`RUN_DIR/placement.json`: where each rollout worker and learner rank runs (node id and IP, process
+    id, bundle) and, for each worker, the adapter version it serves and the node-local folder it was
+    loaded from. Written when the actors are up and again when the run ends."""
+    workers = [{k: info[k] for k in WORKER_PLACEMENT_KEYS} for info in run.router.info()]
+    plan = run.placement.plan if run.placement is not None else None
+    record = placement_record(plan, workers, run.learner.nodes())
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.run_dir / "placement.json", json.dumps(record, indent=1) + "\n")
 
 
 def save_run_checkpoint(run: Run, step: int) -> None:

@@ -15,7 +15,7 @@ from trainer.checkpoint import load_latest
 from trainer.learner_group import LearnerGroup
 from trainer.placement import Placement, reserve
 from trainer.prefilter import prefilter_pool
-from trainer.run import Run, RunData, write_run_config
+from trainer.run import Run, RunData, write_placement, write_run_config
 from trainer.sampler import PromptCursor
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def start_run(cfg: ChexrlConfig, data: RunData, *, resume: bool, evaluator_token
     if run.start > 0:
         router.push_adapter(run.learner.export(run.start), version=run.start)
     write_run_config(cfg)
+    write_placement(run)
     return run
 
 
@@ -63,7 +64,14 @@ def start_actors(cfg: ChexrlConfig) -> tuple[RolloutRouter, LearnerGroup, Placem
     says otherwise."""
     g, sampling = cfg.grpo, cfg.sampling
     rollout_cfg = rollout_config(cfg)
-    placement = reserve(g.layout, rollout_cfg.num_workers, g.learners, timeout_s=g.placement_timeout_s)
+    placement = reserve(
+        g.layout,
+        rollout_cfg.num_workers,
+        g.learners,
+        timeout_s=g.placement_timeout_s,
+        rollout_resource=g.rollout_resource,
+        learner_resource=g.learner_resource,
+    )
     router = None
     try:
         router = RolloutRouter(rollout_cfg, worker_options=placement.worker_options())
