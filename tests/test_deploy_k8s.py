@@ -14,6 +14,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from tests.test_deploy_files import REPO, read_env_file, variables
 
@@ -21,6 +22,12 @@ K8S = REPO / "k8s"
 K8S_VERSION = "1.35.0"  # the k8s.io/api the vendored CRD's pod templates were generated from
 CRD = K8S / "schemas" / "ray.io_rayclusters.v1.yaml"
 K8S_DEFS = "https://kubernetes.io/api/_definitions.json"
+RAYCLUSTER_SCHEMA = "urn:chexrl:schemas:ray.io_rayclusters.v1"  # the converted RayCluster CRD, by this name
+# what each marker of the vendored CRDs stands for (k8s/schemas/README.md)
+ELIDED = {
+    "io.k8s.api.core.v1.PodTemplateSpec": f"{K8S_DEFS}#/$defs/io.k8s.api.core.v1.PodTemplateSpec",
+    "io.ray.v1.RayClusterSpec": f"{RAYCLUSTER_SCHEMA}#/properties/spec",
+}
 MANIFESTS = [
     "configmap.yaml",
     "storage.yaml",
@@ -78,8 +85,8 @@ def _convert(node: dict) -> dict:
     validation: an object with `properties` and no `additionalProperties` (nor
     x-kubernetes-preserve-unknown-fields) rejects unknown fields. CEL rules (x-kubernetes-validations) are
     not evaluated."""
-    if "x-chexrl-elided" in node:  # see the vendored file's header: Kubernetes' own schema instead
-        return {"$ref": f"{K8S_DEFS}#/$defs/{node['x-chexrl-elided']}"}
+    if "x-chexrl-elided" in node:  # see the vendored file's header: the schema it stands for instead
+        return {"$ref": ELIDED[node["x-chexrl-elided"]]}
     out = {k: v for k, v in node.items() if not k.startswith("x-") and k not in ("nullable", "default")}
     if node.get("nullable") and "type" in node:
         out["type"] = [node["type"], "null"]
@@ -101,9 +108,10 @@ def _convert(node: dict) -> dict:
     return out
 
 
-def raycluster_validator() -> jsonschema.Draft202012Validator:
-    crd = next(d for d in yaml.safe_load_all(CRD.read_text()) if d)
-    assert crd["kind"] == "CustomResourceDefinition" and crd["metadata"]["name"] == "rayclusters.ray.io"
+def crd_schema(path: Path, name: str) -> dict:
+    """The ray.io/v1 schema of a vendored CRD as a JSON schema of the whole object."""
+    crd = next(d for d in yaml.safe_load_all(path.read_text()) if d)
+    assert crd["kind"] == "CustomResourceDefinition" and crd["metadata"]["name"] == name
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = _convert(version["schema"]["openAPIV3Schema"])
     # the API server validates every object's metadata as ObjectMeta
@@ -113,14 +121,30 @@ def raycluster_validator() -> jsonschema.Draft202012Validator:
     schema["properties"]["apiVersion"] = {"const": f"{crd['spec']['group']}/v1"}
     schema["properties"]["kind"] = {"const": crd["spec"]["names"]["kind"]}
     schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
-    registry = Resource.from_contents(_k8s_definitions()) @ Registry()
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    return schema
+
+
+def crd_validator(path: Path, name: str) -> jsonschema.Draft202012Validator:
+    """A validator of one vendored CRD; the schemas its markers stand for resolve through the registry."""
+    registry = Registry().with_resources(
+        [
+            (K8S_DEFS, Resource.from_contents(_k8s_definitions())),
+            (RAYCLUSTER_SCHEMA, DRAFT202012.create_resource(crd_schema(CRD, "rayclusters.ray.io"))),
+        ]
+    )
+    return jsonschema.Draft202012Validator(crd_schema(path, name), registry=registry)
+
+
+def raycluster_validator() -> jsonschema.Draft202012Validator:
+    return crd_validator(CRD, "rayclusters.ray.io")
+
+
+def schema_errors(validator: jsonschema.Draft202012Validator, doc: dict) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
 def raycluster_errors(doc: dict) -> list[str]:
-    return [
-        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in raycluster_validator().iter_errors(doc)
-    ]
+    return schema_errors(raycluster_validator(), doc)
 
 
 def core_errors(doc: dict) -> str | None:
@@ -398,7 +422,9 @@ def _peer_matches(peer: dict, ns_labels: dict, pod_labels: dict) -> bool:
     return ns_ok and _matches(peer.get("podSelector", {}), pod_labels)
 
 
-def _direction_allows(direction: str, own: tuple, peer: tuple, port: int, protocol: str) -> bool:
+def _direction_allows(
+    direction: str, own: tuple, peer: tuple, port: int, protocol: str, policies: list[dict]
+) -> bool:
     """Kubernetes' rule: a pod no policy selects for `direction` is open; a selected one admits what any
     rule of any selecting policy admits (peers and ports ANDed within a rule, rules ORed)."""
     key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
@@ -406,7 +432,7 @@ def _direction_allows(direction: str, own: tuple, peer: tuple, port: int, protoc
         return True  # other namespaces have no policy of ours
     selecting = [
         p["spec"]
-        for p in by_kind("NetworkPolicy")
+        for p in policies
         if direction in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], own[1])
     ]
     if not selecting:
@@ -423,9 +449,13 @@ def _direction_allows(direction: str, own: tuple, peer: tuple, port: int, protoc
     return False
 
 
-def allowed(src: tuple, dst: tuple, port: int, protocol: str = "TCP") -> bool:
-    return _direction_allows("Egress", src, dst, port, protocol) and _direction_allows(
-        "Ingress", dst, src, port, protocol
+def allowed(
+    src: tuple, dst: tuple, port: int, protocol: str = "TCP", policies: list[dict] | None = None
+) -> bool:
+    """Whether `src` reaches `dst` under `policies` (default: those of k8s/networkpolicy.yaml)."""
+    policies = by_kind("NetworkPolicy") if policies is None else policies
+    return _direction_allows("Egress", src, dst, port, protocol, policies) and _direction_allows(
+        "Ingress", dst, src, port, protocol, policies
     )
 
 
