@@ -98,7 +98,8 @@ def test_plan_learner_estimate_within_25_percent_of_bench_learner(tmp_path_facto
     work = tmp_path_factory.mktemp("bench-learner")
     out = work / "learner.json"
     args = ["bench", "learner", "--json", str(out), "--work-dir", str(work), "--prompts", "1", "--n", "2"]
-    args += ["--completion-tokens", "256", "--micro-batch", "2"]  # 512 tokens: chunking shows
+    # 2 x 128 completion tokens in 32-token chunks: chunking shows at half the lm-head work of 256
+    args += ["--completion-tokens", "128", "--micro-batch", "2", "--chunk-tokens", "32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     figures = json.loads(out.read_text())
@@ -115,13 +116,13 @@ def test_plan_learner_estimate_within_25_percent_of_bench_learner(tmp_path_facto
         prompts=1,
         n=2,
         image_tokens=image,
-        completion_tokens=256,
+        completion_tokens=128,
         micro_batch=2,
-        prompt_tokens=chunked["sequence_tokens"] // 2 - image - 256,
+        prompt_tokens=chunked["sequence_tokens"] // 2 - image - 128,
     )
     # the CPU learner computes in fp32 (trainer.grpo: the CPU's bf16 backward is ~200x slower)
     assert chunked["dtype"] == full["dtype"] == "float32"
-    cpu = PlanSettings(device="cpu", weight_bytes=4)
+    cpu = PlanSettings(device="cpu", weight_bytes=4, logprob_chunk_tokens=32)
     predicted = plan(shape, step, cpu)["learner_peak"]
     measured = chunked["peak_rss_bytes"] - chunked["rss_start_bytes"]
     assert predicted == pytest.approx(measured, rel=0.25), (predicted / GIB, measured / GIB)
