@@ -49,7 +49,7 @@ class RunData:
 @dataclass
 class Run:
     """A started GRPO run: config, data, actors and clients, and where it stands. `start_run`
-    (trainer/loop.py) builds it; every phase of a step takes it."""
+    (trainer/start.py) builds it; every phase of a step takes it."""
 
     cfg: ChexrlConfig
     data: RunData
@@ -125,8 +125,7 @@ def write_placement(run: Run) -> None:
     loaded from. Written when the actors are up and again when the run ends."""
     workers = [{k: info[k] for k in WORKER_PLACEMENT_KEYS} for info in run.router.info()]
     plan = run.placement.plan if run.placement is not None else None
-    record = placement_record(plan, workers, run.learner.nodes())
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+    record = placement_record(plan, workers, run.learner.nodes())  # run_dir exists: write_run_config made it
     atomic_write_text(run.run_dir / "placement.json", json.dumps(record, indent=1) + "\n")
 
 
