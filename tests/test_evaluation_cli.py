@@ -65,6 +65,9 @@ class SharedEngine:
     def wake_up(self) -> None:
         self.router.wake_up()
 
+    def info(self) -> list[dict]:  # placement.json records where each worker runs
+        return self.router.info()
+
     @property
     def version(self) -> int:
         return self.router.version

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 def start_run(cfg: ChexrlConfig, data: RunData, *, resume: bool, evaluator_token: str | None = None) -> Run:
     """Start the rollout workers and the learner, restore the latest checkpoint when resuming, and write
-    the run's resolved config. The engine serves the learner's base unless `rollout.model` says otherwise."""
+    the run's resolved config. The engine serves the learner's base unless `rollout.model` says otherwise.
+    Whatever fails after the actors are up (the prefilter keeps nothing, a checkpoint will not load, the
+    evaluator is unreachable) ends them and frees their bundles before it propagates."""
     g = cfg.grpo
     router, learner, placement = start_actors(cfg)
     run = Run(
@@ -37,8 +39,19 @@ def start_run(cfg: ChexrlConfig, data: RunData, *, resume: bool, evaluator_token
         images=[image_bytes(s.image_path) for s in data.samples],
         placement=placement,
     )
+    try:
+        _prepare(run, resume)
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+def _prepare(run: Run, resume: bool) -> None:
+    """Prefilter, restore or reset, serve the resumed adapter, and write config.yaml and placement.json."""
+    g = run.cfg.grpo
     if g.prefilter is not None:  # before step 0, with the starting policy: the cursor runs over the kept
-        run.pool = _prefiltered(run, resume)
+        run.pool = prefilter_pool(run, resume=resume)
         run.cursor = PromptCursor(len(run.pool), seed=g.seed)
     # the newest checkpoint that verifies and loads as data (an older one when the latest is corrupt)
     latest = load_latest(run.run_dir / "checkpoints") if resume else None
@@ -52,10 +65,9 @@ def start_run(cfg: ChexrlConfig, data: RunData, *, resume: bool, evaluator_token
     else:  # a fresh start: forget whatever an earlier run of the same name left at the evaluator
         run.client.reset_run(run.run_id)
     if run.start > 0:
-        router.push_adapter(run.learner.export(run.start), version=run.start)
-    write_run_config(cfg)
+        run.router.push_adapter(run.learner.export(run.start), version=run.start)
+    write_run_config(run.cfg)
     write_placement(run)
-    return run
 
 
 def start_actors(cfg: ChexrlConfig) -> tuple[RolloutRouter, LearnerGroup, Placement]:
@@ -97,11 +109,3 @@ def rollout_config(cfg: ChexrlConfig) -> RolloutConfig:
     if cfg.grpo.layout == "split" and rollout_cfg.sleep_between_phases is None:
         rollout_cfg = rollout_cfg.model_copy(update={"sleep_between_phases": False})
     return rollout_cfg
-
-
-def _prefiltered(run: Run, resume: bool) -> list[int]:
-    try:
-        return prefilter_pool(run, resume=resume)
-    except BaseException:  # none kept, a stale prefilter.jsonl, a dead worker: do not leave the actors up
-        run.close()
-        raise
