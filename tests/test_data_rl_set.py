@@ -107,6 +107,7 @@ def test_grpo_command_draws_its_rl_set(cx, split, tmp_path, monkeypatch):
     monkeypatch.setattr(ray, "init", lambda *a, **k: None)
     # no Ray here, and none of the local-Ray set-up (environment, auth config) leaks into other tests
     monkeypatch.setattr(grpo_command, "connect_ray", lambda *a, **k: None, raising=False)
+    monkeypatch.setattr(grpo_command, "check_evaluator", lambda *a, **k: None)  # no evaluator here
 
     def run_grpo(cfg, data, resume=False, evaluator_token=None):
         seen["samples"] = data.samples

@@ -44,8 +44,10 @@ def grpo_cmd(
     cfg = _checked_config(config, base_dir, evaluator_url)
     g = cfg.grpo
     data = RunData(_rl_set(cfg), held_out=_held_out_sets(g))
+    token = evaluator_token()
+    check_evaluator(cfg, token)
     connect_ray()
-    history = run_grpo(cfg, data, resume=resume, evaluator_token=evaluator_token())
+    history = run_grpo(cfg, data, resume=resume, evaluator_token=token)
     if not history:  # resumed a run whose last checkpoint is already its final step
         typer.echo(f"GRPO: {g.run_dir} already finished all {g.max_steps} steps; nothing to do")
         return
@@ -134,6 +136,28 @@ def evaluator_token() -> str | None:
         return read_token(os.environ)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=TOKEN_FILE_ENV) from exc
+
+
+def check_evaluator(cfg, token: str | None) -> None:
+    """Before any actor starts: the evaluator answers at grpo.evaluator_url and takes the run's token (an
+    authenticated, read-only GET of the run's window), within the client's usual retries. A missing
+    evaluator would otherwise be found only after the engines have loaded."""
+    from services.evaluator.client import EvaluatorClient, ScoringError
+
+    g = cfg.grpo
+    client = EvaluatorClient(g.evaluator_url, token=token, **g.scoring_client.model_dump())
+    try:
+        client.get_window(g.resolved_run_id)
+    except ScoringError as exc:
+        raise typer.BadParameter(
+            f"no usable evaluator at {g.evaluator_url}: {exc}. Start one first (`chexrl serve-evaluator "
+            "--port 8000 --state-dir runs/evaluator-state`) or point --evaluator-url at a running one; a 401 "
+            "means CHEXRL_EVALUATOR_TOKEN (or CHEXRL_EVALUATOR_TOKEN_FILE) does not hold its token. "
+            "`chexrl run` starts its own evaluator.",
+            param_hint="--evaluator-url / grpo.evaluator_url",
+        ) from exc
+    finally:
+        client.close()
 
 
 def connect_ray() -> None:
