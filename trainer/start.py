@@ -27,6 +27,7 @@ def start_run(cfg: ChexrlConfig, data: RunData, *, resume: bool, evaluator_token
     Whatever fails after the actors are up (the prefilter keeps nothing, a checkpoint will not load, the
     evaluator is unreachable) ends them and frees their bundles before it propagates."""
     g = cfg.grpo
+    images = [image_bytes(s.image_path) for s in data.samples]  # an unreadable image fails before any actor
     router, learner, placement = start_actors(cfg)
     run = Run(
         cfg,
@@ -36,7 +37,7 @@ def start_run(cfg: ChexrlConfig, data: RunData, *, resume: bool, evaluator_token
         client=EvaluatorClient(g.evaluator_url, token=evaluator_token, **g.scoring_client.model_dump()),
         cursor=PromptCursor(len(data.samples), seed=g.seed),
         messages=build_messages(g.prompt),
-        images=[image_bytes(s.image_path) for s in data.samples],
+        images=images,
         placement=placement,
     )
     try:
