@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from chexrl.core.grpo import token_entropy
-from chexrl.core.logprobs import chunked_token_entropy, chunked_token_logprobs
+from chexrl.core.logprobs import chunked_token_logprobs
 from chexrl.models.attention_masks import with_prebuilt_masks
 from chexrl.traces.render import render_prompt, render_training_text
 
@@ -285,23 +285,19 @@ def completion_logprobs(
     if chunk_tokens is None:
         return _full_logprobs(model, batch, temperature, entropy, model_logprobs)
     hidden, targets, mask, weight = completion_hidden_states(model, batch)
+    extras = entropy or model_logprobs  # both come from the log-probs' own projection, at no extra cost
     flat = chunked_token_logprobs(
-        hidden, weight, targets[mask], temperature=temperature, chunk_tokens=chunk_tokens
+        hidden, weight, targets[mask], temperature=temperature, chunk_tokens=chunk_tokens, extras=extras
     )
 
     def unflatten(values: torch.Tensor) -> torch.Tensor:  # (n,) real tokens -> (B, Tc), zero where masked
         return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
-    out = [unflatten(flat), mask]
+    out = [unflatten(flat.logp), mask]
     if entropy:
-        ent = chunked_token_entropy(
-            hidden.detach(), weight, temperature=temperature, chunk_tokens=chunk_tokens
-        )
-        out.append(unflatten(ent))
+        out.append(unflatten(flat.entropy))
     if model_logprobs:
-        with torch.no_grad():
-            raw = chunked_token_logprobs(hidden.detach(), weight, targets[mask], chunk_tokens=chunk_tokens)
-        out.append(unflatten(raw))
+        out.append(unflatten(flat.model_logp))
     return tuple(out)
 
 

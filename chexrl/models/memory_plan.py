@@ -36,11 +36,15 @@ ENGINE_SAMPLER_BYTES_PER_LOGIT = 26
 VLLM_MAX_NUM_SEQS = 1024  # vLLM 0.32's default for the LLM class on a GPU of 70 GiB or more
 VLLM_MAX_NUM_BATCHED_TOKENS = 16384  # the same, tokens per forward
 QWEN_DEFAULT_PIXELS = (3136, 12845056)  # Qwen2.5-VL-3B's published processor: min_pixels, max_pixels
-# Bytes per (token x vocabulary) element of one pass of the log-prob computation, counted from its ops:
-# bf16 logits (2), fp32 logits / T kept for the backward (4), exp inside logsumexp (4), the softmax of
-# the backward (4), the fp32 gradient of the logits (4), its bf16 cast into the LM head's backward (2).
-# The full path also keeps the model's bf16 (B, T, V) logits and their gathered copy (2 + 2).
-LOGITS_BYTES_CHUNKED = 20
+# Bytes per (token x vocabulary) element of the log-prob computation, counted from its ops.
+# Chunked (chexrl.core.logprobs, one chunk at a time, in place where it can): the forward's bf16
+# projection (2) while its fp32 copy is made (4), then that copy and one fp32 temporary (logsumexp's exp,
+# the entropy's softmax): 8; the backward's fp32 gradient of the logits (4) and its bf16 cast (2): 6.
+# Full (one autograd graph over the batch): bf16 logits (2), fp32 logits / T kept for the backward (4),
+# exp inside logsumexp (4), the softmax of the backward (4), the fp32 gradient of the logits (4), its
+# bf16 cast into the LM head's backward (2), and the model's bf16 (B, T, V) logits and their gathered
+# copy (2 + 2).
+LOGITS_BYTES_CHUNKED = 8
 LOGITS_BYTES_FULL = 24
 
 
