@@ -57,8 +57,11 @@ uv_install() {
     local cert sources
     cert=${PIP_CERT:-$("$VENV/bin/python" -m pip config get global.cert 2>/dev/null || true)}
     mapfile -t sources < <(uv_sources)
+    # --compile-bytecode: like pip, write every module's .pyc now; where PYTHONDONTWRITEBYTECODE is set,
+    # nothing else would, and every process would compile torch and vLLM's sources again on import.
     SSL_CERT_FILE=${SSL_CERT_FILE:-$cert} UV_CACHE_DIR="$UV_HOME/cache" "$UV_HOME/bin/uv" pip install \
-        --quiet --python "$VENV/bin/python" --index-strategy unsafe-best-match "${sources[@]}" "$@"
+        --quiet --compile-bytecode --python "$VENV/bin/python" --index-strategy unsafe-best-match \
+        "${sources[@]}" "$@"
 }
 if [ "$STACK" = cpu ] && pip_install --target "$UV_HOME" "uv==$UV_VERSION" && [ -x "$UV_HOME/bin/uv" ]; then
     PIP=uv_install

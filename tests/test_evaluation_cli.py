@@ -191,6 +191,46 @@ def test_evaluate_models_side_by_side(
     assert str(out / "results.json") in result.output
 
 
+def test_an_earlier_evaluation_plus_one_model_equals_one_evaluation_of_all(
+    engine, tiny_gemma3_dir, synth_chexpert_dir, synth_nih_shift_dir, tmp_path
+):
+    """What the recipe does: base and SFT before GRPO, then GRPO put beside them. The results and the
+    completions equal those of one call on all three, intervals included; a different test set is refused."""
+    from chexrl.data.loaders import load_dataset
+    from chexrl.evaluation.runner import ModelSpec, TestSet, evaluate_models, read_completions, write_results
+    from chexrl.models.adapter_io import save_adapter_dir
+
+    model = str(tiny_gemma3_dir)
+    adapters = [save_adapter_dir(make_adapter(model, 1, seed=s), tmp_path / f"a{s}") for s in (3, 4)]
+    base, sft = ModelSpec("base", model), ModelSpec("sft", model, adapter=str(adapters[0]), parent="base")
+    grpo = ModelSpec("grpo", model, adapter=str(adapters[1]), parent="sft")
+    sets = [
+        TestSet(
+            "cx", f"chexpert:{synth_chexpert_dir}", tuple(load_dataset(f"chexpert:{synth_chexpert_dir}")[:3])
+        ),
+        TestSet("nih", f"nih:{synth_nih_shift_dir}", tuple(load_dataset(f"nih:{synth_nih_shift_dir}")[:3])),
+    ]
+    settings = {"max_tokens": 16, "margin": 0.01, "samples": 2, "log": lambda line: None}
+    whole, whole_rows = evaluate_models([base, sft, grpo], sets, **settings)
+    first, first_rows = evaluate_models([base, sft], sets, **settings)
+    write_results(first, tmp_path / "first", first_rows)
+    earlier = (
+        json.loads((tmp_path / "first" / "results.json").read_text()),
+        read_completions(tmp_path / "first"),
+    )
+    merged, merged_rows = evaluate_models([grpo], sets, **settings, earlier=earlier)
+
+    def without_times(doc: dict) -> dict:
+        return {k: v for k, v in doc.items() if k != "seconds"}
+
+    assert without_times(merged) == without_times(whole) and set(merged["seconds"]) == {"base", "sft", "grpo"}
+    assert sorted(map(json.dumps, merged_rows)) == sorted(map(json.dumps, whole_rows))
+    with pytest.raises(ValueError, match="evaluate every model again"):
+        evaluate_models([grpo], sets[:1], **settings, earlier=earlier)
+    with pytest.raises(ValueError, match="parent 'sft' is not one of the models"):
+        evaluate_models([grpo], sets, **settings)
+
+
 def test_prompt_ablation_with_sampling(engine, tiny_gemma3_dir, synth_chexpert_dir, evaluator, tmp_path):
     out = tmp_path / "ablation"
     args = ["evaluate", "--model", f"tiny={tiny_gemma3_dir}", "--data", f"cx=chexpert:{synth_chexpert_dir}"]

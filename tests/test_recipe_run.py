@@ -1,7 +1,8 @@
 """`chexrl run` end to end on synthetic data in the three real layouts (MIMIC-CXR-JPG, CheXpert, NIH),
 through the real vLLM engine, Ray and the evaluator, for both model families; a rerun with every stage up
-to date; a SIGKILL during GRPO, then a rerun that skips the finished stages, resumes GRPO from its
-checkpoint and ends with the uninterrupted run's figures. Sizes are the smallest that exercise each stage."""
+to date; a SIGKILL during GRPO, then a rerun that skips the finished stages (base and SFT's evaluation
+among them), resumes GRPO from its checkpoint and ends with the uninterrupted run's figures. Sizes are the
+smallest that exercise each stage."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def gemma_run(tmp_path_factory):
     return run_recipe(root, demo_path_config(), command="demo")
 
 
-RECIPE = ("data", "traces", "sft", "grpo", "evaluate", "report")
+RECIPE = ("data", "traces", "sft", "evaluate_sft", "grpo", "evaluate", "report")
 DEMO_ONLY = ("tiny_model", "synth_data", "pretrain")
 
 
@@ -121,6 +122,9 @@ def check_finished_run(out: Path, stdout: str, stages: tuple[str, ...], ood: str
     patients = [{json.loads(line)["patient_id"] for line in lines} for lines in samples.values()]
     assert not patients[0] & patients[1]  # the SFT and RL draws share no patient
     assert (out / "grpo" / "report" / "report.html").is_file() and "| base |" in stdout
+    sft_results = json.loads((out / "sft-evaluation" / "results.json").read_text())
+    assert [m["name"] for m in sft_results["models"]] == ["base", "sft"]  # before GRPO, GRPO's baseline
+    assert sft_results["entries"] == results["entries"][: len(sft_results["entries"])]
     assert not list(out.rglob("*.partial"))  # every atomic output was renamed into place
     return summary
 
@@ -187,7 +191,13 @@ def test_sigkill_during_grpo_then_rerun_resumes_to_the_same_figures(gemma_run):
     assert not (out / ".chexrl" / "evaluate.json").exists()  # what came after GRPO is out of date
     rerun = chexrl_run(config, out)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
-    for stage in (*DEMO_ONLY, "data", "traces", "sft"):
+    for stage in (
+        *DEMO_ONLY,
+        "data",
+        "traces",
+        "sft",
+        "evaluate_sft",
+    ):  # base and SFT are not evaluated again
         assert f"] {stage}: up to date" in rerun.stdout
     assert "] grpo: resuming" in rerun.stdout and "] evaluate: running" in rerun.stdout
     steps = [json.loads(line)["step"] for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]

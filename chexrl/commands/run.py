@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 
 from chexrl.cli import app
+from chexrl.pipeline.runner import STAGE_NAMES
 
-STAGES_HELP = "tiny_model, synth_data, data, pretrain, traces, sft, grpo, evaluate, report"
+STAGES_HELP = ", ".join(STAGE_NAMES)
 
 
 def load_recipe(config: Path):
@@ -79,7 +80,8 @@ def run_cmd(
     ),
 ) -> None:
     """The paper's recipe on the configured data and model: preflight, then every stage that is not up to
-    date (data, traces, sft, grpo, evaluate, report; tiny_model, synth_data and pretrain when configured)."""
+    date (data, traces, sft, evaluate_sft, grpo, evaluate, report; tiny_model, synth_data and pretrain when
+    configured)."""
     cfg = load_recipe(config)
     out = out or Path("runs") / config.stem
     if print_config:

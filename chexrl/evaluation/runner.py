@@ -220,30 +220,33 @@ def evaluate_models(
     pass_sampling: SamplingConfig | None = None,
     router_factory: Callable[[str, RolloutConfig | None], AbstractContextManager] | None = None,
     log: Callable[[str], None] = print,
+    earlier: tuple[dict, Sequence[dict]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Every model x prompt x test set; returns (results document, completion records).
 
     `sampling` None (default) is greedy decoding; otherwise its temperature / top-p / seed with one
     completion per image; `max_tokens` caps every completion (callers pass `sampling.max_tokens`'s value
     of their config) and `margin` is the trade-off warning's (`grpo.tradeoff_margin`).
-    `router_factory(model_dir, rollout)` yields a router serving that checkpoint with no adapter (default:
-    `open_router`, a new engine each; tests pass a shared one).
+    `router_factory(model_dir, rollout)` yields a router serving that checkpoint, no adapter (`open_router`).
 
     `samples` K (None: off) adds Acc@1 against Pass@K to each entry ("pass_at_k", chexrl.core.pass_at_k's
     summary): the greedy completions are the Acc@1 answers, and `samples_n` (default K, at least K) more per
-    image are sampled at `pass_sampling`'s temperature, top-p and seed (default: SamplingConfig(), the GRPO
-    sampling settings). The sampled completions are added to the records with their "sample" index.
+    image are sampled at `pass_at_k_sampling(pass_sampling)`'s settings, added to the records with their
+    "sample" index.
+
+    `earlier` (results document, completion records) of this function on the same test sets and prompts:
+    those models come first as if evaluated in this call (parents of `models`, compared with them).
     """
-    check_parents([asdict(m) for m in models])
-    check_prompts(prompts)
-    for m in models:
-        check_model(m)
+    known = check_earlier(earlier, models, test_sets, prompts)
     n_samples = check_samples(samples, samples_n, sampling)
-    pass_sampling = pass_sampling or SamplingConfig()
+    pass_sampling = pass_at_k_sampling(pass_sampling)
     settings = EntrySettings(max_tokens, batch_size, samples, n_samples, pass_sampling)
     entries, completions, seconds = _run_all(
         models, test_sets, prompts, sampling, settings, rollout, router_factory or open_router, log
     )
+    if earlier:
+        entries = [dict(e) for e in earlier[0]["entries"]] + entries
+        completions, seconds = list(earlier[1]) + completions, earlier[0].get("seconds", {}) | seconds
     extra = {}
     if samples:
         extra["pass_at_k_settings"] = pass_at_k_settings(samples, n_samples, pass_sampling, max_tokens)
@@ -251,7 +254,7 @@ def evaluate_models(
         datasets=[
             {"name": t.name, "spec": t.spec, "schema": t.schema, "n": len(t.samples)} for t in test_sets
         ],
-        models=[asdict(m) for m in models],
+        models=known + [asdict(m) for m in models],
         prompts=list(prompts),
         entries=entries,
         margin=margin,
@@ -261,6 +264,40 @@ def evaluate_models(
         **extra,
     )
     return doc, completions
+
+
+def check_earlier(earlier, models: Sequence[ModelSpec], test_sets: Sequence[TestSet], prompts) -> list[dict]:
+    """The earlier evaluation's models (none without one), checked with `models`: unique names, parents
+    among them, the same test sets and prompts; the prompts known and each model's folders there."""
+    known = [dict(m) for m in earlier[0]["models"]] if earlier else []
+    check_parents(known + [asdict(m) for m in models])
+    if earlier:
+        check_same_evaluation(earlier[0], test_sets, prompts)
+    check_prompts(prompts)
+    for m in models:
+        check_model(m)
+    return known
+
+
+def check_same_evaluation(doc: dict, test_sets: Sequence[TestSet], prompts: Sequence[str]) -> None:
+    """An earlier results document covers the same test sets (names, sources, sizes) and prompts."""
+    had = [(d["name"], d["spec"], d["n"]) for d in doc["datasets"]]
+    now = [(t.name, t.spec, len(t.samples)) for t in test_sets]
+    if had != now or list(doc["prompts"]) != list(prompts):
+        raise ValueError(
+            f"the earlier evaluation covers test sets {had} and prompts {doc['prompts']}, "
+            f"not {now} and {list(prompts)}: evaluate every model again"
+        )
+
+
+def read_completions(out_dir: str | Path) -> list[dict]:
+    """The completion records `write_results` wrote to `out_dir`: greedy first, then sampled."""
+    rows = []
+    for name in ("completions.jsonl", "samples.jsonl"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
 
 
 def _decoding(sampling: SamplingConfig | None) -> dict:
@@ -383,6 +420,17 @@ def check_samples(samples: int | None, samples_n: int | None, sampling: Sampling
             "greedy (--temperature 0); the samples use the config's sampling settings"
         )
     return n
+
+
+PASS_AT_K_SEED = 0
+
+
+def pass_at_k_sampling(sampling: SamplingConfig | None) -> SamplingConfig:
+    """The Pass@K samples' settings: `sampling` (default: the GRPO sampling settings) with a per-request
+    seed (PASS_AT_K_SEED where it has none). A model's samples then depend on the model and its images
+    alone, not on what its engine sampled before: evaluated alone or after other models, the same."""
+    sampling = sampling or SamplingConfig()
+    return sampling if sampling.seed is not None else sampling.model_copy(update={"seed": PASS_AT_K_SEED})
 
 
 def pass_at_k_settings(k: int, n: int, sampling: SamplingConfig, max_tokens: int) -> dict:

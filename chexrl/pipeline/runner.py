@@ -38,6 +38,7 @@ def _evaluate_section(cfg: ChexrlConfig) -> dict:
         "sampling": _dump(cfg.sampling),
         "rollout": _dump(cfg.rollout),
         "margin": cfg.grpo.tradeoff_margin,
+        "prompt": cfg.grpo.prompt,  # every model is evaluated with the policy's prompt
     }
 
 
@@ -102,8 +103,21 @@ STAGES: tuple[Stage, ...] = (
         lambda p, c: [p.sft],
         st.sft_stage,
     ),
+    Stage(
+        "evaluate_sft",
+        _evaluate_section,
+        ("tiny_model", "pretrain", "data", "sft"),
+        lambda p, c: [p.sft_evaluation],
+        st.evaluate_sft_stage,
+    ),
     Stage("grpo", _grpo_section, ("data", "sft"), lambda p, c: [p.grpo], st.grpo_stage, resumable=True),
-    Stage("evaluate", _evaluate_section, ("data", "grpo"), lambda p, c: [p.evaluation], st.evaluate_stage),
+    Stage(
+        "evaluate",
+        _evaluate_section,
+        ("data", "grpo", "evaluate_sft"),
+        lambda p, c: [p.evaluation],
+        st.evaluate_stage,
+    ),
     Stage("report", lambda c: None, ("evaluate",), lambda p, c: [p.report, p.summary], st.report_stage),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

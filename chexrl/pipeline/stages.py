@@ -19,6 +19,18 @@ from chexrl.pipeline.manifest import partial, remove
 from chexrl.run_files import read_jsonl
 
 SAMPLE_SETS = ("pretrain", "sft", "rl", "id_test", "ood_test", "id_during", "ood_during")
+# the stages whose times summary.json records (the report's own is not known while it writes the summary)
+STAGE_TIMES = (
+    "tiny_model",
+    "synth_data",
+    "data",
+    "pretrain",
+    "traces",
+    "sft",
+    "evaluate_sft",
+    "grpo",
+    "evaluate",
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ class RunPaths:
     @property
     def grpo(self) -> Path:
         return self.out / "grpo"
+
+    @property
+    def sft_evaluation(self) -> Path:
+        return self.out / "sft-evaluation"
 
     @property
     def evaluation(self) -> Path:
@@ -333,52 +349,78 @@ def grpo_stage(ctx: RunContext, resume: bool) -> dict:
     return {"steps_run": len(history), "resumed": resume}
 
 
-def evaluate_stage(ctx: RunContext, resume: bool) -> dict:
+def recipe_test_sets(ctx: RunContext) -> list:
+    """The recipe's in-distribution and out-of-distribution test sets, in that order."""
     from chexrl.evaluation.runner import TestSet
 
-    ctx.services.ray()
     d = ctx.recipe.data
-    test_sets = [
+    return [
         TestSet(d.id_name, ctx.spec(d.id_test), tuple(ctx.samples("id_test"))),
         TestSet(d.ood_name, ctx.spec(d.ood_test), tuple(ctx.samples("ood_test"))),
     ]
+
+
+def evaluate_sft_stage(ctx: RunContext, resume: bool) -> dict:
+    """Greedy evaluation of base and SFT, before GRPO: GRPO's baseline, in `sft-evaluation/` (results.md and
+    the rest) as soon as SFT is done, and reused when GRPO reruns with another configuration or resumes."""
+    from chexrl.evaluation.runner import ModelSpec, write_results
+
+    ctx.services.ray()
+    models = [
+        ModelSpec("base", ctx.base_model()),
+        ModelSpec("sft", str(ctx.paths.sft / "merged"), parent="base"),
+    ]
+    doc, completions = evaluate_checkpoints(ctx, models, recipe_test_sets(ctx))
+    write_results(doc, partial(ctx.paths.sft_evaluation), completions)
+    return {}
+
+
+def evaluate_stage(ctx: RunContext, resume: bool) -> dict:
+    """The final GRPO adapter (on the SFT checkpoint) evaluated like base and SFT, and put beside their
+    figures: its files (results.json/.md/.csv, per-label table, charts) go to the GRPO run's evaluation/
+    folder, where `chexrl report` finds them; figures.json holds each model's headline figures."""
+    from chexrl.evaluation.runner import ModelSpec, read_completions, read_results, write_results
+
+    ctx.services.ray()
+    earlier = ctx.paths.sft_evaluation
+    adapter = str(ctx.paths.grpo / "adapter-final")
+    grpo = ModelSpec("grpo", str(ctx.paths.sft / "merged"), adapter=adapter, parent="sft")
+    test_sets = recipe_test_sets(ctx)
+    doc, completions = evaluate_checkpoints(
+        ctx, [grpo], test_sets, earlier=(read_results(earlier), read_completions(earlier))
+    )
     out = partial(ctx.paths.evaluation)
-    results = evaluate_checkpoints(ctx, test_sets, out)
+    write_results(doc, out, completions)
+    names = [m["name"] for m in doc["models"]]
+    results = headline_figures(doc, names, test_sets[0].name, test_sets[1].name, ctx.recipe.pass_at_k)
     (out / "figures.json").write_text(json.dumps(results, indent=2) + "\n")
     return {}
 
 
-def evaluate_checkpoints(ctx: RunContext, test_sets: list, out: Path) -> dict:
-    """Greedy evaluation of base, SFT and GRPO (the SFT checkpoint plus the final GRPO adapter) with
-    `chexrl evaluate`'s code; its files (results.json/.md/.csv, per-label table, chart) go to `out`, the GRPO
-    run's evaluation/ folder, where `chexrl report` finds them. Returns each model's headline figures; with
-    recipe.pass_at_k K, Acc@1 against Pass@K at the GRPO sampling settings too."""
+def evaluate_checkpoints(ctx: RunContext, models: list, test_sets: list, earlier=None) -> tuple:
+    """`models` evaluated greedily with `chexrl evaluate`'s code, on an engine that serves each checkpoint
+    as the run's rollout settings say, with the policy's prompt; with recipe.pass_at_k K, Acc@1 against
+    Pass@K at the GRPO sampling settings too. Returns (results document, completion records)."""
     from chexrl.config import RolloutConfig
-    from chexrl.evaluation.runner import ModelSpec, evaluate_models, write_results
+    from chexrl.evaluation.runner import evaluate_models
 
-    cfg, sft_dir, k = ctx.cfg, str(ctx.paths.sft / "merged"), ctx.recipe.pass_at_k
-    models = [
-        ModelSpec("base", ctx.base_model()),
-        ModelSpec("sft", sft_dir, parent="base"),
-        ModelSpec("grpo", sft_dir, adapter=str(ctx.paths.grpo / "adapter-final"), parent="sft"),
-    ]
+    cfg, sft_dir = ctx.cfg, str(ctx.paths.sft / "merged")
     rollout = (
         cfg.rollout.model_copy(update={"model": sft_dir})
         if cfg.rollout
         else RolloutConfig(model=sft_dir, max_model_len=ctx.recipe.eval_max_model_len)
     )
-    doc, completions = evaluate_models(
+    return evaluate_models(
         models,
         test_sets,
         prompts=(cfg.grpo.prompt,),  # the policy's prompt, for all three models alike
         max_tokens=cfg.sampling.max_tokens,
         rollout=rollout,
         margin=cfg.grpo.tradeoff_margin,
-        samples=k,
+        samples=ctx.recipe.pass_at_k,
         pass_sampling=cfg.sampling,
+        earlier=earlier,
     )
-    write_results(doc, out, completions)
-    return headline_figures(doc, [m.name for m in models], test_sets[0].name, test_sets[1].name, k)
 
 
 # Acc@1 (greedy) and its sampled counterpart, exact label set and Jaccard (chexrl.core.pass_at_k).
@@ -437,9 +479,7 @@ def report_stage(ctx: RunContext, resume: bool) -> dict:
         "comparison": comparison_summary(read_results(p.evaluation)),
         "report": str(p.report / "report.html"),
         "seconds": {  # each stage's time when it last ran
-            name: manifest["seconds"]
-            for name in ("tiny_model", "synth_data", "data", "pretrain", "traces", "sft", "grpo", "evaluate")
-            if (manifest := read_manifest(ctx.out, name))
+            name: manifest["seconds"] for name in STAGE_TIMES if (manifest := read_manifest(ctx.out, name))
         },
         "environment": environment(),
     }
