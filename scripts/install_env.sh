@@ -28,7 +28,7 @@ pip_install() {
 }
 
 # uv installs the pinned CPU lock several times faster than pip (parallel downloads and unpacking; on a
-# 2-core machine about 25 s against 170 s) into the same environment. It lives in a temporary folder for
+# 2-core machine under a minute against about 170 s, bytecode included) into the same environment. It lives in a temporary folder for
 # this install only, so neither .venv nor an image keeps it. Where it cannot be had (no PyPI), pip does
 # the same install.
 UV_VERSION=0.13.9

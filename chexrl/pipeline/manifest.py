@@ -44,6 +44,12 @@ def read_manifest(out: Path, stage: str) -> dict | None:
         return None
 
 
+def finished_stages(out: Path) -> list[dict]:
+    """The manifests of every finished stage under `out`, in the order they finished."""
+    found = [read_manifest(out, path.stem) for path in (out / STATE_DIR).glob("*.json")]
+    return sorted((m for m in found if m), key=lambda m: m.get("finished", 0.0))
+
+
 def running_hash(out: Path, stage: str) -> str | None:
     """The hash an interrupted run of `stage` ran under (None: it was not interrupted)."""
     try:

@@ -19,18 +19,6 @@ from chexrl.pipeline.manifest import partial, remove
 from chexrl.run_files import read_jsonl
 
 SAMPLE_SETS = ("pretrain", "sft", "rl", "id_test", "ood_test", "id_during", "ood_during")
-# the stages whose times summary.json records (the report's own is not known while it writes the summary)
-STAGE_TIMES = (
-    "tiny_model",
-    "synth_data",
-    "data",
-    "pretrain",
-    "traces",
-    "sft",
-    "evaluate_sft",
-    "grpo",
-    "evaluate",
-)
 
 
 @dataclass(frozen=True)
@@ -413,7 +401,7 @@ def evaluate_checkpoints(ctx: RunContext, models: list, test_sets: list, earlier
     return evaluate_models(
         models,
         test_sets,
-        prompts=(cfg.grpo.prompt,),  # the policy's prompt, for all three models alike
+        prompts=(cfg.grpo.prompt,),  # the policy's prompt, for every model alike
         max_tokens=cfg.sampling.max_tokens,
         rollout=rollout,
         margin=cfg.grpo.tradeoff_margin,
@@ -460,7 +448,7 @@ def report_stage(ctx: RunContext, resume: bool) -> dict:
     from chexrl.evaluation.intervals import comparison_summary
     from chexrl.evaluation.report import write_report
     from chexrl.evaluation.runner import read_results
-    from chexrl.pipeline.manifest import read_manifest
+    from chexrl.pipeline.manifest import finished_stages
 
     p, g = ctx.paths, ctx.cfg.grpo
     results = json.loads((p.evaluation / "figures.json").read_text())
@@ -479,7 +467,7 @@ def report_stage(ctx: RunContext, resume: bool) -> dict:
         "comparison": comparison_summary(read_results(p.evaluation)),
         "report": str(p.report / "report.html"),
         "seconds": {  # each stage's time when it last ran
-            name: manifest["seconds"] for name in STAGE_TIMES if (manifest := read_manifest(ctx.out, name))
+            m["stage"]: m["seconds"] for m in finished_stages(ctx.out)
         },
         "environment": environment(),
     }
